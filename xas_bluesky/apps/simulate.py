@@ -43,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from xas_bluesky.science.feff import completed_keys, feff_available, run_sites, site_jobs
 
     if not feff_available():
-        print("simulate: feff10-rs is not installed (pip install 'xas-bluesky[simulate]')",
-              file=sys.stderr)
-        return 2
+        from xas_bluesky.apps.cli import CLIError
+
+        raise CLIError("feff10-rs is not installed (pip install 'xas-bluesky[simulate]')", 2)
     elements = tuple(e.strip() for e in args.elements.split(",") if e.strip())
     done = completed_keys([args.out, *args.skip])
     done_mols = {k[0] for k in completed_keys(args.skip)}
@@ -70,8 +70,12 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(i: int, n: int, rec: dict) -> None:
         state = "ok" if rec["ok"] else "FAILED"
-        print(f"[{i}/{n}] qm9 {rec['qm9_index']} {rec['element']} site {rec['site']}: "
-              f"{state} ({rec['seconds']:.1f} s)", file=sys.stderr, flush=True)
+        print(
+            f"[{i}/{n}] qm9 {rec['qm9_index']} {rec['element']} site {rec['site']}: "
+            f"{state} ({rec['seconds']:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     n = run_sites(jobs, args.out, workers=args.workers, done=done, progress=progress)
     print(f"simulate: {n} sites run, appended to {args.out}", file=sys.stderr)

@@ -1,0 +1,147 @@
+"""Pytest fixtures with real services: caproto IOCs and a tiled server on loopback.
+
+Use them in a project's ``conftest.py``::
+
+    from xas_bluesky.testing import *  # noqa: F401,F403  (sets the CA environment first)
+
+Importing this module reserves a pool of loopback ports and puts the Channel Access environment
+into ``os.environ`` (libca reads it once per process, so this must happen before ``epics`` or
+``ophyd`` is imported).  Each IOC a test starts gets a port of its own from the pool and a unique
+PV prefix, so tests never see each other's PVs; the client searches every port of the pool.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from xas_bluesky.services import (
+    ManagedProcess,
+    TiledServer,
+    apply_ca_env,
+    free_ports,
+    loopback_ca_env,
+    start_ioc,
+    start_repeater,
+    start_tiled,
+)
+
+__all__ = [
+    "CA_PORTS",
+    "CA_ENV",
+    "ca_env",
+    "ioc_factory",
+    "tiled_server",
+    "IOCFactory",
+    "unique_prefix",
+]
+
+_POOL = 32
+_ports = free_ports(_POOL + 1)
+#: ports reserved for the IOCs of this test session (one per IOC), and the repeater's
+CA_PORTS: list[int] = _ports[:_POOL]
+REPEATER_PORT: int = _ports[_POOL]
+#: the client-side Channel Access environment of this process
+CA_ENV: dict[str, str] = loopback_ca_env(CA_PORTS[0], REPEATER_PORT, search_ports=CA_PORTS)
+apply_ca_env(CA_ENV)
+_port_cycle = itertools.cycle(CA_PORTS[1:])  # port 0 is left for in-process servers
+
+
+def unique_prefix(stem: str = "T") -> str:
+    """A PV prefix no other test uses, e.g. ``T3f9a1c:``."""
+    return f"{stem}{uuid.uuid4().hex[:6]}:"
+
+
+def next_ca_port() -> int:
+    """The next port of the pool (IOCs of one test never share one)."""
+    return next(_port_cycle)
+
+
+@pytest.fixture(scope="session")
+def ca_env() -> Iterator[dict[str, str]]:
+    """The loopback CA environment, with a Channel Access repeater running for the session."""
+    rep = start_repeater(REPEATER_PORT)
+    try:
+        yield dict(CA_ENV)
+    finally:
+        rep.stop()
+
+
+class IOCFactory:
+    """Starts IOC subprocesses for one test and stops them (by PID) afterwards."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.processes: list[ManagedProcess] = []
+
+    def __call__(
+        self,
+        args: Sequence[str],
+        probe: str,
+        prefix: str | None = None,
+        port: int | None = None,
+        timeout: float = 30.0,
+        extra_env: dict[str, str] | None = None,
+    ) -> ManagedProcess:
+        """Start ``python <args> --prefix PREFIX`` and wait until ``PREFIX + probe`` answers.
+
+        Returns the process; ``proc.info`` holds ``prefix``, ``server_port`` and ``env``.
+        """
+        prefix = prefix or unique_prefix()
+        port = port or next_ca_port()
+        proc = start_ioc(
+            args,
+            prefix=prefix,
+            probe_pv=prefix + probe,
+            server_port=port,
+            repeater_port=REPEATER_PORT,
+            log_dir=self.log_dir,
+            timeout=timeout,
+            extra_env=extra_env,
+        )
+        self.processes.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+        self.processes.clear()
+
+
+@pytest.fixture
+def ioc_factory(ca_env, tmp_path) -> Iterator[IOCFactory]:
+    """Start real caproto IOCs on loopback: ``ioc_factory(["-m", "pkg.ioc"], probe="PV")``."""
+    factory = IOCFactory(tmp_path / "ioc-logs")
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture(scope="session")
+def tiled_server() -> Iterator[TiledServer]:
+    """A real tiled server (SQLite catalog, API key) on a free loopback port for the session.
+
+    Append callables to ``tiled_server.drains`` to have writers drained before the server stops.
+    """
+    root = Path(tempfile.mkdtemp(prefix="xas-bluesky-tiled-"))
+    server = start_tiled(root)
+    server.drains = []  # type: ignore[attr-defined]
+    try:
+        yield server
+    finally:
+        for drain in server.drains:  # type: ignore[attr-defined]
+            try:
+                drain()
+            except Exception:  # a failing drain must not keep the server alive
+                pass
+        server.stop()
+
+
+os.environ.setdefault("XAS_BLUESKY_TESTING", "1")
