@@ -1,4 +1,4 @@
-"""QM9 molecules with their DFT geometries, read from the ``qm9pack`` package (extra ``simulate``).
+"""QM9 molecules with their DFT geometries, read from the ``qm9pack`` package (extra ``qm9``).
 
 QM9: Ramakrishnan, Dral, Rupp, von Lilienfeld, Sci. Data 1, 140022 (2014), CC BY 4.0.
 """
@@ -20,7 +20,7 @@ def qm9_data_dir() -> Path:
 
     spec = importlib.util.find_spec("qm9pack")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("qm9pack is not installed: pip install 'xas-bluesky[simulate]'")
+        raise ImportError("qm9pack is not installed: pip install 'xas-bluesky[qm9]'")
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 

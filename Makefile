@@ -1,0 +1,36 @@
+# Set-up and checks.  `make demo` and `make test` are the README's two commands: each creates or
+# updates .venv in the repository root, so both work on a fresh machine and are idempotent.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The package asks for a torch range; this pin takes the CPU wheel (a GPU user: make TORCH=torch).
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.xas-bluesky-installed
+DEMO_ARGS ?=
+
+.PHONY: demo test lint docs venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml setup.cfg
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip show torch >/dev/null 2>&1 || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[simulate,test,docs]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/xas-bluesky demo $(DEMO_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest
+
+docs: $(STAMP)
+	$(VENV)/bin/sphinx-build -q -W --keep-going -b html docs docs/_build/html
+
+clean:
+	rm -rf $(VENV) docs/_build .pytest_cache .ruff_cache
