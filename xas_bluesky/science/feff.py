@@ -172,6 +172,13 @@ def completed_keys(paths: Iterable[str | os.PathLike]) -> set[tuple[int, str, in
     return keys
 
 
+def _quiet_worker() -> None:
+    """Send FEFF's chatter on file descriptor 1 to /dev/null in pool workers (stdout stays clean)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+
 def run_sites(
     jobs: Iterable[SiteJob],
     out: str | os.PathLike,
@@ -188,7 +195,10 @@ def run_sites(
     done = done or set()
     todo = [j for j in jobs if j.key not in done]
     n = 0
-    with open(out, "a") as fh, ProcessPoolExecutor(max_workers=workers) as pool:
+    with (
+        open(out, "a") as fh,
+        ProcessPoolExecutor(max_workers=workers, initializer=_quiet_worker) as pool,
+    ):
         futures = [pool.submit(run_site, j, workroot) for j in todo]
         for fut in as_completed(futures):
             rec = fut.result()
