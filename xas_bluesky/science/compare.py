@@ -1,0 +1,646 @@
+"""Score a partially measured spectrum against N candidate spectra, point by point.
+
+Pure numpy: no Bluesky, no EPICS, no torch.
+
+The model
+---------
+For candidate c with predicted spectrum p_c(E) (mean of the model's ensemble) and spread s_c(E),
+a raw measured point (E_j, y_j +- sigma_j) -- raw mu, not the running normalisation, which changes
+as points arrive -- is modelled as ::
+
+    y_j = a_c * p_c(E_j + delta) + b_c + g_c * (E_j - E_ref) + noise,
+    var(noise) = sigma_j^2 + a_ref^2 * s_c(E_j + delta_w)^2
+
+* ``delta`` is the mono's calibration offset: ONE number for the whole measurement, shared by all
+  candidates, marginalised over a grid within +-``offset_max`` with a Gaussian prior of width
+  ``offset_sigma``.  (A free shift per candidate would erase the chemical shifts that tell isomers
+  apart.)  Sign: the model spectrum at E + delta matches the measurement at mono reading E.
+* ``a_c > 0`` (edge-step scale), ``b_c`` and ``g_c`` (a linear background, which absorbs the
+  pre-edge line of raw TEY) are fitted per candidate by weighted linear least squares and profiled
+  out.
+* The model's ensemble spread enters the variance with a fixed reference scale ``a_ref`` (the
+  probability-weighted fitted scale), so that the fit stays linear, and at a fixed offset
+  ``delta_w`` (the current estimate), so that the weights depend on candidate and point only.
+  When either estimate moves (a_ref by more than a factor 1.3, delta by more than 0.5 eV) the
+  sums are rebuilt from the stored points, which happens a few times early in a scan.
+
+Because every quantity is a sum over points, one new point costs a fixed number of passes over
+(n_offsets x n_candidates) float32 arrays (:meth:`Comparator.add_points`), and a result another
+few (:meth:`Comparator.result`), independent of how many points came before.
+
+Likelihood and calibration
+--------------------------
+log L_c(delta) = -(chi2_min + sum_j log var_j) / (2 T).  The model's errors are correlated across
+energies (a misplaced resonance is wrong at many points at once), so a naive Gaussian likelihood
+(T = 1) is overconfident; the temperature T is fitted on the validation split so that the
+probabilities are calibrated (:func:`fit_temperature`).  P(c) is the prior-weighted sum over the
+offset grid, normalised over candidates; the offset posterior is the sum over candidates.
+
+Next energy
+-----------
+Among the probable candidates (cumulative probability 0.999, at most 256), each predicts the next
+reading at every energy of the edge window, with the fitted scale and background at the current
+offset.  The most informative energy maximises 1/2 log(1 + Var_P[prediction] / E_P[variance]), a
+Gaussian approximation of the mutual information between the reading and the candidate's
+identity: where probable candidates disagree most, relative to the noise and the model's own
+uncertainty.  Energies within ``exclusion_ev`` of a measured point are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Comparator", "MatchResult", "DEFAULT_TEMPERATURE", "fit_temperature"]
+
+#: Temperature used when none is given.  Fitted by :func:`fit_temperature` on the validation
+#: split (FEFF spectra as measured samples; see ``docs/analysis.rst`` for how and the figures).
+DEFAULT_TEMPERATURE = 1.0
+
+_N_PARAMS = 3  # a, b, g: with this many distinct energies or fewer every candidate fits exactly
+
+
+@dataclass
+class MatchResult:
+    """Scores of a partial measurement against every candidate.
+
+    Attributes
+    ----------
+    probabilities : np.ndarray
+        (C,) posterior probability of each candidate (input order), sums to 1.
+    names : list[str]
+        Candidate names, input order.
+    best_index, best_name, best_probability
+        The most probable candidate (ties broken by name).
+    entropy : float
+        Entropy of ``probabilities`` in nats (log C when nothing is known yet).
+    offset_ev : float
+        Posterior mean of the shared energy offset (model energy = mono reading + offset).
+    offset_posterior : np.ndarray
+        Posterior over ``offset_grid``.
+    next_energy : float or None
+        Most informative next mono energy (eV), None when every energy in the window is measured.
+    n_points : int
+        Points scored so far.
+    """
+
+    probabilities: np.ndarray
+    names: list[str]
+    best_index: int
+    best_name: str
+    best_probability: float
+    entropy: float
+    offset_ev: float
+    offset_posterior: np.ndarray
+    next_energy: float | None
+    n_points: int
+    offset_grid: np.ndarray = field(default_factory=lambda: np.empty(0))
+    offset_std_ev: float = 0.0
+    temperature: float = 1.0
+    scale: float | None = None  # a of the best candidate, in raw mu per model unit
+    _name_rank: np.ndarray | None = field(default=None, repr=False)
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        """The ``k`` most probable candidates as (name, probability); ties broken by name."""
+        idx = _top_indices(self.probabilities, k, self._rank())
+        return [(self.names[i], float(self.probabilities[i])) for i in idx]
+
+    def top_indices(self, k: int) -> np.ndarray:
+        """Indices of the ``k`` most probable candidates; ties broken by name."""
+        return _top_indices(self.probabilities, k, self._rank())
+
+    def _rank(self) -> np.ndarray:
+        if self._name_rank is None:
+            self._name_rank = _name_ranks(self.names)
+        return self._name_rank
+
+
+def _name_ranks(names: Sequence[str]) -> np.ndarray:
+    order = sorted(range(len(names)), key=lambda i: (names[i], i))
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[order] = np.arange(len(names))
+    return rank
+
+
+def _top_indices(prob: np.ndarray, k: int, rank: np.ndarray) -> np.ndarray:
+    """Indices of the k largest ``prob``, ties (equal values) by ``rank``: O(C + k log k)."""
+    n = prob.size
+    k = max(0, min(int(k), n))
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
+    if k < n:
+        kth = np.partition(prob, n - k)[n - k]
+        cand = np.flatnonzero(prob >= kth)  # includes every candidate tied with the k-th
+    else:
+        cand = np.arange(n)
+    order = np.lexsort((rank[cand], -prob[cand]))
+    return cand[order[:k]]
+
+
+class Comparator:
+    """Incremental scores of a measured spectrum against C candidate spectra.
+
+    Parameters
+    ----------
+    energy : np.ndarray
+        (E,) the model's energy grid (FEFF10's axis), increasing.
+    mean, std : np.ndarray
+        (C, E) predicted spectra and ensemble spread of the candidates on ``energy``; ``std`` may
+        be None (a model without uncertainty, e.g. FEFF spectra themselves).
+    names : sequence of str
+        Candidate names (used for ties and in results).
+    offset_sigma, offset_max, offset_step : float
+        Prior width (the mono's calibration uncertainty), range and grid step of the shared
+        energy offset (eV).  The cost of a point is proportional to the number of offsets; a step
+        equal to the model grid's (0.25 eV) also lets the interpolation use slices of the model
+        instead of gathers.  A finer step resolves nothing the model grid does not, but the
+        reported offset is refined between grid nodes (see :attr:`MatchResult.offset_ev`).
+    temperature : float, optional
+        Likelihood temperature; :data:`DEFAULT_TEMPERATURE` when None.
+    edge_window : (float, float), optional
+        Mono energies the next point may be chosen from; the model grid when None.
+    exclusion_ev : float, optional
+        Energies this close to a measured point are not proposed; half the grid step when None.
+    std_floor : float
+        Floor of the model spread (model units, i.e. fractions of the edge step): no model is
+        better than 0.1 %, and the floor keeps float32 sums meaningful when the noise is tiny.
+    """
+
+    def __init__(
+        self,
+        energy: np.ndarray,
+        mean: np.ndarray,
+        std: np.ndarray | None,
+        names: Sequence[str],
+        *,
+        offset_sigma: float = 1.0,
+        offset_max: float = 3.0,
+        offset_step: float = 0.25,
+        temperature: float | None = None,
+        edge_window: tuple[float, float] | None = None,
+        exclusion_ev: float | None = None,
+        std_floor: float = 1e-3,
+    ):
+        energy = np.asarray(energy, dtype=float)
+        mean = np.asarray(mean)
+        if energy.ndim != 1 or energy.size < 2 or np.any(np.diff(energy) <= 0):
+            raise ValueError("energy must be a 1-d increasing grid of >= 2 points")
+        if mean.ndim != 2 or mean.shape[1] != energy.size:
+            raise ValueError(f"mean must be (C, {energy.size}), got {mean.shape}")
+        n_cand = mean.shape[0]
+        if n_cand < 1:
+            raise ValueError("no candidates")
+        if len(names) != n_cand:
+            raise ValueError(f"{len(names)} names for {n_cand} candidates")
+        if not np.all(np.isfinite(mean)):
+            raise ValueError("mean holds NaN or inf")
+        if std is not None:
+            std = np.asarray(std)
+            if std.shape != mean.shape:
+                raise ValueError(f"std must have mean's shape {mean.shape}, got {std.shape}")
+            if not np.all(np.isfinite(std)) or np.any(std < 0):
+                raise ValueError("std holds NaN, inf or negative values")
+        if offset_sigma <= 0 or offset_max < 0 or offset_step <= 0:
+            raise ValueError("offset_sigma and offset_step must be > 0, offset_max >= 0")
+
+        self.energy = energy
+        self.names = [str(n) for n in names]
+        self._rank = _name_ranks(self.names)
+        self.n_candidates = n_cand
+        self.temperature = float(DEFAULT_TEMPERATURE if temperature is None else temperature)
+        if not self.temperature > 0:
+            raise ValueError("temperature must be > 0")
+        self.offset_sigma = float(offset_sigma)
+        n_half = int(np.floor(offset_max / offset_step + 1e-9))
+        self.offsets = offset_step * np.arange(-n_half, n_half + 1)
+        lp = -0.5 * (self.offsets / self.offset_sigma) ** 2
+        self.log_prior = lp - np.logaddexp.reduce(lp)
+        self.edge_window = (
+            (float(energy[0]), float(energy[-1])) if edge_window is None else tuple(edge_window)
+        )
+        step = float(np.median(np.diff(energy)))
+        self.exclusion_ev = 0.5 * step if exclusion_ev is None else float(exclusion_ev)
+
+        # energy-major float32 copies: one energy is one contiguous row of C values
+        self._m = np.ascontiguousarray(mean.T, dtype=np.float32)  # (E, C)
+        self._d = np.ascontiguousarray(np.diff(self._m, axis=0))  # (E-1, C) for interpolation
+        var = np.zeros_like(self._m) if std is None else np.asarray(std.T, dtype=np.float32) ** 2
+        self._v = np.ascontiguousarray(np.maximum(var, np.float32(std_floor) ** 2))
+        self._has_std = std is not None
+        # candidate-major copies for the few probable candidates of the next-energy search
+        self._m_c = np.ascontiguousarray(self._m.T)
+        self._v_c = np.ascontiguousarray(self._v.T)
+        self._x_ref = float(np.mean(energy))
+        self._x_scale = 10.0  # eV: keeps the background's slope term of order 1
+
+        k, c = self.offsets.size, n_cand
+        self._buf = [np.empty((k, c), np.float32) for _ in range(3)]
+        self._swp = np.zeros((k, c), np.float32)
+        self._swpp = np.zeros((k, c), np.float32)
+        self._swpx = np.zeros((k, c), np.float32)
+        self._swpy = np.zeros((k, c), np.float32)
+        self._sc = np.zeros((7, c))  # float64: w, wx, wxx, wy, wxy, wyy, sum log var
+        # clamps against a row: np.maximum(array, scalar) is ~3x slower than against an array
+        self._zero_row = np.zeros(c, np.float32)
+        self._floor_row = np.full(c, -80.0, np.float32)
+        self.n_rebuilds = 0
+        self.reset()
+
+    # ------------------------------------------------------------------ points
+    def reset(self) -> None:
+        """Forget every point (a new measurement)."""
+        self._pe: list[float] = []
+        self._py: list[float] = []
+        self._ps: list[float] = []
+        self._y_ref: float | None = None
+        self._a_ref: float | None = None
+        self._delta_w = 0.0
+        self._zero_sums()
+
+    def _zero_sums(self) -> None:
+        for a in (self._swp, self._swpp, self._swpx, self._swpy, self._sc):
+            a.fill(0.0)
+
+    @property
+    def n_points(self) -> int:
+        return len(self._pe)
+
+    def add_points(self, energy: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> None:
+        """Add measured points: mono energies (eV), raw mu and its 1-sigma noise (mu's units).
+
+        Points may come in any order and any number per call.  NaN / inf anywhere, or sigma <= 0,
+        is refused with ``ValueError`` before anything is added, so a bad call never changes the
+        scores.
+        """
+        e = np.atleast_1d(np.asarray(energy, dtype=float)).ravel()
+        y = np.atleast_1d(np.asarray(mu, dtype=float)).ravel()
+        if e.shape != y.shape:
+            raise ValueError(f"energy and mu differ in shape: {e.shape} vs {y.shape}")
+        try:
+            s = np.broadcast_to(np.asarray(sigma, dtype=float), y.shape).ravel()
+        except ValueError:
+            raise ValueError(f"sigma does not match mu's shape {y.shape}") from None
+        for name, arr in (("energy", e), ("mu", y), ("sigma", s)):
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise ValueError(f"{name}[{i}] = {arr[i]!r} is not finite: points refused")
+        if np.any(s <= 0):
+            i = int(np.flatnonzero(s <= 0)[0])
+            raise ValueError(f"sigma[{i}] = {s[i]!r} must be > 0: points refused")
+        self._pe.extend(e.tolist())
+        self._py.extend(y.tolist())
+        self._ps.extend(s.tolist())
+        if self._a_ref is not None:
+            for j in range(e.size):
+                self._accumulate(e[j], y[j], s[j])
+
+    def _locate(self, model_energy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Grid interval index and fraction of each model energy (held at the grid's ends)."""
+        grid = self.energy
+        i = np.clip(np.searchsorted(grid, model_energy, side="right") - 1, 0, grid.size - 2)
+        t = np.clip((model_energy - grid[i]) / (grid[i + 1] - grid[i]), 0.0, 1.0)
+        return i, t
+
+    def _interp_offsets(self, e: float, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+        """Candidate means at e + every offset -> out (K, C)."""
+        i, t = self._locate(e + self.offsets)
+        k = i.size
+        if k > 1 and np.all(np.diff(i) == 1) and np.ptp(t) < 1e-6:
+            # offsets on the model grid's step: the rows are one contiguous slice, no gather
+            i0 = int(i[0])
+            np.multiply(self._d[i0 : i0 + k], np.float32(t[0]), out=out)
+            out += self._m[i0 : i0 + k]
+            return out
+        np.take(self._m, i, axis=0, out=out)
+        np.take(self._d, i, axis=0, out=tmp)
+        tmp *= t.astype(np.float32)[:, None]
+        out += tmp
+        return out
+
+    def _accumulate(self, e: float, y: float, s: float) -> None:
+        """Add one point to the sums: a fixed number of passes over (K, C)."""
+        yy = (y - self._y_ref) / self._a_ref
+        x = (e - self._x_ref) / self._x_scale
+        i, t = self._locate(np.array([e + self._delta_w]))
+        i, t = int(i[0]), float(t[0])
+        var = (s / self._a_ref) ** 2 + ((1.0 - t) * self._v[i] + t * self._v[i + 1]).astype(float)
+        w = 1.0 / var
+        sc = self._sc
+        sc[0] += w
+        sc[1] += w * x
+        sc[2] += w * (x * x)
+        sc[3] += w * yy
+        sc[4] += w * (x * yy)
+        sc[5] += w * (yy * yy)
+        sc[6] += np.log(var)
+        p, wp, tmp = self._buf
+        self._interp_offsets(e, p, tmp)
+        np.multiply(p, w.astype(np.float32), out=wp)
+        self._swp += wp
+        np.multiply(wp, np.float32(x), out=tmp)
+        self._swpx += tmp
+        np.multiply(wp, np.float32(yy), out=tmp)
+        self._swpy += tmp
+        wp *= p
+        self._swpp += wp
+
+    def _rebuild(self, a_ref: float, delta_w: float) -> None:
+        """Recompute the sums from the stored points with new reference scale / offset."""
+        self._a_ref = float(a_ref)
+        self._delta_w = float(delta_w)
+        self._zero_sums()
+        self.n_rebuilds += 1
+        for e, y, s in zip(self._pe, self._py, self._ps, strict=True):
+            self._accumulate(e, y, s)
+
+    # ----------------------------------------------------------------- scores
+    def _bootstrap_scale(self) -> float:
+        """First guess of a_ref: spread of the data over the candidates' median spread there."""
+        e = np.asarray(self._pe)
+        y = np.asarray(self._py)
+        i, t = self._locate(e)
+        p = self._m[i] + t.astype(np.float32)[:, None] * self._d[i]  # (n, C), n small
+        spread_p = float(np.median(np.std(p, axis=0)))
+        spread_y = float(np.std(y))
+        if spread_p <= 0 or spread_y <= 0:
+            return max(float(np.median(self._ps)) * 10.0, 1e-300)
+        return spread_y / spread_p
+
+    def _n_distinct(self) -> int:
+        return int(np.unique(np.round(np.asarray(self._pe), 6)).size)
+
+    def _make_result(self, prob, post, next_energy, scale=None, logp=None) -> MatchResult:
+        best = int(np.argmax(prob))
+        ties = np.flatnonzero(prob == prob[best])
+        if ties.size > 1:  # never by input order
+            best = int(ties[np.argmin(self._rank[ties])])
+        if logp is None:
+            logp = np.log(prob)
+        entropy = float(-(prob @ np.where(prob > 0, logp, 0.0)))
+        off = float(post @ self.offsets)
+        off_std = float(np.sqrt(max(post @ (self.offsets - off) ** 2, 0.0)))
+        return MatchResult(
+            probabilities=prob,
+            names=self.names,
+            best_index=best,
+            best_name=self.names[best],
+            best_probability=float(prob[best]),
+            entropy=max(entropy, 0.0) + 0.0,
+            offset_ev=self._refine_offset(post, off, off_std),
+            offset_posterior=post,
+            next_energy=next_energy,
+            n_points=self.n_points,
+            offset_grid=self.offsets,
+            offset_std_ev=off_std,
+            temperature=self.temperature,
+            scale=scale,
+            _name_rank=self._rank,
+        )
+
+    def _refine_offset(self, post: np.ndarray, mean: float, std: float) -> float:
+        """Posterior mean, or the vertex of a parabola through the log posterior at its peak
+        when the posterior is narrower than the grid (the mean would stick to a node)."""
+        step = self.offsets[1] - self.offsets[0] if self.offsets.size > 1 else 0.0
+        k = int(np.argmax(post))
+        if std >= 0.5 * step or k == 0 or k == post.size - 1:
+            return mean
+        with np.errstate(divide="ignore"):
+            lm, l0, lp = np.log(post[k - 1 : k + 2])
+        if not np.all(np.isfinite([lm, l0, lp])):
+            return float(self.offsets[k])
+        curv = lm - 2 * l0 + lp
+        if curv >= 0:
+            return mean
+        return float(self.offsets[k] + 0.5 * step * (lm - lp) / curv)
+
+    def result(self) -> MatchResult:
+        """Probabilities, entropy, shared offset and next energy for the points so far.
+
+        With 3 distinct energies or fewer every candidate fits exactly (scale and a linear
+        background), so the probabilities are uniform and the offset posterior is the prior.
+        """
+        if self._n_distinct() <= _N_PARAMS:
+            prior = np.exp(self.log_prior)
+            c = self.n_candidates
+            return self._make_result(np.full(c, 1.0 / c), prior, self._next_energy_prior())
+        if self._a_ref is None:
+            self._y_ref = float(self._py[0])
+            self._rebuild(self._bootstrap_scale(), 0.0)
+        for _ in range(3):  # settle a_ref / delta_w (rebuilds are rare after the first points)
+            prob, post, top, coef, logp = self._score()
+            a_hat = float(prob[top] @ coef[:, 0] / max(prob[top].sum(), 1e-300)) * self._a_ref
+            off = float(post @ self.offsets)
+            move_a = a_hat > 0 and abs(np.log(a_hat / self._a_ref)) > np.log(1.3)
+            move_d = self._has_std and abs(off - self._delta_w) > 0.5
+            if not (move_a or move_d):
+                break
+            self._rebuild(a_hat if move_a else self._a_ref, off if move_d else self._delta_w)
+        k_hat = int(np.argmax(post))
+        best_pos = int(np.argmax(prob[top]))
+        return self._make_result(
+            prob,
+            post,
+            self._next_energy(prob, top, coef, k_hat),
+            scale=float(coef[best_pos, 0] * self._a_ref),
+            logp=logp,
+        )
+
+    def _background_inverse(self):
+        """(C,) pieces of the linear background's normal equations (float64)."""
+        w, wx, wxx, wy, wxy, wyy, slogv = self._sc
+        det = w * wxx - wx * wx
+        ok = det > 1e-9 * np.maximum(w * wxx, 1e-300)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # inverse of [[w, wx], [wx, wxx]] (a constant only, if all points share one energy)
+            g11 = np.where(ok, wxx / det, 1.0 / w)
+            g12 = np.where(ok, -wx / det, 0.0)
+            g22 = np.where(ok, w / det, 0.0)
+        h1 = g11 * wy + g12 * wxy
+        h2 = g12 * wy + g22 * wxy
+        qyy = wyy - (wy * h1 + wxy * h2)  # chi2 of the background-only fit
+        return g11, g12, g22, h1, h2, qyy, slogv
+
+    def log_likelihood_table(self) -> np.ndarray:
+        """Untempered profiled log likelihood (K offsets, C candidates), float64.
+
+        -(chi2_min + sum log var) / 2 up to a constant; what :func:`fit_temperature` needs.
+        """
+        if self._n_distinct() <= _N_PARAMS:
+            return np.zeros((self.offsets.size, self.n_candidates))
+        if self._a_ref is None:
+            self.result()
+        expl, row = self._explained()
+        return 0.5 * (expl.astype(float) - row[None, :])
+
+    def _explained(self) -> tuple[np.ndarray, np.ndarray]:
+        """chi2 reduction by the candidate (K, C) in a work buffer, and chi2_bg + sum log var."""
+        g11, g12, g22, h1, h2, qyy, slogv = self._background_inverse()
+        f32 = np.float32
+        u1, u2 = self._swp, self._swpx
+        qpp, qpy, tmp = self._buf
+        # Q_py = S_wpy - u^T h, Q_pp = S_wpp - u^T G u: the candidate after the background
+        np.multiply(u1, h1.astype(f32), out=qpy)
+        np.multiply(u2, h2.astype(f32), out=tmp)
+        qpy += tmp
+        np.subtract(self._swpy, qpy, out=qpy)
+        np.multiply(u1, g11.astype(f32), out=qpp)
+        np.multiply(u2, (2.0 * g12).astype(f32), out=tmp)
+        qpp += tmp
+        qpp *= u1
+        np.multiply(u2, g22.astype(f32), out=tmp)
+        tmp *= u2
+        qpp += tmp
+        np.subtract(self._swpp, qpp, out=qpp)
+        # a = Q_py / Q_pp > 0: a candidate whose best scale is negative explains nothing.
+        # explained chi2 = Q_py^2 / Q_pp lies in [0, chi2 of the background fit]; the clamps
+        # catch rounding where the candidate is ~linear over the points (Q_pp ~ 0, or NaN at 0/0)
+        np.maximum(qpy, self._zero_row, out=qpy)
+        qpy *= qpy
+        with np.errstate(divide="ignore", invalid="ignore"):
+            qpy /= qpp
+        np.fmin(qpy, qyy.astype(f32), out=qpy)
+        np.fmax(qpy, self._zero_row, out=qpy)
+        return qpy, qyy + slogv
+
+    def _score(self):
+        """Probabilities (C,), offset posterior (K,), probable set and its fitted coefficients."""
+        expl, row = self._explained()
+        beta = 0.5 / self.temperature
+        # log joint(k, c) = beta * (expl_kc - row_c) + log prior_k; row_c is taken out of the
+        # max so that the (K, C) work is: scale, add prior, max, subtract, exp, sum
+        lj = expl
+        lj *= np.float32(beta)
+        lj += self.log_prior.astype(np.float32)[:, None]
+        m = lj.max(axis=0)
+        lj -= m
+        # below exp(-80) nothing counts; the clamp keeps float32 out of subnormals (x86 computes
+        # on subnormals ~100x slower, which doubled the time of a result)
+        np.maximum(lj, self._floor_row, out=lj)
+        np.exp(lj, out=lj)
+        ssum = lj.sum(axis=0).astype(np.float64)  # K terms in [1.8e-35, 1]: float32 is fine
+        logmarg = m.astype(float) + np.log(ssum) - beta * row
+        mm = logmarg.max()
+        prob = np.exp(logmarg - mm)
+        psum = prob.sum()
+        lz = mm + np.log(psum)
+        prob /= psum
+        logp = logmarg - lz
+        # offset posterior: sum_c P(k, c) = sum_c exp(lj_kc + m_c - beta row_c - lz)
+        post = lj @ np.exp(m.astype(float) - beta * row - lz)  # float64: no subnormals
+        post = np.maximum(post, 0.0)
+        post /= post.sum()
+        top = self._probable(prob)
+        coef = self._coefficients(top, int(np.argmax(post)))
+        return prob, post, top, coef, logp
+
+    def _coefficients(self, idx: np.ndarray, k: int) -> np.ndarray:
+        """(a, b, g) of candidates ``idx`` at offset index k, a >= 0 (float64, few candidates)."""
+        w, wx, wxx, wy, wxy, _, _ = self._sc[:, idx]
+        swp = self._swp[k, idx].astype(float)
+        swpx = self._swpx[k, idx].astype(float)
+        swpp = self._swpp[k, idx].astype(float)
+        swpy = self._swpy[k, idx].astype(float)
+        A = np.empty((idx.size, 3, 3))
+        A[:, 0] = np.stack([swpp, swp, swpx], -1)
+        A[:, 1] = np.stack([swp, w, wx], -1)
+        A[:, 2] = np.stack([swpx, wx, wxx], -1)
+        rhs = np.stack([swpy, wy, wxy], -1)
+        ridge = 1e-9 * np.maximum(np.abs(A).max(axis=(1, 2)), 1e-300)
+        A += ridge[:, None, None] * np.eye(3)
+        coef = np.linalg.solve(A, rhs[..., None])[..., 0]
+        neg = coef[:, 0] < 0  # a < 0 is not allowed: background only
+        if neg.any():
+            bg = np.linalg.solve(A[neg][:, 1:, 1:], rhs[neg][:, 1:, None])[..., 0]
+            coef[neg] = np.column_stack([np.zeros(bg.shape[0]), bg])
+        return coef
+
+    @staticmethod
+    def _probable(prob: np.ndarray, mass: float = 0.999, max_n: int = 64) -> np.ndarray:
+        n = min(max_n, prob.size)
+        idx = np.argpartition(-prob, n - 1)[:n] if n < prob.size else np.arange(prob.size)
+        idx = idx[np.argsort(-prob[idx], kind="stable")]
+        keep = int(np.searchsorted(np.cumsum(prob[idx]), mass) + 1)
+        return np.sort(idx[: max(2, min(keep, idx.size))])
+
+    def _window_energies(self, delta: float) -> np.ndarray:
+        """Mono energies whose model energy is a grid node, inside the window, not yet measured."""
+        lo, hi = self.edge_window
+        e = self.energy - delta
+        e = e[(e >= lo - 1e-9) & (e <= hi + 1e-9)]
+        if self._pe and e.size:
+            pts = np.sort(np.asarray(self._pe))
+            j = np.searchsorted(pts, e)
+            left = pts[np.clip(j - 1, 0, pts.size - 1)]
+            right = pts[np.clip(j, 0, pts.size - 1)]
+            near = np.minimum(np.abs(e - left), np.abs(e - right))
+            e = e[near > self.exclusion_ev]
+        return e
+
+    def _next_energy_prior(self) -> float | None:
+        """Before any fit: where the candidates' spectra differ most, relative to their spread."""
+        e = self._window_energies(0.0)
+        if e.size == 0:
+            return None
+        idx = np.clip(np.searchsorted(self.energy, e - 1e-9), 0, self.energy.size - 1)
+        between = self._m[idx].var(axis=1, dtype=np.float64)
+        within = self._v[idx].mean(axis=1, dtype=np.float64)
+        return float(e[int(np.argmax(np.log1p(between / within)))])
+
+    def _next_energy(self, prob, top, coef, k_hat) -> float | None:
+        delta = float(self.offsets[k_hat])
+        e = self._window_energies(delta)
+        if e.size == 0:
+            return None
+        idx = np.clip(np.searchsorted(self.energy, e + delta - 1e-9), 0, self.energy.size - 1)
+        p = self._m_c[top][:, idx].T.astype(float)  # (n_e, T)
+        v = self._v_c[top][:, idx].T.astype(float)
+        x = ((e - self._x_ref) / self._x_scale)[:, None]
+        a = coef[:, 0]
+        pred = a * p + coef[:, 1] + coef[:, 2] * x
+        noise = (np.median(self._ps) / self._a_ref) ** 2
+        var = noise + a**2 * v
+        pw = prob[top] / prob[top].sum()
+        mean = pred @ pw
+        between = ((pred - mean[:, None]) ** 2) @ pw
+        within = var @ pw
+        gain = 0.5 * np.log1p(between / within)
+        return float(e[int(np.argmax(gain))])
+
+
+def fit_temperature(
+    log_likelihoods: Sequence[np.ndarray],
+    true_indices: Sequence[int],
+    temperatures: np.ndarray | None = None,
+) -> tuple[float, np.ndarray]:
+    """Temperature minimising the negative log probability of the true candidate.
+
+    Parameters
+    ----------
+    log_likelihoods : sequence of (C_i,) arrays
+        Per trial, the untempered log marginal likelihood of every candidate up to a constant
+        (at T = 1).  Marginalisation over the offset happens at T, so pass the per-offset
+        arrays (K, C_i) instead to have it redone at each T.
+    true_indices : sequence of int
+        Index of the true candidate in each trial.
+    temperatures : np.ndarray, optional
+        Grid searched (log-spaced 0.1 ... 1000 by default).
+
+    Returns
+    -------
+    (best temperature, mean NLL per temperature)
+    """
+    if temperatures is None:
+        temperatures = np.geomspace(0.1, 1000.0, 121)
+    nll = np.zeros(temperatures.size)
+    for ll, ti in zip(log_likelihoods, true_indices, strict=True):
+        ll = np.asarray(ll, dtype=float)
+        for j, t in enumerate(temperatures):
+            z = ll / t
+            if z.ndim == 2:  # (K, C): marginalise the offset at this temperature
+                z = np.logaddexp.reduce(z, axis=0)
+            nll[j] -= z[ti] - np.logaddexp.reduce(z)
+    nll /= max(len(true_indices), 1)
+    return float(temperatures[int(np.argmin(nll))]), nll
