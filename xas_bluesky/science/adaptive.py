@@ -1,0 +1,101 @@
+"""The decision rule of the autonomous XANES scan, free of Bluesky so the plan and the benchmark
+share it exactly.
+
+A coarse pass over the edge first (the comparator needs a pre-edge, the edge and some post-edge to
+fit each candidate's scale and background), then one point at a time at the energy the comparator
+recommends (where the probable candidates disagree most), until the best candidate's probability
+reaches the threshold or the point budget is spent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from xas_bluesky.science.grids import GRID_SPECS, ONSET_EV
+
+__all__ = ["coarse_energies", "grid_energies", "AdaptivePolicy", "Decision"]
+
+#: reasons a scan stops, as written into the run's documents
+STOP_CONFIDENT = "confident"
+STOP_BUDGET = "budget"
+STOP_NO_ANALYSIS = "analysis-timeout"
+
+
+def grid_energies(edge: str, step: float = 0.1) -> np.ndarray:
+    """The conventional full grid of the demo's ``grid`` mode (O 526-575 eV, N 396-445 eV)."""
+    start, stop, _ = GRID_SPECS[edge]
+    n = int(round((stop - start) / step)) + 1
+    return np.round(start + step * np.arange(n), 4)
+
+
+def coarse_energies(edge: str, step: float = 2.0) -> np.ndarray:
+    """The coarse first pass: two pre-edge points, the edge every ``step`` eV, a sparse post-edge.
+
+    14 points with the default step, on FEFF10's axis.
+    """
+    start, stop, _ = GRID_SPECS[edge]
+    e0 = ONSET_EV[edge]
+    pre = [start, e0 - 2.0]
+    edge_pts = list(np.arange(e0, e0 + 16.0, step))
+    post = [e0 + 20.0, e0 + 28.0, e0 + 36.0, stop]
+    return np.round(np.array(pre + edge_pts + post), 3)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do after a point: measure ``energy`` next, or stop for ``reason``."""
+
+    energy: float | None
+    reason: str | None = None
+
+    @property
+    def stop(self) -> bool:
+        return self.energy is None
+
+
+@dataclass
+class AdaptivePolicy:
+    """Stop when the best probability reaches ``threshold`` or after ``max_points`` points."""
+
+    edge: str
+    threshold: float = 0.99
+    max_points: int = 49  # 10% of the 491-point grid scan
+    coarse_step: float = 2.0
+    min_spacing: float = 0.05  # eV: a recommendation this close to a measured point is a repeat
+
+    def first_pass(self) -> np.ndarray:
+        return coarse_energies(self.edge, self.coarse_step)
+
+    def decide(
+        self,
+        measured: np.ndarray,
+        best_probability: float,
+        next_energy: float | None,
+    ) -> Decision:
+        """The next move after the coarse pass, from what the analysis published."""
+        measured = np.asarray(measured, dtype=float)
+        if best_probability >= self.threshold:
+            return Decision(None, STOP_CONFIDENT)
+        if measured.size >= self.max_points:
+            return Decision(None, STOP_BUDGET)
+        start, stop, _ = GRID_SPECS[self.edge]
+        ok = (
+            next_energy is not None
+            and np.isfinite(next_energy)
+            and start <= next_energy <= stop
+            and (measured.size == 0 or np.min(np.abs(measured - next_energy)) >= self.min_spacing)
+        )
+        if ok:
+            return Decision(float(next_energy))
+        return Decision(self.fill_gap(measured))
+
+    def fill_gap(self, measured: np.ndarray) -> float:
+        """Fallback when the recommendation is unusable: the middle of the widest gap at the edge."""
+        e0 = ONSET_EV[self.edge]
+        lo, hi = e0 - 1.0, e0 + 20.0
+        pts = np.unique(np.clip(np.concatenate([measured, [lo, hi]]), lo, hi))
+        gaps = np.diff(pts)
+        i = int(np.argmax(gaps))
+        return float(round(0.5 * (pts[i] + pts[i + 1]), 3))
