@@ -1,0 +1,276 @@
+"""caproto PV groups of the simulated beamline: mono, detectors, sample changer, storage ring.
+
+The groups share one :class:`SimState` (clock, random generator, samples, beam model) held by the
+top-level IOC, so the detectors see the mono's *true* photon energy (readback + calibration
+offset) and the sample in the beam.  All physics is in :mod:`sim_iocs.physics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from caproto import ChannelType
+from caproto.server import PVGroup, pvproperty
+
+from sim_iocs.physics import (
+    DEFAULT_COUNT_TIME,
+    ENERGY_LIMITS,
+    Beam,
+    Clock,
+    Sample,
+    SpectrumError,
+    parse_slot_spec,
+)
+
+__all__ = ["SimState", "MonoGroup", "DetectorGroup", "SampleChangerGroup", "RingGroup"]
+
+_WAVEFORM_CHARS = 4096
+
+
+@dataclass
+class SimState:
+    """What the groups of one IOC process share."""
+
+    clock: Clock
+    rng: np.random.Generator
+    samples: dict[str, Sample]
+    current: str
+    beam: Beam = field(default_factory=Beam)
+    true_offset: float = 0.0
+    #: the mono readback (kept here so detectors need not go through Channel Access)
+    readback: float = 530.0
+
+    @property
+    def true_energy(self) -> float:
+        return self.readback + self.true_offset
+
+    @property
+    def sample(self) -> Sample:
+        return self.samples[self.current]
+
+
+def _state(group: PVGroup) -> SimState:
+    g = group
+    while g is not None:
+        state = getattr(g, "state", None)
+        if state is not None:
+            return state
+        g = g.parent
+    raise RuntimeError(f"{group} is not part of an IOC with a SimState")
+
+
+def _char_waveform(name: str, doc: str, read_only: bool = True, value: str = "") -> pvproperty:
+    return pvproperty(
+        name=name,
+        value=value,
+        dtype=ChannelType.CHAR,
+        max_length=_WAVEFORM_CHARS,
+        string_encoding="utf-8",
+        read_only=read_only,
+        doc=doc,
+    )
+
+
+class MonoGroup(PVGroup):
+    """Grating monochromator.
+
+    A put to ``Energy-SP`` completes (put-callback) when the motion is done; the motion takes
+    ``Settle-SP + |step| / Velo-SP`` simulated seconds.  Puts outside the control limits are
+    refused with a Channel Access error.  The true photon energy is ``Energy-RB + Sim:Offset-SP``
+    (the calibration error the beamline does not know); ``Calib:Offset-SP`` holds the offset the
+    beamline *measured* (:func:`xas_bluesky.beamline.plans.calibrate_energy`).
+    """
+
+    energy_sp = pvproperty(
+        name="Energy-SP",
+        value=530.0,
+        lower_ctrl_limit=ENERGY_LIMITS[0],
+        upper_ctrl_limit=ENERGY_LIMITS[1],
+        precision=3,
+        units="eV",
+        doc="energy setpoint (put-completion when the move is done)",
+    )
+    energy_rb = pvproperty(
+        name="Energy-RB", value=530.0, read_only=True, precision=4, units="eV", doc="readback"
+    )
+    moving = pvproperty(name="Moving-Sts", value=0, read_only=True, doc="1 while moving")
+    done = pvproperty(name="DoneMoving-Sts", value=1, read_only=True, doc="1 when not moving")
+    velocity = pvproperty(
+        name="Velo-SP", value=10.0, lower_ctrl_limit=0.01, upper_ctrl_limit=1000.0, units="eV/s"
+    )
+    settle = pvproperty(
+        name="Settle-SP", value=0.05, lower_ctrl_limit=0.0, upper_ctrl_limit=10.0, units="s"
+    )
+    sim_offset = pvproperty(
+        name="Sim:Offset-SP",
+        value=0.0,
+        precision=4,
+        units="eV",
+        doc="simulation truth: true photon energy = Energy-RB + this",
+    )
+    calib_offset = pvproperty(
+        name="Calib:Offset-SP",
+        value=0.0,
+        precision=4,
+        units="eV",
+        doc="measured calibration offset (true = readback + offset), used by the analysis",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._lock = asyncio.Lock()
+
+    @sim_offset.startup
+    async def sim_offset(self, instance, async_lib):
+        await instance.write(_state(self).true_offset)
+
+    @sim_offset.putter
+    async def sim_offset(self, instance, value):
+        if not math.isfinite(value):
+            raise ValueError("offset must be finite")
+        _state(self).true_offset = float(value)
+        return value
+
+    @energy_sp.putter
+    async def energy_sp(self, instance, value):
+        if not math.isfinite(value):
+            raise ValueError("energy must be finite")
+        state = _state(self)
+        async with self._lock:
+            start = state.readback
+            duration = state.clock.real(
+                self.settle.value + abs(value - start) / self.velocity.value
+            )
+            await self.moving.write(1)
+            await self.done.write(0)
+            # intermediate readbacks only for moves long enough to be watched
+            steps = int(min(20, duration / 0.05))
+            for k in range(1, steps + 1):
+                await asyncio.sleep(duration / (steps + 1))
+                state.readback = start + (value - start) * k / (steps + 1)
+                await self.energy_rb.write(state.readback)
+            await asyncio.sleep(duration / (steps + 1) if steps else duration)
+            # encoder jitter: the readback is what was reached, not what was asked
+            state.readback = float(value + state.rng.normal(0.0, 0.002))
+            await self.energy_rb.write(state.readback)
+            await self.moving.write(0)
+            await self.done.write(1)
+        return value
+
+
+class RingGroup(PVGroup):
+    """Storage-ring current (top-up with decay), refreshed twice a (real) second."""
+
+    current = pvproperty(name="Current-I", value=400.0, read_only=True, precision=3, units="mA")
+
+    @current.scan(period=0.5)
+    async def current(self, instance, async_lib):
+        state = _state(self)
+        await instance.write(state.beam.ring.current(state.clock.now()))
+
+
+class DetectorGroup(PVGroup):
+    """Counters: I0 (gold mesh), TEY, PFY and transmission (It), counted together.
+
+    A put of 1 to ``Acquire-Cmd`` counts for ``CountTime-SP`` simulated seconds and completes
+    (put-callback) once every channel holds the new counts; ``Count-I`` then has been incremented.
+    """
+
+    acquire = pvproperty(name="Acquire-Cmd", value=0, doc="put 1 to count (put-completion)")
+    acquiring = pvproperty(name="Acquiring-Sts", value=0, read_only=True)
+    count_time = pvproperty(
+        name="CountTime-SP",
+        value=DEFAULT_COUNT_TIME,
+        lower_ctrl_limit=1e-4,
+        upper_ctrl_limit=1000.0,
+        precision=4,
+        units="s",
+    )
+    dark_rate = pvproperty(
+        name="DarkRate-SP", value=50.0, lower_ctrl_limit=0.0, upper_ctrl_limit=1e9, units="cts/s"
+    )
+    i0 = pvproperty(name="I0-I", value=0.0, read_only=True, units="cts", doc="gold mesh")
+    tey = pvproperty(name="TEY-I", value=0.0, read_only=True, units="cts", doc="electron yield")
+    pfy = pvproperty(name="PFY-I", value=0.0, read_only=True, units="cts", doc="partial fluor.")
+    it = pvproperty(name="It-I", value=0.0, read_only=True, units="cts", doc="transmitted")
+    count = pvproperty(name="Count-I", value=0, read_only=True, doc="acquisitions so far")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._lock = asyncio.Lock()
+
+    @acquire.putter
+    async def acquire(self, instance, value):
+        if not value:
+            return 0
+        state = _state(self)
+        async with self._lock:
+            await self.acquiring.write(1)
+            t = float(self.count_time.value)
+            energy, sample = state.true_energy, state.sample
+            ring_ma = state.beam.ring.current(state.clock.now() + t / 2)
+            await asyncio.sleep(state.clock.real(t))
+            counts = state.beam.measure(
+                sample, energy, ring_ma, t, state.rng, dark_rate=float(self.dark_rate.value)
+            )
+            await self.i0.write(counts["i0"])
+            await self.tey.write(counts["tey"])
+            await self.pfy.write(counts["pfy"])
+            await self.it.write(counts["it"])
+            await self.count.write(self.count.value + 1)
+            await self.acquiring.write(0)
+        return 0
+
+
+class SampleChangerGroup(PVGroup):
+    """Named sample slots.  A put to ``Slot-SP`` (a slot name) moves that sample into the beam and
+    completes when it is there; an unknown name is refused with a Channel Access error.
+    ``Sim:Load-Cmd`` takes ``NAME=FILE.csv`` (or ``NAME=heldout:[EDGE:]SAMPLE``) to fill a slot at
+    run time; a bad spectrum file is refused with the reason."""
+
+    slot = pvproperty(
+        name="Slot-SP", value="", dtype=ChannelType.STRING, doc="slot to move into the beam"
+    )
+    slot_rb = pvproperty(name="Slot-RB", value="", dtype=ChannelType.STRING, read_only=True)
+    slots = _char_waveform("Slots-Wfm", "slot names, newline-separated")
+    source = _char_waveform("Sim:Source-RB", "where the slot's true spectrum comes from")
+    load = _char_waveform("Sim:Load-Cmd", "NAME=SOURCE: fill a slot", read_only=False)
+    move_time = pvproperty(name="MoveTime-SP", value=2.0, lower_ctrl_limit=0.0, units="s")
+
+    @slot.startup
+    async def slot(self, instance, async_lib):
+        state = _state(self)
+        await instance.write(state.current)
+        await self._publish(state)
+
+    async def _publish(self, state: SimState) -> None:
+        await self.slot_rb.write(state.current)
+        await self.slots.write("\n".join(state.samples))
+        sample = state.sample
+        await self.source.write(", ".join(s.source for s in sample.spectra) or "blank")
+
+    @slot.putter
+    async def slot(self, instance, value):
+        state = _state(self)
+        value = str(value).strip()
+        if value not in state.samples:
+            raise ValueError(f"no slot named {value!r}")
+        if value != state.current:
+            await asyncio.sleep(state.clock.real(self.move_time.value))
+            state.current = value
+        await self._publish(state)
+        return value
+
+    @load.putter
+    async def load(self, instance, value):
+        state = _state(self)
+        try:
+            name, spectra = parse_slot_spec(str(value))
+        except SpectrumError as exc:
+            raise ValueError(str(exc)) from None
+        state.samples[name] = Sample(name, spectra)
+        await self._publish(state)
+        return value

@@ -1,0 +1,179 @@
+"""ophyd devices of the XAS beamline: monochromator, counters, sample changer.
+
+They speak the PV names of the simulated beamline (:mod:`sim_iocs.beamline`), which follow the
+NSLS-II ``Signal-Suffix`` style; a real beamline maps its own PVs by subclassing.
+
+Readings are always fresh: every read-back signal is created with ``auto_monitor=False``, so a
+``read()`` after a put-completed acquisition or move makes an explicit Channel Access get rather
+than returning a monitor value that may still predate the put (see FACTS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ophyd import Component as Cpt
+from ophyd import Device, EpicsSignal, EpicsSignalRO, PVPositionerPC
+from ophyd.status import DeviceStatus, Status
+
+__all__ = [
+    "Mono",
+    "XASDetector",
+    "SampleChanger",
+    "BeamlineDevices",
+    "make_devices",
+    "MODES",
+    "mode_fields",
+]
+
+#: measurement mode -> detector channel of the signal (mu from TEY/I0, PFY/I0, ln(I0/It))
+MODES = {"TEY": "tey", "PFY": "pfy", "TRANS": "it"}
+
+
+class Mono(PVPositionerPC):
+    """Grating monochromator energy (eV); a move completes on the IOC's put-callback.
+
+    The reading's field is ``{name}_energy`` (the readback).  ``calib_offset`` is the measured
+    calibration (true photon energy = readback + offset), written by ``calibrate_energy``.
+    """
+
+    setpoint = Cpt(EpicsSignal, "Energy-SP", kind="normal", put_complete=True)
+    readback = Cpt(EpicsSignalRO, "Energy-RB", kind="hinted", auto_monitor=False)
+    moving = Cpt(EpicsSignalRO, "Moving-Sts", kind="omitted", auto_monitor=False)
+    calib_offset = Cpt(EpicsSignal, "Calib:Offset-SP", kind="config", auto_monitor=False)
+    velocity = Cpt(EpicsSignal, "Velo-SP", kind="config")
+    settle = Cpt(EpicsSignal, "Settle-SP", kind="config")
+
+    def __init__(self, prefix: str = "", *, name: str, **kwargs):
+        super().__init__(prefix, name=name, **kwargs)
+        self.readback.name = f"{self.name}_energy"
+        self.setpoint.name = f"{self.name}_energy_setpoint"
+
+
+class XASDetector(Device):
+    """I0 (gold mesh), TEY, PFY and transmitted-flux counters, acquired together.
+
+    ``trigger()`` puts 1 to ``Acquire-Cmd`` and completes on the IOC's put-callback, i.e. when
+    every channel holds the new counts; the channels are then read with explicit gets.
+    ``count_time`` (simulated seconds) is read with every event, so a plan may change the dwell
+    between points of one run.
+    """
+
+    acquire = Cpt(EpicsSignal, "Acquire-Cmd", kind="omitted", put_complete=True)
+    count_time = Cpt(EpicsSignal, "CountTime-SP", kind="normal", auto_monitor=False)
+    i0 = Cpt(EpicsSignalRO, "I0-I", kind="hinted", auto_monitor=False)
+    tey = Cpt(EpicsSignalRO, "TEY-I", kind="hinted", auto_monitor=False)
+    pfy = Cpt(EpicsSignalRO, "PFY-I", kind="normal", auto_monitor=False)
+    it = Cpt(EpicsSignalRO, "It-I", kind="normal", auto_monitor=False)
+    count = Cpt(EpicsSignalRO, "Count-I", kind="omitted", auto_monitor=False)
+    dark_rate = Cpt(EpicsSignal, "DarkRate-SP", kind="config")
+
+    def trigger(self) -> Status:
+        # pyepics reports a put-callback as done even when the IOC refused the put: check that
+        # the IOC really counted (Count-I went up by one) before the channels are read
+        before = self.count.get(use_monitor=False)
+        status = DeviceStatus(self)
+
+        def _counted(put_status) -> None:
+            if not put_status.success:
+                status.set_exception(put_status.exception() or RuntimeError("acquire failed"))
+                return
+            try:
+                after = self.count.get(use_monitor=False)
+            except Exception as exc:  # IOC gone between the put and the check
+                status.set_exception(exc)
+                return
+            if after != before + 1:
+                status.set_exception(
+                    RuntimeError(
+                        f"{self.name}: the IOC did not count (Count-I {before} -> {after})"
+                    )
+                )
+            else:
+                status.set_finished()
+
+        # no timeout: a count may legitimately last long; a dead IOC fails the put instead
+        self.acquire.set(1).add_callback(_counted)
+        return status
+
+    def field(self, channel: str) -> str:
+        """The data key of ``channel`` (``"i0"``, ``"tey"``, ...) in this device's readings."""
+        return getattr(self, channel).name
+
+
+class SampleChanger(Device):
+    """Named sample slots.  ``set(name)`` moves that slot into the beam (put-completion)."""
+
+    slot = Cpt(EpicsSignal, "Slot-SP", string=True, put_complete=True, kind="omitted")
+    slot_rb = Cpt(EpicsSignalRO, "Slot-RB", string=True, kind="normal", auto_monitor=False)
+    slots = Cpt(EpicsSignalRO, "Slots-Wfm", string=True, kind="omitted", auto_monitor=False)
+
+    def __init__(self, prefix: str = "", *, name: str, **kwargs):
+        super().__init__(prefix, name=name, **kwargs)
+        self.slot_rb.name = f"{self.name}_slot"
+
+    def set(self, value: str) -> Status:
+        """Move slot ``value`` into the beam; fails if the IOC refused it (unknown slot)."""
+        value = str(value)
+        status = DeviceStatus(self)
+
+        def _arrived(put_status) -> None:
+            try:
+                now = self.slot_rb.get(use_monitor=False) if put_status.success else None
+            except Exception as exc:
+                status.set_exception(exc)
+                return
+            if now == value:
+                status.set_finished()
+            else:
+                status.set_exception(
+                    ValueError(f"{self.name}: slot {value!r} not in the beam (IOC has {now!r})")
+                )
+
+        self.slot.set(value).add_callback(_arrived)
+        return status
+
+    def slot_names(self) -> list[str]:
+        """Names of the loaded slots."""
+        text = self.slots.get(use_monitor=False)
+        return [s for s in str(text).split("\n") if s]
+
+
+def mode_fields(mono: Mono, det: XASDetector, mode: str = "TEY") -> dict[str, str]:
+    """The data keys the analysis needs for ``mode``: ``energy``, ``i0`` and ``signal``."""
+    mode = mode.upper()
+    if mode not in MODES:
+        raise ValueError(f"unknown measurement mode {mode!r}: expected one of {', '.join(MODES)}")
+    return {"energy": mono.readback.name, "i0": det.i0.name, "signal": det.field(MODES[mode])}
+
+
+@dataclass
+class BeamlineDevices:
+    """The devices of one beamline, connected."""
+
+    mono: Mono
+    det: XASDetector
+    sample_changer: SampleChanger
+    ring_current: EpicsSignalRO
+
+    def all(self) -> list:
+        return [self.mono, self.det, self.sample_changer, self.ring_current]
+
+
+def make_devices(prefix: str, *, name_prefix: str = "", timeout: float = 10.0) -> BeamlineDevices:
+    """Devices of the beamline whose PVs start with ``prefix`` (e.g. ``"SIM:"``), connected.
+
+    ``name_prefix`` is prepended to every device name (to tell two beamlines apart in one
+    process); the default names are ``mono``, ``det``, ``sample_changer``, ``ring_current``.
+    """
+    devs = BeamlineDevices(
+        mono=Mono(prefix + "Mono:", name=f"{name_prefix}mono"),
+        det=XASDetector(prefix + "Det:", name=f"{name_prefix}det"),
+        sample_changer=SampleChanger(prefix + "Sample:", name=f"{name_prefix}sample_changer"),
+        ring_current=EpicsSignalRO(
+            prefix + "Ring:Current-I", name=f"{name_prefix}ring_current", auto_monitor=False
+        ),
+    )
+    for d in devs.all():
+        d.wait_for_connection(timeout=timeout)
+    return devs

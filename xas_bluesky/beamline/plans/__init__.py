@@ -1,0 +1,36 @@
+"""Bluesky plans of the XAS beamline.
+
+- :mod:`.regions` -- region grids (pre-edge coarse, edge fine, post-edge coarse, per-region dwell).
+- :mod:`.xanes` -- :func:`xanes_scan`, :func:`grid_xanes_scan`; the start-document keys the
+  analysis reads (:data:`MD_KEYS`).
+- :mod:`.calibration` -- :func:`calibrate_energy`.
+- ``adaptive`` (to come) -- the adaptive scan that reads the score PVs; it can reuse
+  :func:`.xanes.xas_metadata` and :func:`.xanes.measure_point`.
+
+All are ordinary bluesky plans: checkpoints at every point (pause/resume, suspenders), staging,
+one run each.
+"""
+
+from xas_bluesky.beamline.plans.calibration import CalibrationError, calibrate_energy
+from xas_bluesky.beamline.plans.regions import Region, default_regions, grid_region, region_points
+from xas_bluesky.beamline.plans.xanes import (
+    MD_KEYS,
+    grid_xanes_scan,
+    measure_point,
+    xanes_scan,
+    xas_metadata,
+)
+
+__all__ = [
+    "Region",
+    "default_regions",
+    "grid_region",
+    "region_points",
+    "MD_KEYS",
+    "xas_metadata",
+    "measure_point",
+    "xanes_scan",
+    "grid_xanes_scan",
+    "CalibrationError",
+    "calibrate_energy",
+]

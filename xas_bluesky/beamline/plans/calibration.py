@@ -1,0 +1,125 @@
+"""Energy calibration of the mono against a reference sample of known spectrum.
+
+:func:`calibrate_energy` measures the reference slot, fits the offset (true photon energy =
+readback + offset) by least squares against the known spectrum, writes it to the mono's
+``Calib:Offset-SP`` PV and, if given, to ``RE.md["energy_offset"]``.  Later
+:func:`~xas_bluesky.beamline.plans.xanes_scan` runs put it into their start documents, where the
+analysis reads it: one offset for the whole measurement, shared by all candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping, Sequence
+from pathlib import Path
+
+import bluesky.plan_stubs as bps
+import numpy as np
+
+from xas_bluesky.beamline.devices import MODES
+from xas_bluesky.beamline.measured import NormalisationError, fit_energy_offset, mu_from_channels
+from xas_bluesky.beamline.plans.regions import Region
+from xas_bluesky.beamline.plans.xanes import xanes_scan
+from xas_bluesky.science.grids import ONSET_EV
+
+__all__ = ["CalibrationError", "calibrate_energy", "calibration_regions", "load_reference"]
+
+#: below this correlation of model and data the fit is refused (wrong slot, no beam, ...)
+MIN_FIT_R = 0.9
+
+
+class CalibrationError(RuntimeError):
+    """The reference measurement did not give a trustworthy offset; nothing was stored."""
+
+
+def calibration_regions(edge: str, dwell: float = 1.0) -> list[Region]:
+    """0.2 eV from onset - 4 to onset + 26 eV: the edge and its first resonances (151 points)."""
+    e0 = ONSET_EV[edge]
+    return [Region(e0 - 4.0, e0 + 26.0, 0.2, dwell)]
+
+
+def load_reference(reference, edge: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(energy, mu)`` from a pair of arrays, a CSV ``energy_eV,mu`` path, or ``None`` (the sim
+    beamline's reference slot of ``edge``)."""
+    if reference is None:
+        from xas_bluesky.beamline.sim import reference_spectrum
+
+        return reference_spectrum(edge)
+    if isinstance(reference, str | Path):
+        from sim_iocs.physics import load_spectrum_csv
+
+        spec = load_spectrum_csv(reference)
+        return spec.energy, spec.mu
+    energy, mu = (np.asarray(a, dtype=float) for a in reference)
+    return energy, mu
+
+
+def calibrate_energy(
+    mono,
+    det,
+    sample_changer=None,
+    *,
+    edge: str,
+    slot: str | None = None,
+    reference=None,
+    regions: Sequence[Region] | None = None,
+    mode: str = "TEY",
+    max_shift: float = 3.0,
+    store: MutableMapping | None = None,
+    md: dict | None = None,
+):
+    """Measure a reference of known spectrum and calibrate the mono's energy offset.
+
+    Parameters
+    ----------
+    slot
+        Sample-changer slot of the reference (default: the sim beamline's ``ref_O`` / ``ref_N``
+        when ``reference`` is also default).
+    reference
+        Known spectrum on the true energy axis: ``(energy, mu)``, a CSV path, or ``None``.
+    max_shift
+        Search range of the offset (eV): a mono is rarely off by more.
+    store
+        A mapping (``RE.md``) that receives ``energy_offset``.
+
+    Returns
+    -------
+    float
+        The offset (eV).  Raises :class:`CalibrationError` (nothing stored) if the data do not
+        determine it.
+    """
+    ref_e, ref_mu = load_reference(reference, edge)
+    if slot is None and reference is None:
+        from xas_bluesky.beamline.sim import REFERENCE_SLOTS
+
+        slot = REFERENCE_SLOTS[edge][0]
+    readings: list[dict] = []
+    yield from xanes_scan(
+        mono,
+        det,
+        edge=edge,
+        regions=regions if regions is not None else calibration_regions(edge),
+        mode=mode,
+        sample=slot,
+        sample_changer=sample_changer,
+        md={"plan_name": "calibrate_energy", "purpose": "energy calibration", **(md or {})},
+        collect=readings,
+    )
+    e_key, i0_key = mono.readback.name, det.i0.name
+    sig_key = det.field(MODES[mode.upper()])
+    energy = np.array([r[e_key]["value"] for r in readings], dtype=float)
+    mu = mu_from_channels(
+        [r[i0_key]["value"] for r in readings], [r[sig_key]["value"] for r in readings], mode
+    )
+    try:
+        offset, r = fit_energy_offset(energy, mu, ref_e, ref_mu, max_shift=max_shift)
+    except NormalisationError as exc:
+        raise CalibrationError(f"energy calibration failed: {exc}") from None
+    if r < MIN_FIT_R:
+        raise CalibrationError(
+            f"energy calibration failed: the reference fits the data poorly (r = {r:.3f} < "
+            f"{MIN_FIT_R}); is slot {slot!r} the reference of the {edge} K edge?"
+        )
+    yield from bps.mv(mono.calib_offset, offset)
+    if store is not None:
+        store["energy_offset"] = offset
+    return offset

@@ -1,0 +1,191 @@
+"""Region-grid XANES scans.
+
+The start document carries what the live analysis needs (:data:`MD_KEYS`)::
+
+    xas_element     "O" | "N"            the absorbing element (K edge)
+    xas_edge        "K"
+    xas_mode        "TEY" | "PFY" | "TRANS"
+    xas_fields      {"energy": ..., "i0": ..., "signal": ...}   data keys of the primary stream
+    xas_regions     [{"start", "stop", "step", "dwell"}, ...]
+    xas_e0          onset on FEFF10's axis (eV)
+    sample_name     the slot / sample measured
+    candidates      the candidate set (a path or a label), or None
+    energy_offset   mono calibration: true photon energy = readback + energy_offset (eV)
+
+mu is ``signal / i0`` (TEY, PFY) or ``ln(i0 / signal)`` (TRANS); see
+:mod:`xas_bluesky.beamline.measured`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+
+from xas_bluesky.beamline.devices import mode_fields
+from xas_bluesky.beamline.plans.regions import Region, default_regions, grid_region, region_points
+from xas_bluesky.science.grids import ONSET_EV
+
+__all__ = ["MD_KEYS", "xas_metadata", "measure_point", "xanes_scan", "grid_xanes_scan"]
+
+MD_KEYS = (
+    "xas_element",
+    "xas_edge",
+    "xas_mode",
+    "xas_fields",
+    "xas_regions",
+    "xas_e0",
+    "sample_name",
+    "candidates",
+    "energy_offset",
+)
+
+
+def xas_metadata(
+    mono,
+    det,
+    *,
+    edge: str,
+    mode: str,
+    sample_name: str | None,
+    candidates: str | None,
+    energy_offset: float,
+    regions: Sequence[Region] = (),
+) -> dict:
+    """The XAS keys of a start document (:data:`MD_KEYS`)."""
+    if edge not in ONSET_EV:
+        raise ValueError(f"unknown edge {edge!r}: expected one of {', '.join(ONSET_EV)}")
+    return {
+        "xas_element": edge,
+        "xas_edge": "K",
+        "xas_mode": mode.upper(),
+        "xas_fields": mode_fields(mono, det, mode),
+        "xas_regions": [r.as_dict() for r in regions],
+        "xas_e0": ONSET_EV[edge],
+        "sample_name": sample_name,
+        "candidates": None if candidates is None else str(candidates),
+        "energy_offset": float(energy_offset),
+    }
+
+
+def measure_point(mono, det, energy: float, readables: Sequence):
+    """Move the mono to ``energy``, count and read one event of the primary stream; returns the
+    reading.  A checkpoint precedes it, so a pause or a suspender resumes by re-measuring this
+    point."""
+    yield from bps.checkpoint()
+    yield from bps.mv(mono, energy)
+    return (yield from bps.trigger_and_read(list(readables)))
+
+
+def _sample_name(sample_changer, sample):
+    if sample_changer is not None and sample is not None:
+        yield from bps.mv(sample_changer, sample)
+    if sample is not None:
+        return str(sample)
+    if sample_changer is not None:
+        return str((yield from bps.rd(sample_changer.slot_rb)))
+    return None
+
+
+def xanes_scan(
+    mono,
+    det,
+    *,
+    edge: str,
+    regions: Sequence[Region] | None = None,
+    mode: str = "TEY",
+    sample: str | None = None,
+    sample_changer=None,
+    candidates: str | None = None,
+    energy_offset: float | None = None,
+    readables: Sequence = (),
+    md: dict | None = None,
+    collect: list | None = None,
+):
+    """Step scan over region grids: at each energy move the mono, count, read.
+
+    Parameters
+    ----------
+    mono, det
+        :class:`~xas_bluesky.beamline.devices.Mono` and
+        :class:`~xas_bluesky.beamline.devices.XASDetector` (or devices with the same parts).
+    edge
+        Absorbing element of the K edge, ``"O"`` or ``"N"``.
+    regions
+        Region grids; default :func:`~.regions.default_regions` of ``edge``.
+    mode
+        ``"TEY"`` (default, soft X-ray O/N K edges), ``"PFY"`` or ``"TRANS"``.
+    sample, sample_changer
+        Slot to measure: moved into the beam first when a sample changer is given; recorded as
+        ``sample_name`` (default: the slot in the beam).
+    candidates
+        The candidate set the analysis should score against (recorded as given).
+    energy_offset
+        Mono calibration for the analysis; default: the mono's ``calib_offset`` PV, as written by
+        :func:`~.calibration.calibrate_energy`.
+    readables
+        Extra devices read with every point (e.g. the ring current).
+    md
+        Extra start-document metadata (overrides the defaults).
+    collect
+        If given, every event's reading is appended to it (plans that post-process, e.g.
+        calibration).
+    """
+    regions = list(regions) if regions is not None else default_regions(edge)
+    energies, dwells = region_points(regions)
+    if energy_offset is None:
+        energy_offset = float((yield from bps.rd(mono.calib_offset)))
+    sample_name = yield from _sample_name(sample_changer, sample)
+    fields = mode_fields(mono, det, mode)
+    read_list = [mono, det, *readables]
+    _md = {
+        "plan_name": "xanes_scan",
+        "plan_args": {
+            "edge": edge,
+            "mode": mode,
+            "regions": [repr(r) for r in regions],
+            "sample": sample,
+        },
+        "detectors": [det.name],
+        "motors": [mono.name],
+        "num_points": int(energies.size),
+        "num_intervals": int(energies.size) - 1,
+        "hints": {"dimensions": [([fields["energy"]], "primary")]},
+        **xas_metadata(
+            mono,
+            det,
+            edge=edge,
+            mode=mode,
+            sample_name=sample_name,
+            candidates=candidates,
+            energy_offset=energy_offset,
+            regions=regions,
+        ),
+    }
+    _md.update(md or {})
+
+    @bpp.stage_decorator([mono, det])
+    @bpp.run_decorator(md=_md)
+    def inner():
+        dwell_now = None
+        for energy, dwell in zip(energies, dwells, strict=True):
+            if dwell != dwell_now:  # the count time is read with every event
+                yield from bps.mv(det.count_time, float(dwell))
+                dwell_now = dwell
+            reading = yield from measure_point(mono, det, float(energy), read_list)
+            if collect is not None:
+                collect.append(reading)
+
+    return (yield from inner())
+
+
+def grid_xanes_scan(mono, det, *, edge: str, step: float = 0.1, dwell: float = 1.0, **kwargs):
+    """:func:`xanes_scan` over one region: the model's whole range (O 526-575 eV, N 396-445 eV)
+    at ``step`` (0.1 eV: 491 points).  Other keywords go to :func:`xanes_scan`."""
+    md = {"plan_name": "grid_xanes_scan", **(kwargs.pop("md", None) or {})}
+    return (
+        yield from xanes_scan(
+            mono, det, edge=edge, regions=grid_region(edge, step, dwell), md=md, **kwargs
+        )
+    )
