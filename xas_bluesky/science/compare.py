@@ -48,6 +48,8 @@ uncertainty.  Energies within ``exclusion_ev`` of a measured point are skipped.
 
 from __future__ import annotations
 
+import bisect
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -219,6 +221,7 @@ class Comparator:
             raise ValueError("offset_sigma and offset_step must be > 0, offset_max >= 0")
 
         self.energy = energy
+        self._grid_list = energy.tolist()
         self.names = [str(n) for n in names]
         self._rank = _name_ranks(self.names)
         self.n_candidates = n_cand
@@ -228,8 +231,11 @@ class Comparator:
         self.offset_sigma = float(offset_sigma)
         n_half = int(np.floor(offset_max / offset_step + 1e-9))
         self.offsets = offset_step * np.arange(-n_half, n_half + 1)
+        steps = np.diff(energy)
+        self._aligned = bool(np.allclose(steps, offset_step, rtol=1e-6, atol=1e-9))
         lp = -0.5 * (self.offsets / self.offset_sigma) ** 2
         self.log_prior = lp - np.logaddexp.reduce(lp)
+        self._log_prior32 = self.log_prior.astype(np.float32)
         self.edge_window = (
             (float(energy[0]), float(energy[-1])) if edge_window is None else tuple(edge_window)
         )
@@ -260,6 +266,10 @@ class Comparator:
         self._mask = np.empty((k, c), bool)
         self._floor_row = np.full(c, -80.0, np.float32)
         self.n_rebuilds = 0
+        self._prior_gain: np.ndarray | None = None
+        for b in self._buf:  # touch the pages now rather than in the first result
+            b.fill(0.0)
+        self._mask.fill(False)
         self.reset()
 
     # ------------------------------------------------------------------ points
@@ -268,6 +278,10 @@ class Comparator:
         self._pe: list[float] = []
         self._py: list[float] = []
         self._ps: list[float] = []
+        self._sorted_e: list[float] = []  # for the exclusion of measured energies
+        self._distinct: set[float] = set()
+        self._post: np.ndarray | None = None  # last offset posterior
+        self._n_results = 0
         self._y_ref: float | None = None
         self._a_ref: float | None = None
         self._delta_w = 0.0
@@ -304,30 +318,43 @@ class Comparator:
         if np.any(s <= 0):
             i = int(np.flatnonzero(s <= 0)[0])
             raise ValueError(f"sigma[{i}] = {s[i]!r} must be > 0: points refused")
-        self._pe.extend(e.tolist())
+        el = e.tolist()
+        self._pe.extend(el)
         self._py.extend(y.tolist())
         self._ps.extend(s.tolist())
+        for v in el:
+            bisect.insort(self._sorted_e, v)
+            self._distinct.add(round(v, 6))
         if self._a_ref is not None:
             for j in range(e.size):
                 self._accumulate(e[j], y[j], s[j])
 
+    def _locate1(self, model_energy: float) -> tuple[int, float]:
+        """Scalar :meth:`_locate` without array overhead."""
+        grid = self._grid_list
+        i = min(max(bisect.bisect_right(grid, model_energy) - 1, 0), len(grid) - 2)
+        t = (model_energy - grid[i]) / (grid[i + 1] - grid[i])
+        return i, min(max(t, 0.0), 1.0)
+
     def _locate(self, model_energy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Grid interval index and fraction of each model energy (held at the grid's ends)."""
         grid = self.energy
-        i = np.clip(np.searchsorted(grid, model_energy, side="right") - 1, 0, grid.size - 2)
-        t = np.clip((model_energy - grid[i]) / (grid[i + 1] - grid[i]), 0.0, 1.0)
+        i = np.searchsorted(grid, model_energy, side="right") - 1
+        i = np.minimum(np.maximum(i, 0), grid.size - 2)  # np.clip costs 10x more on small arrays
+        t = np.minimum(np.maximum((model_energy - grid[i]) / (grid[i + 1] - grid[i]), 0.0), 1.0)
         return i, t
 
     def _interp_offsets(self, e: float, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
         """Candidate means at e + every offset -> out (K, C)."""
-        i, t = self._locate(e + self.offsets)
-        k = i.size
-        if k > 1 and np.all(np.diff(i) == 1) and np.ptp(t) < 1e-6:
+        k = self.offsets.size
+        i0, t0 = self._locate1(e + float(self.offsets[0]))
+        i1, t1 = self._locate1(e + float(self.offsets[-1]))
+        if self._aligned and i1 - i0 == k - 1 and abs(t1 - t0) < 1e-6:
             # offsets on the model grid's step: the rows are one contiguous slice, no gather
-            i0 = int(i[0])
-            np.multiply(self._d[i0 : i0 + k], np.float32(t[0]), out=out)
+            np.multiply(self._d[i0 : i0 + k], np.float32(t0), out=out)
             out += self._m[i0 : i0 + k]
             return out
+        i, t = self._locate(e + self.offsets)
         np.take(self._m, i, axis=0, out=out)
         np.take(self._d, i, axis=0, out=tmp)
         tmp *= t.astype(np.float32)[:, None]
@@ -338,8 +365,7 @@ class Comparator:
         """Add one point to the sums: a fixed number of passes over (K, C)."""
         yy = (y - self._y_ref) / self._a_ref
         x = (e - self._x_ref) / self._x_scale
-        i, t = self._locate(np.array([e + self._delta_w]))
-        i, t = int(i[0]), float(t[0])
+        i, t = self._locate1(e + self._delta_w)
         var = (s / self._a_ref) ** 2 + ((1.0 - t) * self._v[i] + t * self._v[i + 1]).astype(float)
         w = 1.0 / var
         sc = self._sc
@@ -384,7 +410,7 @@ class Comparator:
         return spread_y / spread_p
 
     def _n_distinct(self) -> int:
-        return int(np.unique(np.round(np.asarray(self._pe), 6)).size)
+        return len(self._distinct)
 
     def _make_result(self, prob, post, next_energy, scale=None, logp=None) -> MatchResult:
         best = int(np.argmax(prob))
@@ -443,15 +469,22 @@ class Comparator:
         if self._a_ref is None:
             self._y_ref = float(self._py[0])
             self._rebuild(self._bootstrap_scale(), 0.0)
+        rebuilt = False
         for _ in range(3):  # settle a_ref / delta_w (rebuilds are rare after the first points)
-            prob, post, top, coef, logp = self._score()
+            prob, post, top, coef, logp = self._score(*self._live_offsets(rebuilt))
             a_hat = float(prob[top] @ coef[:, 0] / max(prob[top].sum(), 1e-300)) * self._a_ref
             off = float(post @ self.offsets)
-            move_a = a_hat > 0 and abs(np.log(a_hat / self._a_ref)) > np.log(1.3)
-            move_d = self._has_std and abs(off - self._delta_w) > 0.5
+            # a rebuild costs one accumulation per point so far: late in a scan only a large
+            # move is worth it (the reference scale and offset only place the model's spread)
+            late = self.n_points > self.REBUILD_LATE
+            move_a = a_hat > 0 and abs(np.log(a_hat / self._a_ref)) > np.log(3.0 if late else 1.3)
+            move_d = self._has_std and abs(off - self._delta_w) > (1.5 if late else 0.5)
             if not (move_a or move_d):
                 break
             self._rebuild(a_hat if move_a else self._a_ref, off if move_d else self._delta_w)
+            rebuilt = True
+        self._post = post
+        self._n_results += 1
         k_hat = int(np.argmax(post))
         best_pos = int(np.argmax(prob[top]))
         return self._make_result(
@@ -461,6 +494,27 @@ class Comparator:
             scale=float(coef[best_pos, 0] * self._a_ref),
             logp=logp,
         )
+
+    #: after this many points, only large moves of a_ref / delta_w trigger a rebuild
+    REBUILD_LATE = 24
+
+    #: offsets whose posterior (at the last result) is below this fraction of the largest are
+    #: left out of a result's (K, C) work; every 10th result, and after a rebuild, uses all
+    LIVE_THRESHOLD = 1e-9
+
+    def _live_offsets(self, force_full: bool = False) -> tuple[int, int]:
+        """Range [lo, hi) of offset indices a result computes.
+
+        The offset is shared, so P(c, k) <= P(k) for every candidate: an offset whose posterior
+        is negligible is negligible for every candidate.  The range keeps two neighbours on each
+        side, and :meth:`_score` falls back to all offsets if the posterior at its edges is not
+        negligible (the offset moved).  Accumulation always covers every offset.
+        """
+        k = self.offsets.size
+        if force_full or self._post is None or self._n_results % 10 == 0:
+            return 0, k
+        live = np.flatnonzero(self._post > self.LIVE_THRESHOLD * self._post.max())
+        return max(int(live[0]) - 2, 0), min(int(live[-1]) + 3, k)
 
     def _background_inverse(self):
         """(C,) pieces of the linear background's normal equations (float64)."""
@@ -489,17 +543,21 @@ class Comparator:
         expl, row = self._explained()
         return 0.5 * (expl.astype(float) - row[None, :])
 
-    def _explained(self) -> tuple[np.ndarray, np.ndarray]:
-        """chi2 reduction by the candidate (K, C) in a work buffer, and chi2_bg + sum log var."""
+    def _explained(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """chi2 reduction by the candidate (offsets lo:hi, C) in a work buffer, and
+        chi2_bg + sum log var (C,)."""
+        hi = self.offsets.size if hi is None else hi
+        n = hi - lo
         g11, g12, g22, h1, h2, qyy, slogv = self._background_inverse()
         f32 = np.float32
-        u1, u2 = self._swp, self._swpx
-        qpp, qpy, tmp = self._buf
+        u1, u2 = self._swp[lo:hi], self._swpx[lo:hi]
+        swpp, swpy = self._swpp[lo:hi], self._swpy[lo:hi]
+        qpp, qpy, tmp = (b[:n] for b in self._buf)
         # Q_py = S_wpy - u^T h, Q_pp = S_wpp - u^T G u: the candidate after the background
         np.multiply(u1, h1.astype(f32), out=qpy)
         np.multiply(u2, h2.astype(f32), out=tmp)
         qpy += tmp
-        np.subtract(self._swpy, qpy, out=qpy)
+        np.subtract(swpy, qpy, out=qpy)
         np.multiply(u1, g11.astype(f32), out=qpp)
         np.multiply(u2, (2.0 * g12).astype(f32), out=tmp)
         qpp += tmp
@@ -507,13 +565,13 @@ class Comparator:
         np.multiply(u2, g22.astype(f32), out=tmp)
         tmp *= u2
         qpp += tmp
-        np.subtract(self._swpp, qpp, out=qpp)
+        np.subtract(swpp, qpp, out=qpp)
         # a = Q_py / Q_pp > 0: a candidate whose best scale is negative explains nothing, nor
         # does one that is linear in E over the points (Q_pp below float32 rounding of S_wpp;
         # left in, 0/0-like noise would hand it a spurious share of the background's chi2).
         # explained chi2 = Q_py^2 / Q_pp, clamped to [0, chi2 of the background-only fit].
-        np.multiply(self._swpp, f32(1e-4), out=tmp)
-        mask = np.greater(qpp, tmp, out=self._mask)
+        np.multiply(swpp, f32(1e-4), out=tmp)
+        mask = np.greater(qpp, tmp, out=self._mask[:n])
         np.maximum(qpy, self._zero_row, out=qpy)
         qpy *= mask
         qpy *= qpy
@@ -523,15 +581,18 @@ class Comparator:
         np.minimum(qpy, qyy.astype(f32), out=qpy)
         return qpy, qyy + slogv
 
-    def _score(self):
-        """Probabilities (C,), offset posterior (K,), probable set and its fitted coefficients."""
-        expl, row = self._explained()
+    def _score(self, lo: int = 0, hi: int | None = None):
+        """Probabilities (C,), offset posterior (K,), probable set and its fitted coefficients,
+        from the offsets lo:hi (see :meth:`_live_offsets`)."""
+        k = self.offsets.size
+        hi = k if hi is None else hi
+        expl, row = self._explained(lo, hi)
         beta = 0.5 / self.temperature
         # log joint(k, c) = beta * (expl_kc - row_c) + log prior_k; row_c is taken out of the
         # max so that the (K, C) work is: scale, add prior, max, subtract, exp, sum
         lj = expl
         lj *= np.float32(beta)
-        lj += self.log_prior.astype(np.float32)[:, None]
+        lj += self._log_prior32[lo:hi, None]
         m = lj.max(axis=0)
         lj -= m
         # below exp(-80) nothing counts; the clamp keeps float32 out of subnormals (x86 computes
@@ -547,9 +608,14 @@ class Comparator:
         prob /= psum
         logp = logmarg - lz
         # offset posterior: sum_c P(k, c) = sum_c exp(lj_kc + m_c - beta row_c - lz)
-        post = lj @ np.exp(m.astype(float) - beta * row - lz)  # float64: no subnormals
-        post = np.maximum(post, 0.0)
-        post /= post.sum()
+        part = lj @ np.exp(m.astype(float) - beta * row - lz)  # float64: no subnormals
+        part = np.maximum(part, 0.0)
+        part /= part.sum()
+        edge = max(part[0] if lo > 0 else 0.0, part[-1] if hi < k else 0.0)
+        if edge > self.LIVE_THRESHOLD:  # the offset moved out of the range: all offsets
+            return self._score(0, k)
+        post = np.zeros(k)
+        post[lo:hi] = part
         top = self._probable(prob)
         coef = self._coefficients(top, int(np.argmax(post)))
         return prob, post, top, coef, logp
@@ -562,10 +628,11 @@ class Comparator:
         swpp = self._swpp[k, idx].astype(float)
         swpy = self._swpy[k, idx].astype(float)
         A = np.empty((idx.size, 3, 3))
-        A[:, 0] = np.stack([swpp, swp, swpx], -1)
-        A[:, 1] = np.stack([swp, w, wx], -1)
-        A[:, 2] = np.stack([swpx, wx, wxx], -1)
-        rhs = np.stack([swpy, wy, wxy], -1)
+        A[:, 0, 0], A[:, 0, 1], A[:, 0, 2] = swpp, swp, swpx
+        A[:, 1, 0], A[:, 1, 1], A[:, 1, 2] = swp, w, wx
+        A[:, 2, 0], A[:, 2, 1], A[:, 2, 2] = swpx, wx, wxx
+        rhs = np.empty((idx.size, 3))
+        rhs[:, 0], rhs[:, 1], rhs[:, 2] = swpy, wy, wxy
         ridge = 1e-9 * np.maximum(np.abs(A).max(axis=(1, 2)), 1e-300)
         A += ridge[:, None, None] * np.eye(3)
         coef = np.linalg.solve(A, rhs[..., None])[..., 0]
@@ -589,10 +656,10 @@ class Comparator:
         e = self.energy - delta
         e = e[(e >= lo - 1e-9) & (e <= hi + 1e-9)]
         if self._pe and e.size:
-            pts = np.sort(np.asarray(self._pe))
+            pts = np.asarray(self._sorted_e)
             j = np.searchsorted(pts, e)
-            left = pts[np.clip(j - 1, 0, pts.size - 1)]
-            right = pts[np.clip(j, 0, pts.size - 1)]
+            left = pts[np.maximum(j - 1, 0)]
+            right = pts[np.minimum(j, pts.size - 1)]
             near = np.minimum(np.abs(e - left), np.abs(e - right))
             e = e[near > self.exclusion_ev]
         return e
@@ -602,23 +669,25 @@ class Comparator:
         e = self._window_energies(0.0)
         if e.size == 0:
             return None
-        idx = np.clip(np.searchsorted(self.energy, e - 1e-9), 0, self.energy.size - 1)
-        between = self._m[idx].var(axis=1, dtype=np.float64)
-        within = self._v[idx].mean(axis=1, dtype=np.float64)
-        return float(e[int(np.argmax(np.log1p(between / within)))])
+        if self._prior_gain is None:  # once: (E,) over all candidates
+            between = self._m.var(axis=1, dtype=np.float64)
+            within = self._v.mean(axis=1, dtype=np.float64)
+            self._prior_gain = np.log1p(between / within)
+        idx = np.minimum(np.searchsorted(self.energy, e - 1e-9), self.energy.size - 1)
+        return float(e[int(np.argmax(self._prior_gain[idx]))])
 
     def _next_energy(self, prob, top, coef, k_hat) -> float | None:
         delta = float(self.offsets[k_hat])
         e = self._window_energies(delta)
         if e.size == 0:
             return None
-        idx = np.clip(np.searchsorted(self.energy, e + delta - 1e-9), 0, self.energy.size - 1)
+        idx = np.minimum(np.searchsorted(self.energy, e + delta - 1e-9), self.energy.size - 1)
         p = self._m_c[top][:, idx].T.astype(float)  # (n_e, T)
         v = self._v_c[top][:, idx].T.astype(float)
         x = ((e - self._x_ref) / self._x_scale)[:, None]
         a = coef[:, 0]
         pred = a * p + coef[:, 1] + coef[:, 2] * x
-        noise = (np.median(self._ps) / self._a_ref) ** 2
+        noise = (statistics.median(self._ps) / self._a_ref) ** 2
         var = noise + a**2 * v
         pw = prob[top] / prob[top].sum()
         mean = pred @ pw
