@@ -25,6 +25,7 @@ import csv
 import math
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -180,10 +181,19 @@ def parse_slot_spec(spec: str) -> tuple[str, list[Spectrum]]:
     return name, [load_spectrum_csv(source)]
 
 
-def _carbon_mu(energy) -> np.ndarray:
+@lru_cache(maxsize=1)
+def _carbon_table() -> tuple[np.ndarray, np.ndarray]:
     import xraydb
 
-    return np.asarray(xraydb.mu_elam("C", np.atleast_1d(np.asarray(energy, dtype=float))))
+    grid = np.arange(ENERGY_LIMITS[0], ENERGY_LIMITS[1] + 0.25, 0.25)
+    return grid, np.asarray(xraydb.mu_elam("C", grid))
+
+
+def _carbon_mu(energy) -> np.ndarray:
+    """Carbon's photo-absorption cross-section (xraydb, cm^2/g), tabulated once: an xraydb
+    query per count would cost milliseconds."""
+    grid, mu = _carbon_table()
+    return np.interp(np.atleast_1d(np.asarray(energy, dtype=float)), grid, mu)
 
 
 @dataclass

@@ -44,10 +44,23 @@ class Mono(PVPositionerPC):
     velocity = Cpt(EpicsSignal, "Velo-SP", kind="config")
     settle = Cpt(EpicsSignal, "Settle-SP", kind="config")
 
+    #: seconds a move may take beyond its nominal time before it fails (a dead IOC never calls
+    #: back: without a timeout the RunEngine would wait forever)
+    timeout_margin = 10.0
+
     def __init__(self, prefix: str = "", *, name: str, **kwargs):
         super().__init__(prefix, name=name, **kwargs)
         self.readback.name = f"{self.name}_energy"
         self.setpoint.name = f"{self.name}_energy_setpoint"
+
+    def move(self, position, wait=True, timeout=None, moved_cb=None):
+        if timeout is None:
+            try:
+                nominal = self.settle.get() + abs(position - self.position) / self.velocity.get()
+            except Exception:  # no answer: let the move itself report the disconnection
+                nominal = 0.0
+            timeout = nominal + self.timeout_margin
+        return super().move(position, wait=wait, timeout=timeout, moved_cb=moved_cb)
 
 
 class XASDetector(Device):
@@ -68,11 +81,16 @@ class XASDetector(Device):
     count = Cpt(EpicsSignalRO, "Count-I", kind="omitted", auto_monitor=False)
     dark_rate = Cpt(EpicsSignal, "DarkRate-SP", kind="config")
 
+    #: seconds an acquisition may take beyond its count time before it fails
+    timeout_margin = 10.0
+
     def trigger(self) -> Status:
         # pyepics reports a put-callback as done even when the IOC refused the put: check that
         # the IOC really counted (Count-I went up by one) before the channels are read
         before = self.count.get(use_monitor=False)
-        status = DeviceStatus(self)
+        # a dead IOC never calls back: fail after the count time (simulated seconds, never less
+        # than real ones) plus a margin rather than hang the RunEngine
+        status = DeviceStatus(self, timeout=float(self.count_time.get()) + self.timeout_margin)
 
         def _counted(put_status) -> None:
             if not put_status.success:
@@ -115,7 +133,7 @@ class SampleChanger(Device):
     def set(self, value: str) -> Status:
         """Move slot ``value`` into the beam; fails if the IOC refused it (unknown slot)."""
         value = str(value)
-        status = DeviceStatus(self)
+        status = DeviceStatus(self, timeout=60.0)
 
         def _arrived(put_status) -> None:
             try:

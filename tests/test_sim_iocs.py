@@ -1,0 +1,199 @@
+"""The simulated beamline over real Channel Access: limits, put-completion, fresh reads, noise,
+sample changer, bad spectrum files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from sim_iocs.physics import (
+    Beam,
+    Sample,
+    SpectrumError,
+    heldout_spectra,
+    load_spectrum_csv,
+    parse_slot_spec,
+)
+from xas_bluesky.beamline.sim import PROBE_PV, sim_ioc_args
+
+CLOCK = 100.0
+
+
+@pytest.fixture(scope="module")
+def sim(ca_env, tmp_path_factory):
+    """One sim beamline IOC (clock x100) for this module, and its connected ophyd devices
+    (an IOC start costs seconds on a busy 2-core machine; each test sets what it relies on)."""
+    from xas_bluesky.beamline.devices import make_devices
+    from xas_bluesky.testing import IOCFactory
+
+    factory = IOCFactory(tmp_path_factory.mktemp("ioc-logs"))
+    try:
+        proc = factory(sim_ioc_args(clock=CLOCK, seed=3, offset=0.4), probe=PROBE_PV)
+        yield proc.info["prefix"], make_devices(proc.info["prefix"])
+    finally:
+        factory.stop_all()
+
+
+def _write_ca(pv, value):
+    from caproto.sync.client import write
+
+    return write(pv, value, notify=True, timeout=5)
+
+
+def test_out_of_range_put_gets_ca_error(sim):
+    from caproto import ErrorResponseReceived
+    from caproto.sync.client import read
+
+    prefix, devs = sim
+    with pytest.raises(ErrorResponseReceived, match="ECA_PUTFAIL"):
+        _write_ca(prefix + "Mono:Energy-SP", 5000.0)
+    assert read(prefix + "Mono:Energy-SP").data[0] == pytest.approx(530.0)
+    # ophyd knows the limits from the PV's control limits and refuses before any put
+    assert devs.mono.limits == (250.0, 1500.0)
+    with pytest.raises(ValueError, match="outside"):
+        devs.mono.set(100.0)
+
+
+def test_mono_put_completion_waits_for_the_move(sim):
+    import epics
+
+    prefix, devs = sim
+    devs.mono.velocity.put(0.1)  # 5 eV at 0.1 eV/s = 50 simulated s = 0.5 real s at x100
+    t0 = time.perf_counter()
+    status = devs.mono.set(535.0)
+    time.sleep(0.15)
+    assert epics.caget(prefix + "Mono:Moving-Sts", use_monitor=False) == 1
+    assert not status.done
+    status.wait(10)
+    elapsed = time.perf_counter() - t0
+    assert elapsed >= 0.45, f"put completed after {elapsed:.2f} s, before the move ended"
+    assert epics.caget(prefix + "Mono:Moving-Sts", use_monitor=False) == 0
+    assert devs.mono.read()["mono_energy"]["value"] == pytest.approx(535.0, abs=0.02)
+    devs.mono.velocity.put(10.0)
+
+
+def test_detector_reads_fresh_values_after_acquire(sim):
+    import epics
+
+    prefix, devs = sim
+    devs.det.count_time.put(0.5)
+    before = devs.det.count.get()
+    seen = []
+    for _ in range(4):
+        devs.det.trigger().wait(10)
+        reading = devs.det.read()
+        # exactly what the IOC holds now, not a monitor value from before the put
+        assert reading["det_tey"]["value"] == epics.caget(prefix + "Det:TEY-I", use_monitor=False)
+        seen.append((reading["det_i0"]["value"], reading["det_tey"]["value"]))
+    assert len(set(seen)) == 4, "successive acquisitions gave repeated (stale) values"
+    assert devs.det.count.get() == before + 4
+
+
+def test_noise_is_about_one_percent_of_edge_step(sim):
+    """Repeated counts at default count time: std of TEY/I0 over the edge step ~ 0.01."""
+    prefix, devs = sim
+    devs.sample_changer.set("ref_O").wait(10)
+    devs.det.count_time.put(1.0)
+
+    def mus(energy, n):
+        devs.mono.set(energy).wait(10)
+        out = []
+        for _ in range(n):
+            devs.det.trigger().wait(10)
+            r = devs.det.read()
+            out.append(r["det_tey"]["value"] / r["det_i0"]["value"])
+        return np.asarray(out)
+
+    pre, post = mus(527.0, 30), mus(570.0, 30)
+    noise = post.std(ddof=1) / (post.mean() - pre.mean())
+    assert 0.005 < noise < 0.02, f"noise {noise:.4f} of the edge step"
+
+
+def test_noise_model_every_mode():
+    """The detector model alone (many counts): ~1% of the step per point in TEY, PFY, TRANS."""
+    beam, rng = Beam(), np.random.default_rng(0)
+    sample = Sample("ref", heldout_spectra("qm9_006870", "O"))
+    pre = [beam.measure(sample, 527.0, 400.0, 1.0, rng) for _ in range(400)]
+    post = [beam.measure(sample, 570.0, 400.0, 1.0, rng) for _ in range(400)]
+    for mode, key in (("TEY", "tey"), ("PFY", "pfy"), ("TRANS", "it")):
+        from xas_bluesky.beamline.measured import mu_from_channels
+
+        a = mu_from_channels([c["i0"] for c in pre], [c[key] for c in pre], mode)
+        b = mu_from_channels([c["i0"] for c in post], [c[key] for c in post], mode)
+        noise = b.std() / abs(b.mean() - a.mean())
+        assert 0.006 < noise < 0.015, f"{mode}: {noise:.4f}"
+
+
+def test_i0_follows_ring_current(sim):
+    prefix, devs = sim
+    ring = devs.ring_current.get()
+    assert 390.0 < ring <= 400.0
+    devs.det.trigger().wait(10)
+    i0 = devs.det.i0.get()
+    assert i0 == pytest.approx(2.0e6 * ring / 400.0 * (530.0 / 500.0) ** -0.5, rel=0.12)
+
+
+def test_sample_changer_slots_and_refusals(sim, tmp_path):
+    from caproto import ErrorResponseReceived
+
+    prefix, devs = sim
+    names = devs.sample_changer.slot_names()
+    assert {"blank", "ref_O", "ref_N"} <= set(names) and len(names) > 20
+    with pytest.raises(ValueError, match="not in the beam"):
+        devs.sample_changer.set("no_such_slot").wait(10)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("energy_eV,mu\n530,nan\n531,1\n")
+    with pytest.raises(ErrorResponseReceived):
+        _write_ca(prefix + "Sample:Sim:Load-Cmd", f"mine={bad}")
+    good = tmp_path / "good.csv"
+    e = np.linspace(526, 575, 50)
+    good.write_text("energy_eV,mu\n" + "\n".join(f"{x},{float(x > 530)}" for x in e))
+    _write_ca(prefix + "Sample:Sim:Load-Cmd", f"mine={good}")
+    devs.sample_changer.set("mine").wait(10)
+    assert devs.sample_changer.read()["sample_changer_slot"]["value"] == "mine"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "empty file"),
+        ("e,mu\n1,2\n", "header must be"),
+        ("energy_eV,mu\n530,1\nabc,2\n", "not two numbers"),
+        ("energy_eV,mu\n" + "".join(f"{530 + k},{k}\n" for k in range(3)), "at least 5 points"),
+        ("energy_eV,mu\n" + "".join(f"{530 - k},{k}\n" for k in range(6)), "strictly increasing"),
+        ("energy_eV,mu\n" + "".join(f"{5 + k},{k}\n" for k in range(6)), "outside the mono"),
+        ("energy_eV,mu\n" + "".join(f"{530 + k},inf\n" for k in range(6)), "non-finite"),
+    ],
+)
+def test_bad_spectrum_file_is_refused(tmp_path, text, message):
+    path = tmp_path / "s.csv"
+    path.write_text(text)
+    with pytest.raises(SpectrumError, match=message):
+        load_spectrum_csv(path)
+
+
+def test_ioc_refuses_bad_slot_at_start(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("energy_eV,mu\n530,1\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "sim_iocs.beamline", "--slot", f"x={path}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "at least 5 points" in out.stderr and "Traceback" not in out.stderr
+    with pytest.raises(SpectrumError, match="expected NAME="):
+        parse_slot_spec("nameonly")
+
+
+def test_sim_beamline_cli_bad_file_one_line_error(capsys):
+    from xas_bluesky.apps.cli import main
+
+    assert main(["sim-beamline", "--slot", "x=/no/such.csv"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "/no/such.csv: no such file" in err
