@@ -39,7 +39,7 @@ def test_identifies_heldout_sample_and_recovers_offset(edge):
     rng = np.random.default_rng(42)
     cmp = Comparator(energy, mu, None, names)
     hits, off_err = 0, []
-    trials = range(0, len(names), 3)
+    trials = range(len(names))
     for true in trials:
         delta = rng.uniform(-2.0, 2.0)
         mono = np.arange(energy[0] - 5, energy[-1] - 3, 0.5)
@@ -52,7 +52,7 @@ def test_identifies_heldout_sample_and_recovers_offset(edge):
         assert np.isclose(res.probabilities.sum(), 1.0)
         assert np.isclose(res.offset_posterior.sum(), 1.0)
     assert hits == len(trials), (hits, len(trials))
-    assert np.max(np.abs(off_err)) <= 0.2, off_err
+    assert np.max(np.abs(off_err)) <= 0.15, off_err  # grid step 0.25 eV, refined
 
 
 def test_uniform_and_honest_before_enough_points():
@@ -152,7 +152,9 @@ def test_bad_points_are_refused_and_change_nothing():
             cmp.add_points(*bad)
     after = cmp.result()
     assert after.n_points == before.n_points
-    np.testing.assert_array_equal(after.probabilities, before.probabilities)
+    assert after.best_name == before.best_name
+    # (a second result may skip offsets of negligible posterior: differences far below 1e-12)
+    np.testing.assert_allclose(after.probabilities, before.probabilities, rtol=1e-6, atol=1e-12)
 
 
 def test_bad_candidates_are_refused():
