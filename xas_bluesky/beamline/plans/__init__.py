@@ -4,13 +4,13 @@
 - :mod:`.xanes` -- :func:`xanes_scan`, :func:`grid_xanes_scan`; the start-document keys the
   analysis reads (:data:`MD_KEYS`).
 - :mod:`.calibration` -- :func:`calibrate_energy`.
-- ``adaptive`` (to come) -- the adaptive scan that reads the score PVs; it can reuse
-  :func:`.xanes.xas_metadata` and :func:`.xanes.measure_point`.
+- :mod:`.adaptive` -- :func:`adaptive_xanes_scan`, steered by the score PVs.
 
 All are ordinary bluesky plans: checkpoints at every point (pause/resume, suspenders), staging,
 one run each.
 """
 
+from xas_bluesky.beamline.plans.adaptive import adaptive_xanes_scan
 from xas_bluesky.beamline.plans.calibration import CalibrationError, calibrate_energy
 from xas_bluesky.beamline.plans.regions import Region, default_regions, grid_region, region_points
 from xas_bluesky.beamline.plans.xanes import (
@@ -33,4 +33,5 @@ __all__ = [
     "grid_xanes_scan",
     "CalibrationError",
     "calibrate_energy",
+    "adaptive_xanes_scan",
 ]

@@ -1,0 +1,160 @@
+"""The autonomous XANES scan: measure where the live analysis says the candidates disagree most.
+
+The plan reads the analysis only through the score PVs (:class:`~xas_bluesky.beamline.epics.
+devices.MatchScores`), never through Python memory, so the analysis may run in this process, in a
+worker process or on another host.  After every point it waits -- with a timeout, on a monitor,
+no fixed sleep -- until ``Match:NPoints-I``/``Match:RunUID-I`` show that point scored, then applies
+:class:`~xas_bluesky.science.adaptive.AdaptivePolicy`, the same rule the identification benchmark
+measures.  Every decision is recorded in an ``adaptive`` event stream, and why the scan stopped is
+the stop document's ``reason``.
+"""
+
+from __future__ import annotations
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+import numpy as np
+from ophyd.utils import StatusTimeoutError, WaitTimeoutError
+
+from xas_bluesky.beamline.devices import mode_fields
+from xas_bluesky.beamline.plans.xanes import measure_point, xas_metadata
+from xas_bluesky.science.adaptive import STOP_NO_ANALYSIS, AdaptivePolicy
+
+__all__ = ["adaptive_xanes_scan"]
+
+
+def _wait_scored(scores, run_uid: str, n: int, timeout: float):
+    """Wait until the score PVs show ``n`` points of ``run_uid`` scored; False on timeout."""
+    from bluesky.utils import FailedStatus
+
+    try:
+        yield from bps.mv(scores.scored, (run_uid, n), timeout=timeout)
+    except (FailedStatus, StatusTimeoutError, WaitTimeoutError):
+        return False
+    return True
+
+
+def adaptive_xanes_scan(
+    mono,
+    det,
+    scores,
+    *,
+    edge: str,
+    mode: str = "TEY",
+    threshold: float = 0.99,
+    max_points: int = 49,
+    coarse_step: float = 2.0,
+    dwell: float = 1.0,
+    score_timeout: float = 10.0,
+    sample: str | None = None,
+    sample_changer=None,
+    candidates: str | None = None,
+    energy_offset: float | None = None,
+    readables=(),
+    md: dict | None = None,
+):
+    """Adaptive XANES: a coarse pass, then the analysis' recommended energies, until confident.
+
+    Parameters
+    ----------
+    mono, det
+        :class:`~xas_bluesky.beamline.devices.Mono` and
+        :class:`~xas_bluesky.beamline.devices.XASDetector`.
+    scores
+        :class:`~xas_bluesky.beamline.epics.devices.MatchScores` of the live analysis.
+    edge
+        ``"O"`` or ``"N"`` (K edge).
+    mode
+        ``"TEY"`` (default), ``"PFY"`` or ``"TRANS"``.
+    threshold
+        Stop when the best candidate's probability reaches it.
+    max_points
+        Point budget, the coarse pass included (default 49: 10% of the 0.1 eV grid scan).
+    coarse_step
+        eV between coarse-pass points across the edge.
+    dwell
+        Count time per point (s).
+    score_timeout
+        Seconds to wait for the analysis to score a point; on a timeout the scan stops with
+        reason ``analysis-timeout`` rather than measure blind.
+    sample, sample_changer, candidates, energy_offset, readables, md
+        As for :func:`~xas_bluesky.beamline.plans.xanes.xanes_scan`.
+    """
+    policy = AdaptivePolicy(
+        edge, threshold=threshold, max_points=max_points, coarse_step=coarse_step
+    )
+    first = policy.first_pass()
+    if energy_offset is None:
+        energy_offset = float((yield from bps.rd(mono.calib_offset)))
+    if sample_changer is not None and sample is not None:
+        yield from bps.mv(sample_changer, sample)
+    if sample is None and sample_changer is not None:
+        sample = str((yield from bps.rd(sample_changer.slot_rb)))
+    fields = mode_fields(mono, det, mode)
+    read_list = [mono, det, *readables]
+    _md = {
+        "plan_name": "adaptive_xanes_scan",
+        "plan_args": {
+            "edge": edge,
+            "mode": mode,
+            "threshold": threshold,
+            "max_points": max_points,
+            "coarse_step": coarse_step,
+            "sample": sample,
+        },
+        "detectors": [det.name],
+        "motors": [mono.name],
+        "hints": {"dimensions": [([fields["energy"]], "primary")]},
+        "adaptive": {
+            "threshold": threshold,
+            "max_points": max_points,
+            "coarse_points": [float(e) for e in first],
+            "score_timeout": score_timeout,
+        },
+        **xas_metadata(
+            mono,
+            det,
+            edge=edge,
+            mode=mode,
+            sample_name=sample,
+            candidates=candidates,
+            energy_offset=energy_offset,
+        ),
+    }
+    _md.update(md or {})
+
+    @bpp.stage_decorator([mono, det])
+    def inner():
+        run_uid = yield from bps.open_run(md=_md)
+        # an exception (abort, failure) leaves the RunEngine to close the run with its own status
+        reason = None
+        yield from bps.mv(det.count_time, float(dwell))
+        measured: list[float] = []
+        for energy in first:
+            yield from measure_point(mono, det, float(energy), read_list)
+            measured.append(float(energy))
+        while True:
+            if not (yield from _wait_scored(scores, run_uid, len(measured), score_timeout)):
+                reason = (
+                    f"{STOP_NO_ANALYSIS}: no score for point {len(measured)} "
+                    f"within {score_timeout:g} s"
+                )
+                break
+            decision_reading = yield from bps.trigger_and_read([scores], name="adaptive")
+            best = float(decision_reading[scores.best_prob.name]["value"])
+            nxt = float(decision_reading[scores.next_energy.name]["value"])
+            decision = policy.decide(np.array(measured), best, nxt)
+            if decision.stop:
+                name = decision_reading[scores.best_name.name]["value"]
+                reason = (
+                    f"{decision.reason}: best {name} p={best:.4f} after "
+                    f"{len(measured)} points (threshold {threshold:g}, "
+                    f"budget {max_points})"
+                )
+                break
+            yield from measure_point(mono, det, decision.energy, read_list)
+            measured.append(decision.energy)
+        yield from bps.close_run(exit_status="success", reason=reason)
+        return run_uid
+
+    return (yield from inner())
