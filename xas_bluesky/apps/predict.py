@@ -1,5 +1,93 @@
-"""``xas-bluesky predict``: predict XANES of structures with the shipped GNN."""
+"""``xas-bluesky predict``: predict XANES of structures with the shipped GNN ensemble.
 
-from xas_bluesky.apps.cli import not_built
+Contract (``shared/notes/CLI.md``): the CSV's first row is ``energy_eV,<name1>,<name2>,...`` and
+every other row holds numbers only; ``--std`` writes the ensemble spread in the same layout.  An
+invalid structure is a one-line error and exit 1, unless ``--skip-invalid`` (then it is reported on
+stderr and skipped).  Out-of-domain structures are predicted and reported on stderr.
+"""
 
-add_parser = not_built("predict", "Predict XANES of structures with the shipped GNN", "issue 3")
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+
+__all__ = ["add_parser", "run", "write_csv"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="predict O or N K-edge XANES of structures with the shipped GNN",
+        description=(
+            "Predict K-edge XANES (FEFF10 absolute energy axis) of every structure in an XYZ, SDF "
+            "or SMILES file with the shipped ensemble, and write them as CSV (energy_eV, then one "
+            "column per structure)."
+        ),
+    )
+    p.add_argument("--edge", required=True, choices=("O", "N"), help="absorption edge (K)")
+    p.add_argument("--structures", required=True, help="structures: .xyz, .sdf or .smi")
+    p.add_argument("--out", required=True, help="CSV of the predicted spectra")
+    p.add_argument("--std", help="CSV of the ensemble's per-energy standard deviation")
+    p.add_argument("--skip-invalid", action="store_true", help="report and skip invalid structures")
+    p.add_argument("--batch-size", type=int, default=1024, help="molecules per forward pass")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.set_defaults(func=run)
+
+
+def write_csv(path: str, energy, names: list[str], values) -> None:
+    """CSV with header ``energy_eV,<names>`` and one row per energy (values: structure x energy)."""
+    import numpy as np
+
+    table = np.column_stack([np.asarray(energy, dtype=float), np.asarray(values, dtype=float).T])
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerow(["energy_eV", *names])
+        np.savetxt(fh, table, fmt=["%.2f"] + ["%.5g"] * len(names), delimiter=",")
+
+
+def run(args: argparse.Namespace) -> int:
+    from xas_bluesky.apps.cli import CLIError
+    from xas_bluesky.science.model.predictor import Predictor
+    from xas_bluesky.science.structures import StructureError, read_structures
+
+    t0 = time.perf_counter()
+
+    def skipped(exc: StructureError) -> None:
+        print(f"xas-bluesky predict: skipped: {exc}", file=sys.stderr)
+
+    try:
+        structures = read_structures(
+            args.structures, edge=args.edge, skip_invalid=args.skip_invalid, on_skip=skipped
+        )
+    except (StructureError, OSError) as exc:
+        raise CLIError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    for s in structures:
+        if not s.in_domain:
+            print(
+                f"xas-bluesky predict: warning: structure {s.name!r} is outside the training "
+                f"domain ({'; '.join(s.domain_notes)}): predicted anyway",
+                file=sys.stderr,
+            )
+    try:
+        predictor = Predictor.load(args.edge, device=args.device)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    names = [s.name for s in structures]
+    if structures:
+        graphs = predictor.graphs(structures)
+        mean, std = predictor.predict_graphs(graphs, batch_size=max(1, args.batch_size))
+    else:
+        import numpy as np
+
+        print("xas-bluesky predict: warning: no valid structures to predict", file=sys.stderr)
+        mean = std = np.zeros((0, len(predictor.energy)))
+    write_csv(args.out, predictor.energy, names, mean)
+    if args.std:
+        write_csv(args.std, predictor.energy, names, std)
+    print(
+        f"xas-bluesky predict: {len(structures)} structures, {args.edge} K edge, model "
+        f"{predictor.model_version}, {time.perf_counter() - t0:.2f} s",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,166 @@
+"""Model variants compared on the same split: one member each, same seed, same data.
+
+The issue asks to measure a site-spectrum readout (one spectrum per absorbing atom, the molecular
+spectrum their mean) against a molecular readout on the same split and keep the better; this
+script does that and tries a few other choices (width, derivative loss, bond-length jitter,
+epochs).  Each variant trains one member on ``train``, picks its epoch on ``val``, and is scored on
+``val`` and ``test`` with the paper's peak criterion (``xas_bluesky.science.model.metrics``).
+
+Graphs and spectra can be built here and trained elsewhere (a machine without RDKit, with more
+cores or a GPU): ``--save-examples FILE`` here, ``--examples FILE --jobs 14`` there.
+
+Run: ``.venv/bin/python benchmarks/variants.py --edge N --variants site molecule``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xas_bluesky.science.graphs import GraphArrays  # noqa: E402
+from xas_bluesky.science.grids import energy_grid  # noqa: E402
+from xas_bluesky.science.model.training import (  # noqa: E402
+    Example,
+    TrainConfig,
+    load_examples,
+    predict_examples,
+    train_member,
+)
+
+VARIANTS: dict[str, dict] = {
+    "site": {},
+    "molecule": {"readout": "molecule"},
+    "site_dim64": {"dim": 64},
+    "molecule_dim64": {"readout": "molecule", "dim": 64},
+    "site_mse_only": {"deriv_weight": 0.0},
+    "site_deriv3": {"deriv_weight": 3.0},
+    "site_no_jitter": {"jitter": 0.0},
+    "site_jitter3": {"jitter": 0.03},
+    "site_400ep": {"epochs": 400},
+    "site_dim64_400ep": {"dim": 64, "epochs": 400},
+    "site_steps4": {"steps": 4},
+    "site_wd1e-3": {"weight_decay": 1e-3},
+}
+
+
+def save_examples(path: str, edges=("O", "N")) -> None:
+    blob = {}
+    for edge in edges:
+        rows = []
+        for e in load_examples(edge):
+            g = e.graph
+            rows.append(
+                {
+                    "qm9_index": e.qm9_index,
+                    "smiles": e.smiles,
+                    "split": e.split,
+                    "n_sites": e.n_sites,
+                    "spectrum": torch.from_numpy(np.asarray(e.spectrum, dtype=np.float32)),
+                    **{k: getattr(g, k) for k in GraphArrays._fields},
+                    "y_site": g.y_site,
+                    "site_mask": g.site_mask,
+                }
+            )
+        blob[edge] = rows
+    torch.save(blob, path)
+
+
+def load_saved(path: str, edge: str) -> list[Example]:
+    from xas_bluesky.science.graphs import graph_from_arrays
+
+    out = []
+    for r in torch.load(path, weights_only=True)[edge]:
+        g = graph_from_arrays(*(r[k] for k in GraphArrays._fields))
+        g.y_site, g.site_mask = r["y_site"], r["site_mask"]
+        out.append(
+            Example(r["qm9_index"], r["smiles"], r["split"], g, r["spectrum"].numpy(), r["n_sites"])
+        )
+    return out
+
+
+def _run(job: tuple) -> dict:
+    edge, name, source, epochs, device, out = job
+    torch.set_num_threads(1)
+    examples = load_saved(source, edge) if source else load_examples(edge)
+    parts = {s: [e for e in examples if e.split == s] for s in ("train", "val", "test")}
+    cfg = TrainConfig(**{"epochs": epochs, **VARIANTS[name]})
+    t0 = time.perf_counter()
+    model, hist = train_member(parts["train"], parts["val"], cfg, len(energy_grid(edge)), device)
+    result = {"edge": edge, "variant": name, "config": cfg.__dict__, **hist}
+    result["seconds"] = time.perf_counter() - t0
+    preds = {s: predict_examples([model], parts[s]) for s in ("val", "test")}
+    truth = {s: np.stack([e.spectrum for e in parts[s]]) for s in ("val", "test")}
+    if out:
+        np.savez_compressed(
+            Path(out) / f"{edge}_{name}.npz",
+            **{f"{s}_pred": preds[s] for s in preds},
+            **{f"{s}_true": truth[s] for s in truth},
+        )
+    try:
+        from xas_bluesky.science.model.metrics import evaluate
+
+        for s in ("val", "test"):
+            result[s] = evaluate(energy_grid(edge), truth[s], preds[s])
+    except ImportError:  # no scipy on this machine: score the saved predictions elsewhere
+        pass
+    return result
+
+
+def _line(r: dict) -> str:
+    parts = [
+        f"{r['edge']} {r['variant']:<18} best epoch {r['best_epoch']:4d} {r['seconds']:6.0f} s"
+    ]
+    for s in ("val", "test"):
+        if s in r:
+            m = r[s]
+            parts.append(
+                f"{s}: true {100 * m['recall']:5.1f}% pred {100 * m['precision']:5.1f}% MAE {m['mae']:.4f}"
+            )
+    return " | ".join(parts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--edge", nargs="+", default=["O", "N"], choices=["O", "N"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--epochs", type=int, default=TrainConfig().epochs)
+    ap.add_argument("--jobs", type=int, default=1, help="variants trained at once (processes)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--examples", help="examples saved by --save-examples (no RDKit needed)")
+    ap.add_argument("--save-examples", help="build the examples, save them here and stop")
+    ap.add_argument("--out", help="directory for predictions and results.json")
+    args = ap.parse_args()
+    if args.save_examples:
+        save_examples(args.save_examples, args.edge)
+        print(f"saved examples of {', '.join(args.edge)} to {args.save_examples}")
+        return
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+    jobs = [
+        (edge, name, args.examples, args.epochs, args.device, args.out)
+        for name in args.variants
+        for edge in args.edge
+    ]
+    results = []
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for r in pool.map(_run, jobs):
+            results.append(r)
+            print(_line(r), flush=True)
+            if args.out:
+                Path(args.out, "results.json").write_text(
+                    json.dumps(results, indent=1, default=str)
+                )
+
+
+if __name__ == "__main__":
+    main()

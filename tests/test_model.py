@@ -1,0 +1,92 @@
+"""The shipped ensembles, the Predictor, the metrics and seeded training (real weights, real data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xas_bluesky.resources import heldout_samples
+from xas_bluesky.science import dataset
+from xas_bluesky.science.grids import energy_grid
+from xas_bluesky.science.model.checkpoint import model_dir, weights_version
+from xas_bluesky.science.model.metrics import evaluate, peak_positions
+from xas_bluesky.science.model.predictor import Predictor
+from xas_bluesky.science.structures import structure_from_xyz
+
+
+@pytest.fixture(scope="module", params=["O", "N"])
+def shipped(request):
+    edge = request.param
+    _, samples = heldout_samples(edge)
+    structs = [structure_from_xyz(s["name"], s["symbols"], s["xyz"], edge) for s in samples]
+    truth = np.stack([s["mu"] for s in samples])
+    return edge, Predictor.load(edge, device="cpu"), structs, truth
+
+
+def test_checkpoint_metadata(shipped):
+    edge, p, _, _ = shipped
+    meta = p.metadata
+    assert meta["edge"] == edge and p.edge == edge
+    np.testing.assert_allclose(p.energy, energy_grid(edge))
+    assert len(meta["data_hash"]) == 64 and meta["data_files"]
+    assert meta["members"] >= 3 and len(p.models) == meta["members"]
+    assert meta["n_train_molecules"] > 200 and meta["n_train_sites"] >= meta["n_train_molecules"]
+    assert meta["wall_time_s"] > 0
+    for split in ("val", "test"):
+        assert 0 <= meta["metrics"][split]["precision"] <= 1
+    # the version is the hash of the weights as shipped
+    blob = torch.load(model_dir(edge) / "ensemble.pt", weights_only=True)
+    assert p.model_version == weights_version(blob["members"]) == meta["model_version"]
+    assert (model_dir(edge) / "ensemble.pt").stat().st_size < 3_000_000
+
+
+def test_predict_heldout(shipped):
+    edge, p, structs, truth = shipped
+    mu, std = p.predict(structs, batch_size=16, return_std=True)
+    assert mu.dims == ("structure", "energy") and mu.shape == truth.shape
+    assert list(mu.coords["name"].values) == [s.name for s in structs]
+    assert mu.attrs["model_version"] == p.model_version and mu.attrs["edge"] == edge
+    assert bool(mu.in_domain.all()) and mu.smiles.values[0] == structs[0].smiles
+    assert (std.values >= 0).all() and std.values.mean() > 1e-3  # the members differ
+    # better than the mean training spectrum, the first baseline of docs/model.rst
+    train = [
+        m.spectrum()
+        for m in dataset.load_molecules(dataset.default_data_files(), edge)
+        if m.split == "train"
+    ]
+    baseline = np.mean(train, axis=0)
+    assert np.abs(mu.values - truth).mean() < 0.8 * np.abs(baseline - truth).mean()
+    assert evaluate(p.energy, truth, mu.values)["precision"] > 0.5
+
+
+def test_batch_size_does_not_change_predictions(shipped):
+    _, p, structs, _ = shipped
+    one = p.predict(structs[:7], batch_size=1)
+    many = p.predict(structs[:7], batch_size=64)
+    np.testing.assert_allclose(one.values, many.values, rtol=1e-4, atol=1e-5)
+
+
+def test_metrics_peaks():
+    e = energy_grid("O")
+    y = np.exp(-(((e - 531.0) / 0.6) ** 2)) + 0.5 * np.exp(-(((e - 540.0) / 2.0) ** 2))
+    assert peak_positions(e, y).tolist() == pytest.approx([531.0, 540.0], abs=0.26)
+    same = evaluate(e, y[None], y[None])
+    assert same["recall"] == same["precision"] == 1.0 and same["mae"] == 0.0
+    shifted = np.interp(e - 2.0, e, y)  # every peak 2 eV higher
+    moved = evaluate(e, y[None], shifted[None])
+    assert moved["recall"] == moved["precision"] == 0.0
+
+
+def test_training_is_seeded_and_reproducible():
+    from xas_bluesky.science.model.training import TrainConfig, load_examples, train_member
+
+    examples = load_examples("N")
+    train = [e for e in examples if e.split == "train"][:24]
+    val = [e for e in examples if e.split == "val"][:8]
+    cfg = TrainConfig(epochs=2, batch_size=8, dim=8)
+    a, ha = train_member(train, val, cfg, len(energy_grid("N")))
+    b, hb = train_member(train, val, cfg, len(energy_grid("N")))
+    assert ha["val_loss"] == hb["val_loss"]
+    for (k, ta), tb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(ta, tb), k

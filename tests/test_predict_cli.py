@@ -1,0 +1,101 @@
+"""``xas-bluesky predict`` end to end: real files, shipped weights, the CSV contract of CLI.md."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from xas_bluesky.apps.cli import main
+from xas_bluesky.resources import candidates_file
+from xas_bluesky.science.model.predictor import Predictor
+from xas_bluesky.science.structures import read_structures
+
+
+def _frames(edge: str, n: int) -> str:
+    lines = candidates_file(edge).read_text().splitlines()
+    out, k = [], 0
+    for _ in range(n):
+        count = int(lines[k])
+        out.append("\n".join(lines[k : k + 2 + count]))
+        k += 2 + count
+    return "\n\n".join(out) + "\n\n"
+
+
+def _read_csv(path):
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    return rows[0], np.array(rows[1:], dtype=float)
+
+
+def test_predict_command(tmp_path):
+    xyz = tmp_path / "mols.xyz"
+    xyz.write_text(_frames("O", 4).replace(" ", "\t"))
+    out, std = tmp_path / "mu.csv", tmp_path / "std.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "xas_bluesky.apps.cli", "predict", "--edge", "O",
+         "--structures", str(xyz), "--out", str(out), "--std", str(std)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    header, table = _read_csv(out)
+    structs = read_structures(xyz, edge="O")
+    assert header == ["energy_eV", *[s.name for s in structs]]
+    p = Predictor.load("O", device="cpu")
+    np.testing.assert_allclose(table[:, 0], p.energy)
+    np.testing.assert_allclose(table[:, 1:].T, p.predict(structs).values, rtol=1e-4, atol=1e-4)
+    std_header, spread = _read_csv(std)
+    assert std_header == header and spread.shape == table.shape and (spread[:, 1:] >= 0).all()
+
+
+def test_invalid_structure_fails_with_one_line(tmp_path, capsys):
+    xyz = tmp_path / "mols.xyz"
+    xyz.write_text(_frames("O", 2) + "3\nchlorine_thing\nO 0 0 0\nCl 1.6 0 0\nH -0.9 0.3 0\n")
+    out = tmp_path / "mu.csv"
+    code = main(["predict", "--edge", "O", "--structures", str(xyz), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and not out.exists()
+    assert len(err.splitlines()) == 1 and "chlorine_thing" in err and "Cl" in err
+    assert "Traceback" not in err
+
+
+def test_skip_invalid(tmp_path, capsys):
+    xyz = tmp_path / "mols.xyz"
+    xyz.write_text(
+        "3\ntoo_close\nO 0 0 0\nH 0.2 0 0\nH -0.9 0.3 0\n\n"
+        "3\nwater\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n"
+        + _frames("N", 2)
+        + "5\ncut_off\nC 0 0 0\nO 1.2 0 0\n"
+    )
+    out = tmp_path / "mu.csv"
+    code = main(
+        ["predict", "--edge", "N", "--structures", str(xyz), "--out", str(out), "--skip-invalid"]
+    )
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "too_close" in err and "cut_off" in err and "'water': no N atom" in err
+    header, table = _read_csv(out)
+    assert len(header) == 3 and table.shape == (len(table), 3) and np.isfinite(table).all()
+
+
+def test_smiles_names_and_domain_warning(tmp_path, capsys):
+    smi = tmp_path / "mols.smi"
+    smi.write_text("CC(=O)NC\nCCCCCCCCCCCCO dodecanol\n")
+    out = tmp_path / "mu.csv"
+    assert main(["predict", "--edge", "O", "--structures", str(smi), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "'dodecanol' is outside the training domain" in err
+    header, table = _read_csv(out)
+    assert header == ["energy_eV", "smi_1", "dodecanol"]
+    assert table.shape[1] == 3 and (table[:, 1:] >= 0).all()
+
+
+@pytest.mark.parametrize("bad", ["missing.xyz", "mols.pdb"])
+def test_bad_file(tmp_path, capsys, bad):
+    code = main(["predict", "--edge", "O", "--structures", str(tmp_path / bad), "--out", "x.csv"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and bad in err

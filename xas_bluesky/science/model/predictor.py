@@ -1,0 +1,130 @@
+"""Batched prediction of XANES with a shipped ensemble, on the GPU when there is one.
+
+>>> from xas_bluesky.science.structures import read_structures
+>>> from xas_bluesky.science.model.predictor import Predictor
+>>> p = Predictor.load("O")
+>>> mu, std = p.predict(read_structures("mols.xyz", edge="O"), return_std=True)
+
+``mu`` is an ``xarray.DataArray`` (structure x energy) with the structures' names, SMILES and
+in-domain flags as coordinates and ``model_version`` / ``edge`` as attributes.  Only
+:meth:`Predictor.predict` touches the structures' RDKit molecules; :meth:`Predictor.predict_graphs`
+works from prebuilt graphs on a machine without RDKit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from xas_bluesky.science.graphs import collate, graph_arrays
+from xas_bluesky.science.model.checkpoint import load_ensemble, model_dir
+
+__all__ = ["Predictor", "best_device"]
+
+
+def best_device() -> str:
+    """``"cuda"`` when PyTorch sees a GPU, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Predictor:
+    """An ensemble of trained networks for one edge.
+
+    Attributes
+    ----------
+    edge : str
+    energy : numpy.ndarray
+        The output grid (eV, FEFF10's absolute axis).
+    model_version : str
+        Hash of the ensemble's weights.
+    metadata : dict
+        The checkpoint's metadata (data hash, metrics, training figures).
+    device : torch.device
+    """
+
+    def __init__(self, models: list, metadata: dict, device: str | torch.device = "cpu"):
+        self.models = models
+        self.metadata = metadata
+        self.device = torch.device(device)
+        self.edge: str = metadata["edge"]
+        self.energy = np.asarray(metadata["energy"], dtype=float)
+        self.model_version: str = metadata["model_version"]
+
+    @classmethod
+    def load(cls, edge: str, device: str | None = None, directory=None) -> Predictor:
+        """The shipped ensemble of ``edge`` (``"O"`` or ``"N"``), read from the package (no network).
+
+        ``device`` defaults to ``"cuda"`` when available, else ``"cpu"``.
+        """
+        from xas_bluesky.science.grids import EDGES
+
+        if edge not in EDGES:
+            raise ValueError(f"unknown edge {edge!r}: expected one of {', '.join(EDGES)}")
+        device = device or best_device()
+        models, meta = load_ensemble(directory or model_dir(edge), device)
+        return cls(models, meta, device)
+
+    def predict_graphs(
+        self, graphs: Sequence, batch_size: int = 1024
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Ensemble mean and standard deviation of prebuilt graphs, each (n, n_energy)."""
+        n = len(graphs)
+        mean = np.empty((n, len(self.energy)), dtype=np.float32)
+        std = np.empty_like(mean)
+        with torch.inference_mode():
+            for k in range(0, n, batch_size):
+                g = collate(list(graphs[k : k + batch_size])).to(self.device)
+                ys = torch.stack([m(g)[0] for m in self.models])
+                mean[k : k + batch_size] = ys.mean(0).cpu().numpy()
+                std[k : k + batch_size] = ys.std(0, unbiased=False).cpu().numpy()
+        return mean, std
+
+    def graphs(self, structures: Sequence) -> list:
+        """Graphs of ``structures`` for this edge; a structure without an absorbing atom is an error."""
+        from xas_bluesky.science.structures import StructureError
+
+        for s in structures:
+            if self.edge not in s.symbols:
+                raise StructureError(
+                    f"structure {s.name!r}: no {self.edge} atom to absorb at the {self.edge} K edge"
+                )
+        return graph_arrays(structures, self.edge)
+
+    def predict(self, structures: Sequence, batch_size: int = 1024, return_std: bool = False):
+        """Predicted spectra of ``structures``.
+
+        Parameters
+        ----------
+        structures : sequence of Structure
+        batch_size : int
+            Molecules per forward pass.
+        return_std : bool
+            Also return the ensemble's per-energy standard deviation.
+
+        Returns
+        -------
+        xarray.DataArray or (xarray.DataArray, xarray.DataArray)
+            dims ``(structure, energy)``; coords ``energy``, ``name``, ``smiles``, ``in_domain``;
+            attrs ``model_version``, ``edge``, ``units``.
+        """
+        mean, std = self.predict_graphs(self.graphs(structures), batch_size)
+        out = self._wrap(mean, structures, "mu")
+        return (out, self._wrap(std, structures, "mu_std")) if return_std else out
+
+    def _wrap(self, values: np.ndarray, structures: Sequence, name: str):
+        import xarray as xr
+
+        return xr.DataArray(
+            values,
+            dims=("structure", "energy"),
+            coords={
+                "energy": self.energy,
+                "name": ("structure", [s.name for s in structures]),
+                "smiles": ("structure", [s.smiles for s in structures]),
+                "in_domain": ("structure", np.array([bool(s.in_domain) for s in structures])),
+            },
+            name=name,
+            attrs={"model_version": self.model_version, "edge": self.edge, "units": "mu (FEFF)"},
+        )

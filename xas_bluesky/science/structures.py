@@ -1,0 +1,653 @@
+"""Molecular structures from XYZ, SDF and SMILES files, validated for the XANES model.
+
+A :class:`Structure` holds a named molecule with all its atoms (hydrogens included), its 3D
+coordinates, its SMILES and an RDKit molecule with bonds.  Bonds of XYZ input are perceived from
+the geometry (:func:`perceive_bonds`: covalent radii for connectivity, then bond orders that fill
+every atom's usual valence, the shortest bonds taking the multiple bonds; RDKit's
+``rdDetermineBonds`` is the fallback for charged species such as nitro groups).  SMILES get 3D
+coordinates from RDKit's ETKDG and the MMFF force field, seeded, so a file always gives the same
+structures.
+
+Input the model cannot handle (an element it was not trained on, atoms on top of each other, NaN
+coordinates, a cut-off frame, an unparsable SMILES, no atom of the requested edge) raises
+:class:`StructureError` with a one-line message naming the structure.  Input it can handle but was
+not trained for (more than nine heavy atoms, charged atoms, unusual valences, several fragments) is
+kept and flagged: ``in_domain`` is False and ``domain_notes`` says why.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "Structure",
+    "StructureError",
+    "TRAINED_ELEMENTS",
+    "read_structures",
+    "iter_structures",
+    "structure_from_xyz",
+    "structure_from_smiles",
+    "structure_from_mol",
+    "perceive_bonds",
+]
+
+#: elements present in the training data (QM9: H, C, N, O, F)
+TRAINED_ELEMENTS = ("H", "C", "N", "O", "F")
+#: the training molecules (QM9) have at most this many heavy atoms
+MAX_HEAVY_ATOMS = 9
+#: atoms closer than this (Angstrom) are an error in the input, not a molecule
+MIN_DISTANCE = 0.5
+#: seed of the ETKDG embedding of SMILES, so a file always gives the same geometry
+EMBED_SEED = 20200415
+
+_VALENCE = {"H": 1, "C": 4, "N": 3, "O": 2, "F": 1}
+# single-bond covalent radii (Cordero et al., Dalton Trans. 2008, 2832), Angstrom
+_RADIUS = {"H": 0.31, "C": 0.76, "N": 0.71, "O": 0.66, "F": 0.57}
+_BOND_FACTOR = 1.25  # a pair is bonded when closer than 1.25 x the sum of the radii
+_ATOMIC_NUMBER = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
+_CODE = {s: k for k, s in enumerate(TRAINED_ELEMENTS)}
+_RADII = np.array([_RADIUS[s] for s in TRAINED_ELEMENTS])
+_VALENCES = np.array([_VALENCE[s] for s in TRAINED_ELEMENTS])
+_BOND_LIMIT = _BOND_FACTOR * (_RADII[:, None] + _RADII[None, :])
+_BOND_LIMIT[0, 0] = 0.0  # no H-H bonds in molecules of more than two atoms
+_SYMBOL_OF_Z = {
+    1: "H", 2: "He", 3: "Li", 4: "Be", 5: "B", 6: "C", 7: "N", 8: "O", 9: "F", 10: "Ne", 11: "Na",
+    12: "Mg", 13: "Al", 14: "Si", 15: "P", 16: "S", 17: "Cl", 18: "Ar", 19: "K", 20: "Ca", 35: "Br",
+    53: "I",
+}  # fmt: skip
+
+
+class StructureError(ValueError):
+    """A structure the model cannot predict; the message is one line naming it and the problem."""
+
+
+class Structure:
+    """A named molecule ready for the model.
+
+    Attributes
+    ----------
+    name : str
+        From the input (XYZ comment line, SDF title, SMILES file's name column) or made up from
+        the position in the file.
+    symbols : list of str
+        Element of every atom, hydrogens included, in input order.
+    xyz : numpy.ndarray
+        Coordinates, shape (n_atoms, 3), Angstrom.
+    smiles : str
+        Canonical SMILES (RDKit) of the molecule.
+    mol : rdkit.Chem.Mol
+        The molecule with explicit hydrogens, bonds and one conformer (atom order = ``symbols``).
+    in_domain : bool
+        False when the molecule is unlike the training molecules; it is predicted all the same.
+    domain_notes : list of str
+        Why it is out of domain (empty when in domain).
+    bonds : tuple of numpy.ndarray or None
+        ``(pairs, orders)`` perceived from the geometry (XYZ input), else None.
+
+    Notes
+    -----
+    For XYZ input whose bonds were perceived without trouble, ``mol`` and ``smiles`` are made on
+    first use: predicting needs neither (:func:`~xas_bluesky.science.graphs.molecule_graphs`
+    works from ``bonds``), and making them is most of the cost of reading a structure.
+    """
+
+    __slots__ = ("name", "symbols", "xyz", "in_domain", "domain_notes", "bonds", "_mol", "_smiles")
+
+    def __init__(
+        self,
+        name: str,
+        symbols: list[str],
+        xyz: np.ndarray,
+        smiles: str | None = None,
+        mol=None,
+        in_domain: bool = True,
+        domain_notes: list[str] | None = None,
+        bonds: tuple[np.ndarray, np.ndarray] | None = None,
+    ):
+        self.name = name
+        self.symbols = list(symbols)
+        self.xyz = np.asarray(xyz, dtype=float)
+        self._smiles = smiles
+        self._mol = mol
+        self.in_domain = bool(in_domain)
+        self.domain_notes = list(domain_notes or [])
+        self.bonds = bonds
+        if mol is None and bonds is None:
+            raise ValueError("a Structure needs an RDKit molecule or perceived bonds")
+
+    @property
+    def mol(self):
+        if self._mol is None:
+            self._mol = _mol_from_bonds(self.symbols, self.xyz, *self.bonds)
+        return self._mol
+
+    @property
+    def smiles(self) -> str:
+        if self._smiles is None:
+            self._smiles = _smiles_of(self.mol)
+        return self._smiles
+
+    @property
+    def n_heavy(self) -> int:
+        return sum(s != "H" for s in self.symbols)
+
+    def sites(self, edge: str) -> list[int]:
+        """Indices of the atoms of ``edge``'s element (the absorbing sites)."""
+        return [i for i, s in enumerate(self.symbols) if s == edge]
+
+    def __repr__(self) -> str:
+        flag = "" if self.in_domain else f", out of domain: {'; '.join(self.domain_notes)}"
+        return f"Structure({self.name!r}, {len(self.symbols)} atoms{flag})"
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def _check_atoms(
+    name: str, symbols: list[str], xyz: np.ndarray, edge: str | None
+) -> np.ndarray | None:
+    """Raise :class:`StructureError` for input the model cannot take; returns the distances."""
+    unknown = sorted({s for s in symbols if s not in _VALENCE})
+    if unknown:
+        raise StructureError(
+            f"structure {name!r}: element {', '.join(unknown)} is not one the model was trained on "
+            f"({', '.join(TRAINED_ELEMENTS)})"
+        )
+    if not np.isfinite(xyz).all():
+        raise StructureError(f"structure {name!r}: coordinates are NaN or infinite")
+    d = None
+    if len(symbols) > 1:
+        diff = xyz[:, None, :] - xyz[None, :, :]
+        d = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+        masked = d.copy()
+        masked.flat[:: len(symbols) + 1] = np.inf
+        k = int(np.argmin(masked))
+        if masked.flat[k] < MIN_DISTANCE:
+            i, j = divmod(k, len(symbols))
+            raise StructureError(
+                f"structure {name!r}: atoms {min(i, j) + 1} and {max(i, j) + 1} are "
+                f"{d[i, j]:.2f} A apart (< {MIN_DISTANCE} A)"
+            )
+    if edge is not None and edge not in symbols:
+        raise StructureError(f"structure {name!r}: no {edge} atom to absorb at the {edge} K edge")
+    return d
+
+
+def _domain_notes(mol, symbols: list[str]) -> list[str]:
+    from rdkit import Chem
+
+    notes = []
+    n_heavy = sum(s != "H" for s in symbols)
+    if n_heavy > MAX_HEAVY_ATOMS:
+        notes.append(f"{n_heavy} heavy atoms (trained on <= {MAX_HEAVY_ATOMS})")
+    charged = [a.GetIdx() + 1 for a in mol.GetAtoms() if a.GetFormalCharge() != 0]
+    if charged:
+        notes.append(f"charged atoms {charged}")
+    odd = [
+        a.GetIdx() + 1
+        for a in mol.GetAtoms()
+        if a.GetTotalValence() != _VALENCE[a.GetSymbol()] and a.GetFormalCharge() == 0
+    ]
+    if odd or any(a.GetNumRadicalElectrons() for a in mol.GetAtoms()):
+        notes.append(f"unusual valences at atoms {odd}")
+    n_frags = len(Chem.GetMolFrags(mol))
+    if n_frags > 1:
+        notes.append(f"{n_frags} fragments")
+    return notes
+
+
+# ---------------------------------------------------------------------------------------------
+# bonds from geometry
+
+
+def perceive_bonds(
+    symbols: list[str], xyz: np.ndarray, distances: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Bonds of a neutral molecule from its geometry.
+
+    Parameters
+    ----------
+    symbols, xyz
+        Elements (H, C, N, O, F) and coordinates in Angstrom.
+    distances
+        The interatomic distance matrix, when already at hand.
+
+    Returns
+    -------
+    pairs : numpy.ndarray
+        Bonded atom pairs, shape (n_bonds, 2), ``i < j``.
+    orders : numpy.ndarray or None
+        Bond order (1, 2, 3) of every pair such that every atom has its usual valence (H 1, C 4,
+        N 3, O 2, F 1), or None when no such assignment exists (charged or unusual species).
+    """
+    n = len(symbols)
+    codes = np.fromiter((_CODE[s] for s in symbols), dtype=np.int64, count=n)
+    if distances is None:
+        diff = xyz[:, None, :] - xyz[None, :, :]
+        distances = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    d = distances
+    limit = _BOND_LIMIT[codes[:, None], codes[None, :]]  # H-H pairs: no bond (unless H2)
+    if n == 2:
+        limit = _BOND_FACTOR * (_RADII[codes[:, None]] + _RADII[codes[None, :]])
+    bonded = d < limit
+    np.fill_diagonal(bonded, False)
+    is_h = codes == 0
+    multi = np.flatnonzero(is_h & (bonded.sum(1) > 1))
+    for h in multi:  # a hydrogen keeps only its nearest partner
+        nb = np.flatnonzero(bonded[h])
+        keep = nb[np.argmin(d[h, nb])]
+        bonded[h, nb] = bonded[nb, h] = False
+        bonded[h, keep] = bonded[keep, h] = True
+    valence = _VALENCES[codes]
+    degree = bonded.sum(1)
+    if (degree > valence).any():
+        # strained rings (bicyclobutanes) bring non-bonded atoms within reach: drop the most
+        # stretched bonds of over-bonded atoms until every atom fits its valence
+        stretch = d / (_RADII[codes[:, None]] + _RADII[codes[None, :]])
+        while (degree > valence).any():
+            over = degree > valence
+            mask = bonded & (over[:, None] | over[None, :])
+            a, b = np.unravel_index(np.argmax(np.where(mask, stretch, -1.0)), d.shape)
+            bonded[a, b] = bonded[b, a] = False
+            degree = bonded.sum(1)
+    i, j = np.nonzero(np.triu(bonded))
+    pairs = np.stack([i, j], axis=1)
+    free = valence - degree
+    orders = np.ones(len(pairs), dtype=np.int64)
+    if not free.any():
+        return pairs, orders
+    # bonds that can take extra order, shortest (most multiple) first
+    fi, fj = free[i] > 0, free[j] > 0
+    cand = np.flatnonzero(fi & fj)
+    cand = cand[np.argsort(d[i[cand], j[cand]], kind="stable")]
+    ok = _fill_valences(
+        free.tolist(),
+        list(zip(i[cand].tolist(), j[cand].tolist(), cand.tolist(), strict=True)),
+        orders,
+    )
+    return pairs, orders if ok else None
+
+
+def _fill_valences(free: list[int], cand: list[tuple[int, int, int]], orders: np.ndarray) -> bool:
+    """Raise bond orders along ``cand`` until no atom has free valence (backtracking search)."""
+    budget = [5000]
+
+    def solve() -> bool:
+        budget[0] -= 1
+        if budget[0] < 0:
+            return False
+        # the atom with free valence and the fewest ways to use it
+        best, best_opts = None, None
+        for a, f in enumerate(free):
+            if f:
+                opts = [c for c in cand if (c[0] == a or c[1] == a) and free[c[0]] and free[c[1]]]
+                if not opts:
+                    return False
+                if best_opts is None or len(opts) < len(best_opts):
+                    best, best_opts = a, opts
+        if best is None:
+            return True
+        for a, b, k in best_opts:
+            if orders[k] >= 3:
+                continue
+            orders[k] += 1
+            free[a] -= 1
+            free[b] -= 1
+            if solve():
+                return True
+            orders[k] -= 1
+            free[a] += 1
+            free[b] += 1
+        return False
+
+    return solve()
+
+
+def _bare_mol(symbols: list[str], xyz: np.ndarray):
+    """An RDKit molecule of the atoms and their conformer, no bonds yet."""
+    from rdkit import Chem
+    from rdkit.Geometry import Point3D
+
+    rw = Chem.RWMol()
+    for s in symbols:
+        atom = Chem.Atom(_ATOMIC_NUMBER[s])
+        atom.SetNoImplicit(True)
+        rw.AddAtom(atom)
+    conf = Chem.Conformer(len(symbols))
+    for k, (x, y, z) in enumerate(xyz.tolist()):
+        conf.SetAtomPosition(k, Point3D(x, y, z))
+    rw.AddConformer(conf, assignId=True)
+    return rw
+
+
+def _mol_from_bonds(symbols: list[str], xyz: np.ndarray, pairs: np.ndarray, orders: np.ndarray):
+    """The RDKit molecule of perceived bonds (every valence filled, so it sanitises)."""
+    from rdkit import Chem
+
+    rw = _bare_mol(symbols, xyz)
+    btype = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
+    for (a, b), o in zip(pairs.tolist(), orders.tolist(), strict=True):
+        rw.AddBond(a, b, btype[o])
+    mol = rw.GetMol()
+    Chem.SanitizeMol(mol)
+    return mol
+
+
+def _mol_from_geometry(symbols: list[str], xyz: np.ndarray, pairs: np.ndarray):
+    """Bonds of what :func:`perceive_bonds` cannot fill with neutral valences.
+
+    RDKit's charge-aware perception first (nitro groups, zwitterions); failing that, single bonds
+    and a note.  Returns the molecule and the notes.
+    """
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import rdDetermineBonds
+
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        trial = Chem.Mol(_bare_mol(symbols, xyz))
+        try:
+            rdDetermineBonds.DetermineBonds(trial, charge=0)
+            Chem.SanitizeMol(trial)
+            Chem.RemoveStereochemistry(trial)  # as for every other structure read from XYZ
+            return trial, []
+        except Exception:  # noqa: BLE001 -- RDKit raises several types; fall back to single bonds
+            pass
+        rw = _bare_mol(symbols, xyz)
+        for a, b in pairs.tolist():
+            rw.AddBond(a, b, Chem.BondType.SINGLE)
+        mol = rw.GetMol()
+        notes = ["bond orders could not be assigned (single bonds used)"]
+        try:
+            Chem.SanitizeMol(mol)
+        except Exception:  # noqa: BLE001 -- hypervalent atoms: keep what RDKit can perceive
+            flags = Chem.SanitizeFlags.SANITIZE_ALL ^ Chem.SanitizeFlags.SANITIZE_PROPERTIES
+            Chem.SanitizeMol(mol, flags, catchErrors=True)
+            mol.UpdatePropertyCache(strict=False)
+            notes.append("valences RDKit does not accept")
+        return mol, notes
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+
+
+def _n_fragments(n: int, pairs: np.ndarray) -> int:
+    """Number of connected pieces (reachability by repeated squaring of the adjacency)."""
+    reach = np.eye(n, dtype=bool)
+    reach[pairs[:, 0], pairs[:, 1]] = reach[pairs[:, 1], pairs[:, 0]] = True
+    r = reach.astype(np.float32)
+    for _ in range(max(1, int(np.ceil(np.log2(max(n, 2)))))):
+        r = np.minimum(r @ r, 1.0)
+    if r[0].all():
+        return 1
+    return len({row.tobytes() for row in r > 0})
+
+
+def _smiles_of(mol) -> str:
+    from rdkit import Chem
+
+    try:
+        return Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False))
+    except Exception:  # noqa: BLE001 -- odd valences: the SMILES with its hydrogens
+        return Chem.MolToSmiles(mol)
+
+
+# ---------------------------------------------------------------------------------------------
+# constructors
+
+
+def structure_from_xyz(
+    name: str, symbols: list[str], xyz: np.ndarray, edge: str | None = None
+) -> Structure:
+    """A validated :class:`Structure` from elements and coordinates (bonds perceived)."""
+    xyz = np.asarray(xyz, dtype=float).reshape(-1, 3)
+    d = _check_atoms(name, symbols, xyz, edge)
+    pairs, orders = perceive_bonds(symbols, xyz, d)
+    if orders is None:
+        mol, notes = _mol_from_geometry(symbols, xyz, pairs)
+        notes += _domain_notes(mol, symbols)
+        return Structure(name, symbols, xyz, None, mol, not notes, notes)
+    # every atom neutral with its usual valence: only size and fragments can be unusual
+    notes = []
+    n_heavy = sum(s != "H" for s in symbols)
+    if n_heavy > MAX_HEAVY_ATOMS:
+        notes.append(f"{n_heavy} heavy atoms (trained on <= {MAX_HEAVY_ATOMS})")
+    n_frags = _n_fragments(len(symbols), pairs)
+    if n_frags > 1:
+        notes.append(f"{n_frags} fragments")
+    return Structure(name, symbols, xyz, None, None, not notes, notes, bonds=(pairs, orders))
+
+
+def structure_from_mol(name: str, mol, edge: str | None = None) -> Structure:
+    """A validated :class:`Structure` from an RDKit molecule with bonds (3D made when missing)."""
+    from rdkit import Chem
+
+    if any(a.GetSymbol() not in _VALENCE for a in mol.GetAtoms()):
+        _check_atoms(name, [a.GetSymbol() for a in mol.GetAtoms()], np.zeros((0, 3)), edge)
+    mol = Chem.AddHs(mol, addCoords=mol.GetNumConformers() > 0)
+    if mol.GetNumConformers() == 0 or not mol.GetConformer().Is3D():
+        mol = _embed(name, mol)
+    symbols = [a.GetSymbol() for a in mol.GetAtoms()]
+    xyz = np.asarray(mol.GetConformer().GetPositions(), dtype=float)
+    _check_atoms(name, symbols, xyz, edge)
+    notes = _domain_notes(mol, symbols)
+    return Structure(name, symbols, xyz, None, mol, not notes, notes)
+
+
+def _embed(name: str, mol):
+    from rdkit.Chem import AllChem
+
+    params = AllChem.ETKDGv3()
+    params.randomSeed = EMBED_SEED
+    if AllChem.EmbedMolecule(mol, params) != 0:
+        params.useRandomCoords = True
+        if AllChem.EmbedMolecule(mol, params) != 0:
+            raise StructureError(f"structure {name!r}: RDKit could not embed it in 3D")
+    if AllChem.MMFFHasAllMoleculeParams(mol):
+        AllChem.MMFFOptimizeMolecule(mol, maxIters=2000)
+    return mol
+
+
+def structure_from_smiles(
+    smiles: str, name: str | None = None, edge: str | None = None
+) -> Structure:
+    """A validated :class:`Structure` from SMILES, in 3D by ETKDG + MMFF (seeded)."""
+    from rdkit import Chem, RDLogger
+
+    name = name or smiles
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        mol = Chem.MolFromSmiles(smiles)
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+    if mol is None:
+        raise StructureError(f"structure {name!r}: unparsable SMILES {smiles!r}")
+    return structure_from_mol(name, mol, edge)
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+_FLOAT_FIX = re.compile(r"[dD]")
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float(_FLOAT_FIX.sub("e", text))  # Fortran's 1.0D-03
+
+
+def _symbol(text: str) -> str:
+    if text.isdigit():
+        return _SYMBOL_OF_Z.get(int(text), f"Z={text}")
+    text = re.sub(r"[^A-Za-z].*$", "", text)  # labels such as C1, O_2
+    return text[:1].upper() + text[1:].lower()
+
+
+def _iter_xyz(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], Structure]]]:
+    with open(path, errors="replace") as fh:
+        lines = fh.read().splitlines()
+    k, frame = 0, 0
+    while k < len(lines):
+        if not lines[k].strip():
+            k += 1
+            continue
+        frame += 1
+        head = lines[k].split()
+        try:
+            n = int(head[0])
+            if n < 1 or len(head) > 1 and not head[1].startswith(("#", "!")):
+                raise ValueError
+        except ValueError:
+            raise StructureError(
+                f"{path.name} line {k + 1}: expected an atom count to start frame {frame}, "
+                f"found {lines[k].strip()[:40]!r}"
+            ) from None
+        name = lines[k + 1].strip() if k + 1 < len(lines) else ""
+        name = name or f"{path.stem}_{frame}"
+        rows = []
+        for line in lines[k + 2 : k + 2 + n]:
+            parts = line.split()
+            if len(parts) < 4:
+                break  # a cut-off frame: the next frame (or the end) comes early
+            rows.append(parts)
+        start = k
+        k += 2 + len(rows)
+
+        def build(rows=rows, name=name, n=n, start=start) -> Structure:
+            if len(rows) < n:
+                raise StructureError(
+                    f"structure {name!r} ({path.name} line {start + 1}): truncated frame, "
+                    f"{n} atoms announced, {len(rows)} found"
+                )
+            try:
+                xyz = np.array([p[1:4] for p in rows], dtype=float)
+            except ValueError:  # Fortran exponents (1.0D-03) or junk
+                try:
+                    xyz = np.array([[_float(v) for v in p[1:4]] for p in rows])
+                except ValueError:
+                    raise StructureError(
+                        f"structure {name!r}: unreadable coordinates in {path.name} "
+                        f"lines {start + 3}-{start + 2 + n}"
+                    ) from None
+            symbols = [p[0] if p[0] in _VALENCE else _symbol(p[0]) for p in rows]
+            return structure_from_xyz(name, symbols, xyz, edge)
+
+        yield name, build
+
+
+def _iter_sdf(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], Structure]]]:
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=True)
+        for k in range(len(supplier)):
+            mol = supplier[k]
+            text = supplier.GetItemText(k)
+            title = text.splitlines()[0].strip() if text.strip() else ""
+            name = title or f"{path.stem}_{k + 1}"
+            if mol is None:
+                # a record RDKit rejects: find out whether an element or the chemistry is the cause
+                raw = Chem.MolFromMolBlock(text, sanitize=False, removeHs=False)
+                msg = f"structure {name!r}: unreadable SDF record {k + 1}"
+                if raw is not None:
+                    syms = [a.GetSymbol() for a in raw.GetAtoms()]
+                    try:
+                        _check_atoms(name, syms, raw.GetConformer().GetPositions(), edge)
+                    except StructureError as exc:
+                        msg = str(exc)
+                    else:
+                        msg += " (RDKit rejects its valences)"
+
+                def fail(msg=msg) -> Structure:
+                    raise StructureError(msg)
+
+                yield name, fail
+            else:
+                yield name, (lambda mol=mol, name=name: structure_from_mol(name, mol, edge))
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+
+
+def _iter_smi(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], Structure]]]:
+    with open(path, errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            parts = line.split(None, 1)
+            if not parts or parts[0].startswith("#"):
+                continue
+            if lineno == 1 and parts[0].lower() == "smiles":
+                continue  # a header line
+            smiles = parts[0]
+            name = parts[1].strip() if len(parts) > 1 and parts[1].strip() else f"smi_{lineno}"
+            yield name, (lambda s=smiles, n=name: structure_from_smiles(s, n, edge))
+
+
+_READERS = {".xyz": _iter_xyz, ".sdf": _iter_sdf, ".mol": _iter_sdf, ".smi": _iter_smi}
+
+
+def iter_structures(
+    path: str | os.PathLike,
+    edge: str | None = None,
+    skip_invalid: bool = False,
+    on_skip: Callable[[StructureError], None] | None = None,
+) -> Iterator[Structure]:
+    """Structures of ``path`` one at a time (see :func:`read_structures`)."""
+    path = Path(path)
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise StructureError(
+            f"{path.name}: unknown structure format {path.suffix!r} (expected .xyz, .sdf or .smi)"
+        )
+    if not path.is_file():
+        raise StructureError(f"{path}: no such file")
+    for _name, build in reader(path, edge):
+        try:
+            yield build()
+        except StructureError as exc:
+            if not skip_invalid:
+                raise
+            if on_skip is not None:
+                on_skip(exc)
+
+
+def read_structures(
+    path: str | os.PathLike,
+    edge: str | None = None,
+    skip_invalid: bool = False,
+    on_skip: Callable[[StructureError], None] | None = None,
+) -> list[Structure]:
+    """Read and validate every structure of a file.
+
+    Parameters
+    ----------
+    path
+        Multi-frame XYZ (``.xyz``: line 2 of a frame is the name), SDF (``.sdf``/``.mol``: the
+        title line is the name) or SMILES (``.smi``: SMILES, then an optional name; unnamed ones
+        are called ``smi_<line>``).
+    edge
+        ``"O"`` or ``"N"``: a structure without an atom of that element is invalid.
+    skip_invalid
+        Skip invalid structures (calling ``on_skip`` with each error) instead of raising.
+    on_skip
+        Called with the :class:`StructureError` of each skipped structure.
+
+    Returns
+    -------
+    list of Structure
+
+    Raises
+    ------
+    StructureError
+        On the first invalid structure (unless ``skip_invalid``), or when the file cannot be read.
+        A file that holds no structure at all is an error too.
+    """
+    structures = list(iter_structures(path, edge, skip_invalid, on_skip))
+    if not structures and not skip_invalid:
+        raise StructureError(f"{Path(path).name}: no structures in the file")
+    return structures
