@@ -1,0 +1,54 @@
+"""RunEngine, its metadata and the tiled writer (NSLS-II profile_collection style).
+
+Environment (defaults fit ``xas-bluesky sim-beamline`` on this machine):
+
+- ``XAS_BEAMLINE_PREFIX``  PV prefix of the beamline (``SIM:``)
+- ``XAS_BEAMLINE_ID``      ``RE.md["beamline_id"]`` (``xas-sim``)
+- ``XAS_SCORE_PREFIX``     PV prefix of the structure-match score IOC (``XAS:``)
+- ``XAS_TILED_URI``        tiled server to write runs to (unset: runs are not stored)
+- ``XAS_TILED_API_KEY``    its API key
+- ``XAS_MD_DIR``           directory of a persistent ``RE.md`` (unset: in memory)
+- ``XAS_ANALYSIS``         ``0`` leaves the live analysis out (20-analysis.py)
+
+The Channel Access variables (``EPICS_CA_ADDR_LIST`` ...) are the standard ones;
+``xas-bluesky sim-beamline`` prints those of the sim beamline.
+"""
+
+import os
+
+from bluesky import RunEngine
+from bluesky.callbacks.buffer import BufferingWrapper
+
+BEAMLINE_PREFIX = os.environ.get("XAS_BEAMLINE_PREFIX", "SIM:")
+SCORE_PREFIX = os.environ.get("XAS_SCORE_PREFIX", "XAS:")
+TILED_URI = os.environ.get("XAS_TILED_URI") or None
+TILED_API_KEY = os.environ.get("XAS_TILED_API_KEY") or None
+
+RE = RunEngine({})
+if os.environ.get("XAS_MD_DIR"):
+    from bluesky.utils import PersistentDict
+
+    RE.md = PersistentDict(os.environ["XAS_MD_DIR"])
+RE.md.setdefault("beamline_id", os.environ.get("XAS_BEAMLINE_ID", "xas-sim"))
+RE.md.setdefault("facility", "NSLS-II")
+
+tiled_client = None
+tiled_writer = None
+tiled_writer_buffer = None
+if TILED_URI:
+    from bluesky_tiled_plugins import TiledWriter
+    from tiled.client import from_uri
+
+    tiled_client = from_uri(TILED_URI, api_key=TILED_API_KEY)
+    tiled_writer = TiledWriter(tiled_client)
+    # the writer makes HTTP requests: behind a buffer it never holds up the RunEngine
+    tiled_writer_buffer = BufferingWrapper(tiled_writer)
+    RE.subscribe(tiled_writer_buffer)
+else:
+    print("00-base: XAS_TILED_URI not set; runs are not stored in tiled")
+
+
+def close_tiled_writer():
+    """Write out every buffered document and stop the writer (before tiled stops)."""
+    if tiled_writer_buffer is not None:
+        tiled_writer_buffer.shutdown(wait=True)

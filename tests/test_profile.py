@@ -1,0 +1,82 @@
+"""The NSLS-II profile_collection, loaded non-interactively against the sim beamline and a real
+tiled server: a xanes_scan run lands in tiled with the right metadata and data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xas_bluesky.beamline.sim import PROBE_PV, sim_ioc_args
+
+STARTUP = Path(__file__).resolve().parents[1] / "profile_collection" / "startup"
+
+
+def load_profile(env: dict[str, str]) -> dict:
+    """Execute the startup files in order in one namespace, as IPython does with a profile."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        ns: dict = {"__name__": "__main__"}
+        for path in sorted(STARTUP.glob("*.py")):
+            ns["__file__"] = str(path)
+            exec(compile(path.read_text(), str(path), "exec"), ns)
+        return ns
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_startup_files_are_in_order():
+    names = [p.name for p in sorted(STARTUP.glob("*.py"))]
+    assert names == ["00-base.py", "10-devices.py", "20-analysis.py", "30-plans.py"]
+
+
+def test_profile_runs_xanes_scan_into_tiled(ioc_factory, tiled_server):
+    proc = ioc_factory(sim_ioc_args(clock=200.0, offset=-0.3), probe=PROBE_PV)
+    ns = load_profile(
+        {
+            "XAS_BEAMLINE_PREFIX": proc.info["prefix"],
+            "XAS_TILED_URI": tiled_server.uri,
+            "XAS_TILED_API_KEY": tiled_server.api_key,
+            "XAS_ANALYSIS": "0",
+        }
+    )
+    tiled_server.drains.append(ns["close_tiled_writer"])
+    RE, Region = ns["RE"], ns["Region"]
+    assert ns["ring_suspender"] in RE.suspenders
+    regions = [Region(526.0, 530.0, 1.0, 0.5), Region(530.0, 534.0, 2.0, 1.0)]
+    (uid,) = RE(ns["xanes"]("O", sample="ref_O", regions=regions, candidates="lib.xyz"))
+    ns["close_tiled_writer"]()  # drain the buffer before reading back
+
+    run = tiled_server.client()[uid]
+    start = run.metadata["start"]
+    assert start["xas_element"] == "O" and start["sample_name"] == "ref_O"
+    assert start["xas_fields"]["signal"] == "det_tey" and start["candidates"] == "lib.xyz"
+    assert start["beamline_id"] == "xas-sim"
+    assert run.metadata["stop"]["exit_status"] == "success"
+    data = run["primary"].read()
+    energy = np.asarray(data["mono_energy"])
+    assert np.allclose(energy, [526, 527, 528, 529, 530, 532, 534], atol=0.02)
+    assert np.all(np.asarray(data["det_i0"]) > 1e5)
+    assert np.asarray(data["det_count_time"]).tolist() == [0.5] * 4 + [1.0] * 3
+    assert len(np.asarray(data["det_tey"])) == 7
+
+
+def test_analysis_file_is_optional(ioc_factory, capsys):
+    """20-analysis.py runs whether or not the live-analysis callbacks are installed."""
+    proc = ioc_factory(sim_ioc_args(clock=200.0), probe=PROBE_PV)
+    ns = load_profile({"XAS_BEAMLINE_PREFIX": proc.info["prefix"], "XAS_TILED_URI": ""})
+    assert "live_analysis" in ns and ns["tiled_client"] is None
+    try:
+        import xas_bluesky.beamline.callbacks  # noqa: F401
+    except ImportError:
+        assert ns["live_analysis"] is None
+        assert "live analysis not available" in capsys.readouterr().out
+    else:
+        pytest.skip("callbacks installed: the subscription itself is tested with them")
