@@ -1,0 +1,441 @@
+"""The structure-match score PVs: a caproto ``PVGroup`` and its in-process host.
+
+Names are a contract (``CLI.md``; add, never rename).  With the default prefix ``XAS:``::
+
+    XAS:Match:Best-Name        CHAR waveform  best candidate's name
+    XAS:Match:BestProb-I       float          its posterior probability
+    XAS:Match:Entropy-I        float          entropy of the posterior (nats)
+    XAS:Match:NPoints-I        int            points scored so far in the run (written last)
+    XAS:Match:NextEnergy-I     float          most informative next energy (eV)
+    XAS:Match:RunUID-I         CHAR waveform  uid of the raw run being scored
+    XAS:Match:TopNames-Wfm     CHAR waveform  top-k names, newline-separated
+    XAS:Match:TopScores-Wfm    float[k]       their probabilities
+    XAS:Match:Status-Sts       enum           Idle/Predicting/Running/Done/Warning/Error
+    XAS:Match:Heartbeat-I      int            +1 every second while the IOC serves
+    XAS:Match:Offset-I         float          fitted mono calibration offset (eV)
+    XAS:Match:BestSmiles-Name  CHAR waveform  best candidate's SMILES
+    XAS:Match:Message-Name     CHAR waveform  what the status means (the problem, if any)
+    XAS:Match:LastEnergy-I     float          energy of the last point scored (eV)
+    XAS:Match:NCandidates-I    int            candidates being scored
+    XAS:Match:Update-I         int            +1 per published update
+
+Every PV is read-only to Channel Access clients: only the analysis that hosts the IOC changes
+them (see ``docs/live_analysis.rst`` for why the IOC lives inside the analysis process).
+
+:class:`ScoreServer` runs the group on a thread with its own asyncio loop, through the project's
+caproto tuning (:mod:`xas_bluesky.beamline.epics.server`).  :meth:`ScoreServer.publish` is
+thread-safe and never blocks: it keeps only the latest update (older unsent ones are coalesced
+away) and a publisher task writes it.  The server remembers the last update, so after
+:meth:`ScoreServer.restart` (or a stop and a start) the same values are served again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from caproto import ChannelType
+from caproto.server import PVGroup, pvproperty
+
+__all__ = [
+    "STATES",
+    "TOP_K",
+    "PV_SUFFIXES",
+    "ScoreUpdate",
+    "MatchScoreGroup",
+    "ScoreServer",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+#: states of ``Match:Status-Sts`` (an enum: clients may read the index or the string)
+STATES = ("Idle", "Predicting", "Running", "Done", "Warning", "Error")
+#: length of ``Match:TopScores-Wfm`` (and lines of ``Match:TopNames-Wfm``)
+TOP_K = 10
+_NAME_LEN = 256
+_TEXT_LEN = 4096
+
+#: attribute of :class:`MatchScoreGroup` -> PV suffix (after the prefix)
+PV_SUFFIXES = {
+    "best_name": "Match:Best-Name",
+    "best_prob": "Match:BestProb-I",
+    "entropy": "Match:Entropy-I",
+    "npoints": "Match:NPoints-I",
+    "next_energy": "Match:NextEnergy-I",
+    "run_uid": "Match:RunUID-I",
+    "top_names": "Match:TopNames-Wfm",
+    "top_scores": "Match:TopScores-Wfm",
+    "status": "Match:Status-Sts",
+    "heartbeat": "Match:Heartbeat-I",
+    "offset": "Match:Offset-I",
+    "best_smiles": "Match:BestSmiles-Name",
+    "message": "Match:Message-Name",
+    "last_energy": "Match:LastEnergy-I",
+    "ncandidates": "Match:NCandidates-I",
+    "update": "Match:Update-I",
+}
+
+
+def _text(value: str, limit: int) -> str:
+    # a CHAR waveform holds max_length bytes (UTF-8 here): cut on a character boundary
+    data = (value or "").encode("utf-8")[: limit - 1]
+    return data.decode("utf-8", errors="ignore")
+
+
+def _num(value: float | None) -> float:
+    return float(value) if value is not None and math.isfinite(value) else float("nan")
+
+
+@dataclass
+class ScoreUpdate:
+    """One analysis update, as published to the score PVs.
+
+    ``npoints`` and ``update`` change last, so a client that sees them change reads the rest of
+    the same update.
+    """
+
+    run_uid: str = ""
+    npoints: int = 0
+    best_name: str = ""
+    best_smiles: str = ""
+    best_prob: float = float("nan")
+    entropy: float = float("nan")
+    next_energy: float = float("nan")
+    offset: float = float("nan")
+    last_energy: float = float("nan")
+    ncandidates: int = 0
+    top_names: Sequence[str] = ()
+    top_scores: Sequence[float] = ()
+    status: str = "Idle"
+    message: str = ""
+    #: ``time.time()`` of the newest event this update includes (for latency bookkeeping)
+    event_time: float | None = field(default=None, compare=False)
+
+
+class MatchScoreGroup(PVGroup):
+    """The match-score PVs (all read-only to clients; see the module docstring)."""
+
+    best_name = pvproperty(
+        name=PV_SUFFIXES["best_name"], value="", dtype=ChannelType.CHAR, max_length=_NAME_LEN,
+        string_encoding="utf-8", read_only=True, doc="best candidate's name",
+    )  # fmt: skip
+    best_prob = pvproperty(
+        name=PV_SUFFIXES["best_prob"], value=float("nan"), precision=4, read_only=True,
+        doc="best candidate's posterior probability",
+    )  # fmt: skip
+    entropy = pvproperty(
+        name=PV_SUFFIXES["entropy"], value=float("nan"), precision=4, units="nat",
+        read_only=True, doc="entropy of the posterior over candidates",
+    )  # fmt: skip
+    npoints = pvproperty(
+        name=PV_SUFFIXES["npoints"], value=0, read_only=True,
+        doc="points of the run scored so far (written last in each update)",
+    )  # fmt: skip
+    next_energy = pvproperty(
+        name=PV_SUFFIXES["next_energy"], value=float("nan"), precision=3, units="eV",
+        read_only=True, doc="most informative next energy",
+    )  # fmt: skip
+    run_uid = pvproperty(
+        name=PV_SUFFIXES["run_uid"], value="", dtype=ChannelType.CHAR, max_length=64,
+        string_encoding="utf-8", read_only=True, doc="uid of the raw run being scored",
+    )  # fmt: skip
+    top_names = pvproperty(
+        name=PV_SUFFIXES["top_names"], value="", dtype=ChannelType.CHAR, max_length=_TEXT_LEN,
+        string_encoding="utf-8", read_only=True, doc="top candidates, newline-separated",
+    )  # fmt: skip
+    top_scores = pvproperty(
+        name=PV_SUFFIXES["top_scores"], value=[0.0] * TOP_K, max_length=TOP_K,
+        read_only=True, doc="probabilities of the top candidates",
+    )  # fmt: skip
+    status = pvproperty(
+        name=PV_SUFFIXES["status"], value="Idle", dtype=ChannelType.ENUM, enum_strings=STATES,
+        read_only=True, doc="state of the analysis",
+    )  # fmt: skip
+    heartbeat = pvproperty(
+        name=PV_SUFFIXES["heartbeat"], value=0, read_only=True, doc="+1 per second while served"
+    )
+    offset = pvproperty(
+        name=PV_SUFFIXES["offset"], value=float("nan"), precision=3, units="eV", read_only=True,
+        doc="fitted mono calibration offset",
+    )  # fmt: skip
+    best_smiles = pvproperty(
+        name=PV_SUFFIXES["best_smiles"], value="", dtype=ChannelType.CHAR, max_length=_NAME_LEN,
+        string_encoding="utf-8", read_only=True, doc="best candidate's SMILES",
+    )  # fmt: skip
+    message = pvproperty(
+        name=PV_SUFFIXES["message"], value="", dtype=ChannelType.CHAR, max_length=_TEXT_LEN,
+        string_encoding="utf-8", read_only=True, doc="what the status means",
+    )  # fmt: skip
+    last_energy = pvproperty(
+        name=PV_SUFFIXES["last_energy"], value=float("nan"), precision=3, units="eV",
+        read_only=True, doc="energy of the last point scored",
+    )  # fmt: skip
+    ncandidates = pvproperty(
+        name=PV_SUFFIXES["ncandidates"], value=0, read_only=True, doc="candidates being scored"
+    )
+    update = pvproperty(
+        name=PV_SUFFIXES["update"], value=0, read_only=True, doc="+1 per published update"
+    )
+
+    @heartbeat.scan(period=1.0)
+    async def heartbeat(self, instance, async_lib):
+        await instance.write((instance.value + 1) % 2**31)
+
+    async def apply(self, upd: ScoreUpdate, counter: int) -> None:
+        """Write one update (from the server's own loop); ``npoints``/``update`` go last."""
+        names = list(upd.top_names)[:TOP_K]
+        scores = [_num(s) for s in list(upd.top_scores)[:TOP_K]]
+        scores += [float("nan")] * (TOP_K - len(scores))
+        status = upd.status if upd.status in STATES else "Error"
+        await self.run_uid.write(_text(upd.run_uid, 64))
+        await self.best_name.write(_text(upd.best_name, _NAME_LEN))
+        await self.best_smiles.write(_text(upd.best_smiles, _NAME_LEN))
+        await self.best_prob.write(_num(upd.best_prob))
+        await self.entropy.write(_num(upd.entropy))
+        await self.next_energy.write(_num(upd.next_energy))
+        await self.offset.write(_num(upd.offset))
+        await self.last_energy.write(_num(upd.last_energy))
+        await self.ncandidates.write(int(upd.ncandidates))
+        await self.top_names.write(_text("\n".join(names), _TEXT_LEN))
+        await self.top_scores.write(scores)
+        await self.message.write(_text(upd.message, _TEXT_LEN))
+        await self.status.write(status)
+        await self.npoints.write(int(upd.npoints))
+        await self.update.write(int(counter) % 2**31)
+
+
+class ScoreServer:
+    """Host :class:`MatchScoreGroup` in this process, on a thread with its own asyncio loop.
+
+    Parameters
+    ----------
+    prefix
+        PV prefix, e.g. ``"XAS:"``.
+    port
+        Channel Access server port (UDP searches, first TCP port tried).  Default: the
+        environment's ``EPICS_CAS_SERVER_PORT`` / ``EPICS_CA_SERVER_PORT``.
+    interfaces
+        Addresses to serve on (loopback by default).
+    tuned
+        Apply the project's caproto tuning (``TCP_NODELAY``, 1 ms monitor batching).
+
+    Examples
+    --------
+    >>> server = ScoreServer("XAS:", port=5064).start()
+    >>> server.publish(ScoreUpdate(run_uid=uid, npoints=3, best_name="water", best_prob=0.7))
+    >>> server.stop()
+    """
+
+    def __init__(
+        self,
+        prefix: str = "XAS:",
+        *,
+        port: int | None = None,
+        interfaces: Sequence[str] = ("127.0.0.1",),
+        tuned: bool = True,
+    ):
+        self.prefix = prefix
+        self.port = port
+        self.interfaces = list(interfaces)
+        self.tuned = tuned
+        self._lock = threading.Lock()
+        self._latest = ScoreUpdate()
+        self._dirty = False
+        self._counter = 0
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._main: asyncio.Task | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.group: MatchScoreGroup | None = None
+        #: ``time.time()`` when each update finished writing (for the latency benchmark)
+        self.last_written: float | None = None
+
+    # -- names -------------------------------------------------------------------------------
+    def pvname(self, attr: str) -> str:
+        """Full PV name of an attribute of :class:`MatchScoreGroup` (e.g. ``"npoints"``)."""
+        return self.prefix + PV_SUFFIXES[attr]
+
+    @property
+    def pvnames(self) -> dict[str, str]:
+        return {attr: self.prefix + suffix for attr, suffix in PV_SUFFIXES.items()}
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._ready.is_set()
+
+    @property
+    def latest(self) -> ScoreUpdate:
+        """The last update handed to :meth:`publish` (what the PVs show once written)."""
+        with self._lock:
+            return self._latest
+
+    # -- life cycle --------------------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> ScoreServer:
+        """Start serving (returns once the server's sockets are bound); idempotent."""
+        if self.running:
+            return self
+        self._ready.clear()
+        self._error = None
+        self._thread = threading.Thread(
+            target=self._thread_main, name=f"score-ioc-{self.prefix}", daemon=True
+        )
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise RuntimeError(f"score IOC {self.prefix} did not start within {timeout} s")
+        if self._error is not None:
+            raise RuntimeError(f"score IOC {self.prefix} failed to start: {self._error}")
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving (clients see the PVs disconnect); the last update is kept."""
+        loop, thread = self._loop, self._thread
+        if loop is not None and self._main is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._main.cancel)
+            except RuntimeError:  # loop already closed
+                pass
+        if thread is not None:
+            thread.join(timeout)
+        self._thread = None
+        self._ready.clear()
+
+    def restart(self) -> None:
+        """Stop and start again on the same port; the last update is served again."""
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> ScoreServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- publishing --------------------------------------------------------------------------
+    def publish(self, update: ScoreUpdate) -> None:
+        """Hand an update to the server (thread-safe, never blocks, coalesces)."""
+        with self._lock:
+            self._latest = update
+            self._dirty = True
+            loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # loop closed while stopping: the update waits for start()
+                pass
+
+    def set_status(self, status: str, message: str = "") -> None:
+        """Change only the status and its message (keeps the last scores)."""
+        with self._lock:
+            update = replace(self._latest, status=status, message=message)
+        self.publish(update)
+
+    # -- the server thread -------------------------------------------------------------------
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        except asyncio.CancelledError:
+            pass
+        except BaseException as exc:  # reported to start(), or logged if it died later
+            self._error = exc
+            logger.exception("score IOC %s stopped with an error", self.prefix)
+        finally:
+            if self._error is not None:
+                self._ready.set()  # wake start() to report it
+            with self._lock:
+                self._loop = None
+                self._wake = None
+            try:
+                # let transports really close their sockets (close() is deferred to the loop):
+                # a UDP socket left bound with SO_REUSEPORT would swallow searches after a restart
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(asyncio.sleep(0.05))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    async def _serve(self) -> None:
+        from caproto.asyncio.server import Context
+
+        from xas_bluesky.beamline.epics.server import tune_caproto
+
+        if self.tuned:
+            tune_caproto()
+        # a fresh group per start: subscriptions of a stopped server die with it
+        self.group = MatchScoreGroup(prefix=self.prefix)
+        ctx = Context(self.group.pvdb, self.interfaces)
+        if self.port is not None:
+            ctx.ca_server_port = int(self.port)
+        wake = asyncio.Event()
+        with self._lock:
+            self._wake = wake
+            self._dirty = True  # serve the last update again after a restart
+        wake.set()
+
+        async def startup_hook(async_lib):
+            self._ready.set()
+            await self._publisher(wake)
+
+        self._main = asyncio.current_task()
+        try:
+            await ctx.run(startup_hook=startup_hook)
+        finally:
+            # caproto cancels its circuits' tasks but leaves their TCP connections open: clients
+            # would keep a dead circuit (no FIN) and never search again.  Close them.
+            for circuit in list(ctx.circuits):
+                try:
+                    circuit.client.close()
+                except Exception:
+                    pass
+
+    async def _publisher(self, wake: asyncio.Event) -> None:
+        group = self.group
+        assert group is not None
+        while True:
+            await wake.wait()
+            wake.clear()
+            with self._lock:
+                if not self._dirty:
+                    continue
+                update, self._dirty = self._latest, False
+                self._counter += 1
+                counter = self._counter
+            try:
+                await group.apply(update, counter)
+                self.last_written = time.time()
+            except Exception:  # a bad value must not kill the publisher
+                logger.exception("could not write score update to %s", self.prefix)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve :class:`MatchScoreGroup` standalone (``python -m``; ``xas-bluesky serve-ioc``)."""
+    from caproto.server import ioc_arg_parser
+
+    from xas_bluesky.beamline.epics.server import run_ioc
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    ioc_options, run_options = ioc_arg_parser(
+        default_prefix="XAS:", desc="Structure-match score PVs (xas_bluesky)"
+    )
+    run_ioc(MatchScoreGroup(**ioc_options), run_options)
+
+
+if __name__ == "__main__":
+    main()
