@@ -362,13 +362,11 @@ class Comparator:
         self._sc = np.zeros((7, c))  # float64: w, wx, wxx, wy, wxy, wyy, sum log var
         # clamps against a row: np.maximum(array, scalar) is ~3x slower than against an array
         self._zero_row = np.zeros(chunk, np.float32)
-        self._mask = np.empty((k, chunk), bool)
         self._floor_row = np.full(chunk, -80.0, np.float32)
         self.n_rebuilds = 0
         self._prior_gain: np.ndarray | None = None
         for b in self._buf:  # touch the pages now rather than in the first result
             b.fill(0.0)
-        self._mask.fill(False)
         self.reset()
 
     # ------------------------------------------------------------------ points
@@ -477,12 +475,7 @@ class Comparator:
         var = (s / self._a_ref) ** 2 + ((1.0 - t) * self._v[i] + t * self._v[i + 1]).astype(float)
         w = 1.0 / var
         sc = self._sc
-        sc[0] += w
-        sc[1] += w * x
-        sc[2] += w * (x * x)
-        sc[3] += w * yy
-        sc[4] += w * (x * yy)
-        sc[5] += w * (yy * yy)
+        sc[:6] += np.multiply.outer([1.0, x, x * x, yy, x * yy, yy * yy], w)
         sc[6] += np.log(var)
         w32 = w.astype(np.float32)
         x32, y32 = np.float32(x), np.float32(yy)
@@ -635,12 +628,17 @@ class Comparator:
         """(C,) pieces of the linear background's normal equations (float64)."""
         w, wx, wxx, wy, wxy, wyy, slogv = self._sc
         det = w * wxx - wx * wx
-        ok = det > 1e-9 * np.maximum(w * wxx, 1e-300)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            # inverse of [[w, wx], [wx, wxx]] (a constant only, if all points share one energy)
-            g11 = np.where(ok, wxx / det, 1.0 / w)
-            g12 = np.where(ok, -wx / det, 0.0)
-            g22 = np.where(ok, w / det, 0.0)
+        # inverse of [[w, wx], [wx, wxx]]; results need >= 4 distinct energies, so det > 0
+        # (a constant only, should all points share one energy)
+        if np.all(det > 1e-9 * w * wxx):
+            inv = 1.0 / det
+            g11, g12, g22 = wxx * inv, -wx * inv, w * inv
+        else:
+            ok = det > 1e-9 * np.maximum(w * wxx, 1e-300)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                g11 = np.where(ok, wxx / det, 1.0 / w)
+                g12 = np.where(ok, -wx / det, 0.0)
+                g22 = np.where(ok, w / det, 0.0)
         h1 = g11 * wy + g12 * wxy
         h2 = g12 * wy + g22 * wxy
         qyy = wyy - (wy * h1 + wxy * h2)  # chi2 of the background-only fit
@@ -691,9 +689,8 @@ class Comparator:
         # left in, 0/0-like noise would hand it a spurious share of the background's chi2).
         # explained chi2 = Q_py^2 / Q_pp, clamped to [0, chi2 of the background-only fit].
         np.multiply(swpp, np.float32(1e-4), out=tmp)
-        mask = np.greater(qpp, tmp, out=self._mask[:n, :nc])
+        np.maximum(qpp, tmp, out=qpp)  # Q_py ~ rounding there too: Q_py^2 / floor ~ 0
         np.maximum(qpy, zero, out=qpy)
-        qpy *= mask
         qpy *= qpy
         with np.errstate(divide="ignore", invalid="ignore"):
             qpy /= qpp
