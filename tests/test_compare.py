@@ -271,3 +271,25 @@ def test_probabilities_are_calibrated_on_heldout_molecules(edge, model):
     assert rel["nll"] <= naive["nll"] + 0.05, (rel, naive)
     # and the temperature fitted on the validation split holds on the held-out one
     assert temp / 2 <= t_best <= temp * 2, t_best
+
+
+def test_edge_cases():
+    energy, mu, names = feff("N")
+    cmp = Comparator(energy, mu, None, names)
+    with pytest.raises(ValueError, match="shape"):
+        cmp.add_points([400.0, 401.0], [0.1], [1e-3])
+    rng = np.random.default_rng(4)
+    mono = np.repeat(np.arange(398.0, 420.0, 2.0), 2)  # every energy measured twice
+    y, sig = measure(energy, mu[1], mono, 0.3, rng)
+    cmp.add_points(mono, y, sig)
+    r = cmp.result()
+    assert r.n_points == mono.size and np.isfinite(r.probabilities).all()
+    assert len(r.top(10_000)) == len(names)
+    assert r.top(0) == []
+    assert r.next_energy is not None and np.min(np.abs(mono - r.next_energy)) > cmp.exclusion_ev
+    cmp.reset()
+    again = cmp.result()
+    assert again.n_points == 0 and np.allclose(again.probabilities, 1 / len(names))
+    # one energy only, however often: nothing to tell the candidates apart
+    cmp.add_points(np.full(5, 402.0), np.full(5, 0.1), np.full(5, 1e-3))
+    assert np.allclose(cmp.result().probabilities, 1 / len(names))

@@ -9,7 +9,7 @@ a raw measured point (E_j, y_j +- sigma_j) -- raw mu, not the running normalisat
 as points arrive -- is modelled as ::
 
     y_j = a_c * p_c(E_j + delta) + b_c + g_c * (E_j - E_ref) + noise,
-    var(noise) = sigma_j^2 + a_ref^2 * s_c(E_j + delta_w)^2
+    var(noise) = sigma_j^2 + a_ref^2 * [s_c^2 + step^2 / 12 * p_c'^2](E_j + delta_w)
 
 * ``delta`` is the mono's calibration offset: ONE number for the whole measurement, shared by all
   candidates, marginalised over a grid within +-``offset_max`` with a Gaussian prior of width
@@ -18,11 +18,14 @@ as points arrive -- is modelled as ::
 * ``a_c > 0`` (edge-step scale), ``b_c`` and ``g_c`` (a linear background, which absorbs the
   pre-edge line of raw TEY) are fitted per candidate by weighted linear least squares and profiled
   out.
-* The model's ensemble spread enters the variance with a fixed reference scale ``a_ref`` (the
-  probability-weighted fitted scale), so that the fit stays linear, and at a fixed offset
+* The variance holds the noise, the model's ensemble spread s_c and the offset grid's
+  discretisation (the true offset lies within +-step/2 of a grid node: the model at the node
+  errs by up to step/2 x dmu/dE).  The model terms enter with a fixed reference scale ``a_ref``
+  (the probability-weighted fitted scale), so that the fit stays linear, and at a fixed offset
   ``delta_w`` (the current estimate), so that the weights depend on candidate and point only.
-  When either estimate moves (a_ref by more than a factor 1.3, delta by more than 0.5 eV) the
-  sums are rebuilt from the stored points, which happens a few times early in a scan.
+  When either estimate moves (a_ref by more than a factor 1.5, moved half-way; delta by more
+  than 0.5 eV) the sums are rebuilt from the stored points: a few times early in a scan, after
+  24 points only for a factor 3 or 1.5 eV.
 
 Because every quantity is a sum over points, one new point costs a fixed number of passes over
 (n_offsets x n_candidates) float32 arrays (:meth:`Comparator.add_points`), and a result another
@@ -32,13 +35,14 @@ Likelihood and calibration
 --------------------------
 log L_c(delta) = -(chi2_min + sum_j log var_j) / (2 T).  The model's errors are correlated across
 energies (a misplaced resonance is wrong at many points at once), so a naive Gaussian likelihood
-(T = 1) is overconfident; the temperature T is fitted on the validation split so that the
-probabilities are calibrated (:func:`fit_temperature`).  P(c) is the prior-weighted sum over the
-offset grid, normalised over candidates; the offset posterior is the sum over candidates.
+(T = 1) is overconfident, the more so the more points: T = T0 (max(n, 6) / 6) ** gamma, with T0
+and gamma fitted on the validation split so that the probabilities are calibrated
+(:func:`calibrate`, :func:`calibration_for`).  P(c) is the prior-weighted sum over the offset
+grid, normalised over candidates; the offset posterior is the sum over candidates.
 
 Next energy
 -----------
-Among the probable candidates (cumulative probability 0.999, at most 256), each predicts the next
+Among the probable candidates (cumulative probability 0.999, at most 64), each predicts the next
 reading at every energy of the edge window, with the fitted scale and background at the current
 offset.  The most informative energy maximises 1/2 log(1 + Var_P[prediction] / E_P[variance]), a
 Gaussian approximation of the mutual information between the reading and the candidate's
@@ -158,13 +162,21 @@ class MatchResult:
     entropy : float
         Entropy of ``probabilities`` in nats (log C when nothing is known yet).
     offset_ev : float
-        Posterior mean of the shared energy offset (model energy = mono reading + offset).
+        The shared energy offset (model energy = mono reading + offset): the posterior mean, or,
+        when the posterior is narrower than the grid step, the vertex of a parabola through the
+        log posterior at its peak.
     offset_posterior : np.ndarray
         Posterior over ``offset_grid``.
     next_energy : float or None
         Most informative next mono energy (eV), None when every energy in the window is measured.
     n_points : int
         Points scored so far.
+    offset_grid, offset_std_ev
+        The offsets marginalised over and the posterior standard deviation of the offset.
+    temperature : float
+        The likelihood temperature used for this result (T0 grown with the points).
+    scale : float or None
+        Fitted edge-step scale a of the best candidate, in raw mu per model unit.
     """
 
     probabilities: np.ndarray
