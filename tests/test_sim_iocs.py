@@ -41,7 +41,8 @@ def sim(ca_env, tmp_path_factory):
 def _write_ca(pv, value):
     from caproto.sync.client import write
 
-    return write(pv, value, notify=True, timeout=5)
+    # repeater=False: the session's repeater runs; never let caproto spawn an orphan one
+    return write(pv, value, notify=True, timeout=5, repeater=False)
 
 
 def test_out_of_range_put_gets_ca_error(sim):
@@ -51,7 +52,7 @@ def test_out_of_range_put_gets_ca_error(sim):
     prefix, devs = sim
     with pytest.raises(ErrorResponseReceived, match="ECA_PUTFAIL"):
         _write_ca(prefix + "Mono:Energy-SP", 5000.0)
-    assert read(prefix + "Mono:Energy-SP").data[0] == pytest.approx(530.0)
+    assert read(prefix + "Mono:Energy-SP", repeater=False).data[0] == pytest.approx(530.0)
     # ophyd knows the limits from the PV's control limits and refuses before any put
     assert devs.mono.limits == (250.0, 1500.0)
     with pytest.raises(ValueError, match="outside"):

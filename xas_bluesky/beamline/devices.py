@@ -41,8 +41,9 @@ class Mono(PVPositionerPC):
     readback = Cpt(EpicsSignalRO, "Energy-RB", kind="hinted", auto_monitor=False)
     moving = Cpt(EpicsSignalRO, "Moving-Sts", kind="omitted", auto_monitor=False)
     calib_offset = Cpt(EpicsSignal, "Calib:Offset-SP", kind="config", auto_monitor=False)
-    velocity = Cpt(EpicsSignal, "Velo-SP", kind="config")
-    settle = Cpt(EpicsSignal, "Settle-SP", kind="config")
+    # monitored: only the move timeout reads them, and a monitor saves two round trips per move
+    velocity = Cpt(EpicsSignal, "Velo-SP", kind="config", auto_monitor=True)
+    settle = Cpt(EpicsSignal, "Settle-SP", kind="config", auto_monitor=True)
 
     #: seconds a move may take beyond its nominal time before it fails (a dead IOC never calls
     #: back: without a timeout the RunEngine would wait forever)
@@ -73,7 +74,8 @@ class XASDetector(Device):
     """
 
     acquire = Cpt(EpicsSignal, "Acquire-Cmd", kind="omitted", put_complete=True)
-    count_time = Cpt(EpicsSignal, "CountTime-SP", kind="normal", auto_monitor=False)
+    # a setpoint only plans change (bps.mv waits for it to read back): a monitor is never stale
+    count_time = Cpt(EpicsSignal, "CountTime-SP", kind="normal", auto_monitor=True)
     i0 = Cpt(EpicsSignalRO, "I0-I", kind="hinted", auto_monitor=False)
     tey = Cpt(EpicsSignalRO, "TEY-I", kind="hinted", auto_monitor=False)
     pfy = Cpt(EpicsSignalRO, "PFY-I", kind="normal", auto_monitor=False)
@@ -84,10 +86,17 @@ class XASDetector(Device):
     #: seconds an acquisition may take beyond its count time before it fails
     timeout_margin = 10.0
 
+    def __init__(self, prefix: str = "", *, name: str, **kwargs):
+        super().__init__(prefix, name=name, **kwargs)
+        self._last_count: int | None = None
+
     def trigger(self) -> Status:
         # pyepics reports a put-callback as done even when the IOC refused the put: check that
-        # the IOC really counted (Count-I went up by one) before the channels are read
-        before = self.count.get(use_monitor=False)
+        # the IOC really counted (Count-I went up) before the channels are read.  The count
+        # before is the one seen after the previous trigger: one round trip less per point.
+        before = self._last_count
+        if before is None:
+            before = self.count.get(use_monitor=False)
         # a dead IOC never calls back: fail after the count time (simulated seconds, never less
         # than real ones) plus a margin rather than hang the RunEngine
         status = DeviceStatus(self, timeout=float(self.count_time.get()) + self.timeout_margin)

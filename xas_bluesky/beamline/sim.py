@@ -19,7 +19,13 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from xas_bluesky.services import ManagedProcess, free_ports, loopback_ca_env, start_ioc
+from xas_bluesky.services import (
+    ManagedProcess,
+    free_ports,
+    loopback_ca_env,
+    start_ioc,
+    start_repeater,
+)
 
 __all__ = [
     "SimBeamline",
@@ -143,6 +149,7 @@ class SimBeamline:
         self.log_dir = Path(log_dir) if log_dir else None
         self.timeout = timeout
         self.process: ManagedProcess | None = None
+        self._repeater: ManagedProcess | None = None
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> SimBeamline:
@@ -151,7 +158,10 @@ class SimBeamline:
         check_slots(self.slots)
         if self.port is None:
             self.port, rep = free_ports(2)
-            self.repeater_port = self.repeater_port or rep
+            if self.repeater_port is None:
+                # ours to run: without one, libca warns and caproto's client spawns an orphan
+                self.repeater_port = rep
+                self._repeater = start_repeater(rep)
         self.process = start_ioc(
             self.args,
             prefix=self.prefix,
@@ -167,6 +177,9 @@ class SimBeamline:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+        if self._repeater is not None:
+            self._repeater.stop()
+            self._repeater = None
 
     def alive(self) -> bool:
         return self.process is not None and self.process.alive()
@@ -204,6 +217,22 @@ class SimBeamline:
 
     def true_offset(self) -> float:
         """The simulation's true mono offset (eV), read over Channel Access."""
-        from xas_bluesky.services import wait_for_pv
+        return float(self._read(self.prefix + "Mono:Sim:Offset-SP")[0])
 
-        return float(wait_for_pv(self.prefix + "Mono:Sim:Offset-SP", self.client_env(), 5.0)[0])
+    def _read(self, pvname: str):
+        """One Channel Access read with caproto's sync client, on this IOC's port only.
+
+        ``repeater=False``: caproto would otherwise spawn a repeater daemon that outlives us."""
+        from caproto.sync.client import read
+
+        env = self.client_env()
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # caproto's sync client reads the address list per call
+        try:
+            return read(pvname, timeout=5.0, repeater=False).data
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
