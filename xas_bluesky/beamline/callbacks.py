@@ -589,6 +589,15 @@ class LiveXASAnalysis(DocumentRouter):
             return
         if not run.pending and run.n_events == run.n_scored:
             return
+        try:
+            self._score_points(run)
+        except Exception as exc:  # this run's analysis is over; the RunEngine never hears of it
+            run.fatal = f"scoring failed: {type(exc).__name__}: {exc}"
+            logger.exception("live analysis of run %s failed", run.uid)
+            self.errors.append(run.fatal)
+            self._status("Error", run.fatal, run)
+
+    def _score_points(self, run: _Run) -> None:
         pts = run.pending
         run.pending = []
         if pts:
@@ -620,7 +629,7 @@ class LiveXASAnalysis(DocumentRouter):
             ncandidates=len(run.candidates) if run.candidates is not None else 0,
             event_time=run.last_event_time,
         )
-        r = run.result
+        r = None if run.fatal else run.result  # after a failure: no scores rather than stale ones
         if r is not None:
             top = r.top_indices(self.top_k)
             upd.best_name = r.best_name
@@ -707,6 +716,7 @@ class LiveXASAnalysis(DocumentRouter):
         exit_status = raw_stop.get("exit_status", "success")
         if run.fatal:
             reason = run.fatal
+            self._status("Error", reason, run)
             if run.analysis is not None:
                 self._emit("stop", run.analysis.compose_stop(exit_status="fail", reason=reason))
             return
