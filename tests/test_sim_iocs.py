@@ -198,3 +198,64 @@ def test_sim_beamline_cli_bad_file_one_line_error(capsys):
     assert main(["sim-beamline", "--slot", "x=/no/such.csv"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "/no/such.csv: no such file" in err
+
+
+def test_sim_beamline_cli_serves_and_stops_on_sigterm(tmp_path):
+    """``xas-bluesky sim-beamline`` prints prefixes and ports, serves, and on SIGTERM stops the
+    IOC and the repeater it started."""
+    import os
+    import signal
+
+    from caproto.sync.client import read
+
+    from xas_bluesky.services import free_ports, loopback_ca_env
+
+    port, rep = free_ports(2)
+    cmd = [sys.executable, "-m", "xas_bluesky.apps.cli", "sim-beamline", "--prefix", "CLIT:"]
+    cmd += ["--port", str(port), "--repeater-port", str(rep), "--offset", "0.5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = {}
+        for line in proc.stdout:  # blocks until the IOC answered and the info is printed
+            key, _, value = line.strip().partition(" ")
+            info[key] = value
+            if key == "export" and value.startswith("EPICS_CA_REPEATER_PORT"):
+                break
+        assert info["prefix"] == "CLIT:" and info["mono"] == "CLIT:Mono:"
+        assert int(info["server_port"]) == port and float(info["true_offset_eV"]) == 0.5
+        saved = dict(os.environ)
+        os.environ.update(loopback_ca_env(port, rep))
+        try:
+            value = read("CLIT:Mono:Sim:Offset-SP", timeout=5, repeater=False).data[0]
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        assert value == pytest.approx(0.5)
+        ioc_pid = int(info["pid"])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(ioc_pid, 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_standalone_mono_ioc(ioc_factory):
+    """``python -m sim_iocs.mono`` (the example of docs/testing.rst) serves the mono alone."""
+    from caproto import ErrorResponseReceived
+
+    proc = ioc_factory(
+        ["-m", "sim_iocs.mono", "--clock", "100", "--offset", "-0.2"], probe="Energy-RB"
+    )
+    prefix = proc.info["prefix"]
+    from xas_bluesky.beamline.devices import Mono
+
+    mono = Mono(prefix, name="mono")
+    mono.wait_for_connection(timeout=10)
+    mono.set(410.0).wait(10)
+    assert mono.read()["mono_energy"]["value"] == pytest.approx(410.0, abs=0.02)
+    with pytest.raises(ErrorResponseReceived):
+        _write_ca(prefix + "Energy-SP", 2000.0)
+    assert _write_ca(prefix + "Sim:Offset-SP", 0.3) is not None

@@ -18,6 +18,7 @@ mu is ``signal / i0`` (TEY, PFY) or ``ln(i0 / signal)`` (TRANS); see
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import bluesky.plan_stubs as bps
@@ -134,10 +135,12 @@ def xanes_scan(
     """
     regions = list(regions) if regions is not None else default_regions(edge)
     energies, dwells = region_points(regions)
+    fields = mode_fields(mono, det, mode)  # an unknown mode fails here, before any run
     if energy_offset is None:
         energy_offset = float((yield from bps.rd(mono.calib_offset)))
+    if not math.isfinite(energy_offset):
+        raise ValueError(f"energy offset {energy_offset!r} is not a number: recalibrate the mono")
     sample_name = yield from _sample_name(sample_changer, sample)
-    fields = mode_fields(mono, det, mode)
     read_list = [mono, det, *readables]
     _md = {
         "plan_name": "xanes_scan",
