@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,9 @@ VARIANTS: dict[str, dict] = {
     "site_dim64_400ep": {"dim": 64, "epochs": 400},
     "site_steps4": {"steps": 4},
     "site_wd1e-3": {"weight_decay": 1e-3},
+    "site_edge32": {"edge_hidden": 32},
+    "site_edge64": {"edge_hidden": 64},
+    "site_dim24_edge32": {"dim": 24, "edge_hidden": 32},
 }
 
 
@@ -89,7 +92,7 @@ def load_saved(path: str, edge: str) -> list[Example]:
 
 
 def _run(job: tuple) -> dict:
-    edge, name, source, epochs, device, out = job
+    edge, name, source, epochs, device, out, save_predictions = job
     torch.set_num_threads(1)
     examples = load_saved(source, edge) if source else load_examples(edge)
     parts = {s: [e for e in examples if e.split == s] for s in ("train", "val", "test")}
@@ -100,7 +103,7 @@ def _run(job: tuple) -> dict:
     result["seconds"] = time.perf_counter() - t0
     preds = {s: predict_examples([model], parts[s]) for s in ("val", "test")}
     truth = {s: np.stack([e.spectrum for e in parts[s]]) for s in ("val", "test")}
-    if out:
+    if out and save_predictions:
         np.savez_compressed(
             Path(out) / f"{edge}_{name}.npz",
             **{f"{s}_pred": preds[s] for s in preds},
@@ -138,7 +141,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--examples", help="examples saved by --save-examples (no RDKit needed)")
     ap.add_argument("--save-examples", help="build the examples, save them here and stop")
-    ap.add_argument("--out", help="directory for predictions and results.json")
+    ap.add_argument("--out", help="directory for results.json")
+    ap.add_argument(
+        "--save-predictions", action="store_true", help="also write each variant's predictions"
+    )
     args = ap.parse_args()
     if args.save_examples:
         save_examples(args.save_examples, args.edge)
@@ -147,13 +153,14 @@ def main() -> None:
     if args.out:
         os.makedirs(args.out, exist_ok=True)
     jobs = [
-        (edge, name, args.examples, args.epochs, args.device, args.out)
+        (edge, name, args.examples, args.epochs, args.device, args.out, args.save_predictions)
         for name in args.variants
         for edge in args.edge
     ]
     results = []
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for r in pool.map(_run, jobs):
+        for fut in as_completed([pool.submit(_run, job) for job in jobs]):
+            r = fut.result()
             results.append(r)
             print(_line(r), flush=True)
             if args.out:

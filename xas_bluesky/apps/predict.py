@@ -12,6 +12,7 @@ import argparse
 import csv
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 __all__ = ["add_parser", "run", "write_csv"]
 
@@ -31,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="CSV of the predicted spectra")
     p.add_argument("--std", help="CSV of the ensemble's per-energy standard deviation")
     p.add_argument("--skip-invalid", action="store_true", help="report and skip invalid structures")
-    p.add_argument("--batch-size", type=int, default=1024, help="molecules per forward pass")
+    p.add_argument("--batch-size", type=int, default=256, help="molecules per forward pass")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=run)
 
@@ -47,47 +48,77 @@ def write_csv(path: str, energy, names: list[str], values) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from xas_bluesky.apps.cli import CLIError
     from xas_bluesky.science.model.predictor import Predictor
-    from xas_bluesky.science.structures import StructureError, read_structures
+    from xas_bluesky.science.structures import StructureError, iter_structures
 
     t0 = time.perf_counter()
-
-    def skipped(exc: StructureError) -> None:
-        print(f"xas-bluesky predict: skipped: {exc}", file=sys.stderr)
-
-    try:
-        structures = read_structures(
-            args.structures, edge=args.edge, skip_invalid=args.skip_invalid, on_skip=skipped
-        )
-    except (StructureError, OSError) as exc:
-        raise CLIError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-    for s in structures:
-        if not s.in_domain:
-            print(
-                f"xas-bluesky predict: warning: structure {s.name!r} is outside the training "
-                f"domain ({'; '.join(s.domain_notes)}): predicted anyway",
-                file=sys.stderr,
-            )
     try:
         predictor = Predictor.load(args.edge, device=args.device)
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
-    names = [s.name for s in structures]
-    if structures:
-        graphs = predictor.graphs(structures)
-        mean, std = predictor.predict_graphs(graphs, batch_size=max(1, args.batch_size))
-    else:
-        import numpy as np
 
+    def skipped(exc: StructureError) -> None:
+        print(f"xas-bluesky predict: skipped: {exc}", file=sys.stderr)
+
+    names: list[str] = []
+    results = []
+    # a pipeline: the network works on one chunk (torch releases the GIL) while this thread reads
+    # and builds the graphs of the next; on the CPU each side gets one core
+    if predictor.device.type == "cpu":
+        import torch
+
+        torch.set_num_threads(1)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            chunk = []
+            source = iter_structures(
+                args.structures, edge=args.edge, skip_invalid=args.skip_invalid, on_skip=skipped
+            )
+            for s in source:
+                if not s.in_domain:
+                    print(
+                        f"xas-bluesky predict: warning: structure {s.name!r} is outside the "
+                        f"training domain ({'; '.join(s.domain_notes)}): predicted anyway",
+                        file=sys.stderr,
+                    )
+                chunk.append(s)
+                if len(chunk) == CHUNK:
+                    results.append(_submit(pool, predictor, chunk, args.batch_size))
+                    names += [c.name for c in chunk]
+                    chunk = []
+            if chunk:
+                results.append(_submit(pool, predictor, chunk, args.batch_size))
+                names += [c.name for c in chunk]
+        except (StructureError, OSError) as exc:
+            for r in results:
+                r.cancel()
+            raise CLIError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        parts = [r.result() for r in results]
+    if not names:
+        if not args.skip_invalid:
+            raise CLIError(f"{args.structures}: no structures in the file")
         print("xas-bluesky predict: warning: no valid structures to predict", file=sys.stderr)
-        mean = std = np.zeros((0, len(predictor.energy)))
+    n_e = len(predictor.energy)
+    mean = np.concatenate([m for m, _ in parts]) if parts else np.zeros((0, n_e))
+    std = np.concatenate([s for _, s in parts]) if parts else np.zeros((0, n_e))
     write_csv(args.out, predictor.energy, names, mean)
     if args.std:
         write_csv(args.std, predictor.energy, names, std)
     print(
-        f"xas-bluesky predict: {len(structures)} structures, {args.edge} K edge, model "
+        f"xas-bluesky predict: {len(names)} structures, {args.edge} K edge, model "
         f"{predictor.model_version}, {time.perf_counter() - t0:.2f} s",
         file=sys.stderr,
     )
     return 0
+
+
+#: structures per pipeline stage
+CHUNK = 512
+
+
+def _submit(pool: ThreadPoolExecutor, predictor, chunk: list, batch_size: int) -> Future:
+    graphs = predictor.graphs(chunk)
+    return pool.submit(predictor.predict_graphs, graphs, max(1, batch_size))

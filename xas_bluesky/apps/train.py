@@ -14,7 +14,7 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from xas_bluesky.science.model.training import TrainConfig
+    from xas_bluesky.science.model.config import TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser(
@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--readout", choices=("site", "molecule"), default=d.readout)
     p.add_argument("--dim", type=int, default=d.dim, help="width of the atom states")
+    p.add_argument(
+        "--edge-hidden", type=int, default=d.edge_hidden, help="hidden width of the edge network"
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument(
@@ -44,12 +47,19 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from xas_bluesky.apps.cli import CLIError
-    from xas_bluesky.science.model.training import TrainConfig, train_ensemble
+    from xas_bluesky.science.model.config import TrainConfig
+    from xas_bluesky.science.model.training import train_ensemble
 
     if args.members < 1 or args.epochs < 1:
         raise CLIError("--members and --epochs must be >= 1")
     torch.set_num_threads(max(1, args.threads))
-    cfg = TrainConfig(readout=args.readout, dim=args.dim, epochs=args.epochs, seed=args.seed)
+    cfg = TrainConfig(
+        readout=args.readout,
+        dim=args.dim,
+        edge_hidden=args.edge_hidden,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
     t0 = time.perf_counter()
     try:
         meta = train_ensemble(

@@ -31,6 +31,7 @@ __all__ = [
     "read_structures",
     "iter_structures",
     "structure_from_xyz",
+    "structures_from_frames",
     "structure_from_smiles",
     "structure_from_mol",
     "perceive_bonds",
@@ -55,6 +56,10 @@ _RADII = np.array([_RADIUS[s] for s in TRAINED_ELEMENTS])
 _VALENCES = np.array([_VALENCE[s] for s in TRAINED_ELEMENTS])
 _BOND_LIMIT = _BOND_FACTOR * (_RADII[:, None] + _RADII[None, :])
 _BOND_LIMIT[0, 0] = 0.0  # no H-H bonds in molecules of more than two atoms
+# the same with a padding code (no bonds, no valence) for the batched arrays
+_BOND_LIMIT_PADDED = np.zeros((len(TRAINED_ELEMENTS) + 1,) * 2)
+_BOND_LIMIT_PADDED[:-1, :-1] = _BOND_LIMIT
+_VALENCES_PADDED = np.append(_VALENCES, 0)
 _SYMBOL_OF_Z = {
     1: "H", 2: "He", 3: "Li", 4: "Be", 5: "B", 6: "C", 7: "N", 8: "O", 9: "F", 10: "Ne", 11: "Na",
     12: "Mg", 13: "Al", 14: "Si", 15: "P", 16: "S", 17: "Cl", 18: "Ar", 19: "K", 20: "Ca", 35: "Br",
@@ -258,23 +263,26 @@ def perceive_bonds(
             degree = bonded.sum(1)
     i, j = np.nonzero(np.triu(bonded))
     pairs = np.stack([i, j], axis=1)
-    free = valence - degree
-    orders = np.ones(len(pairs), dtype=np.int64)
-    if not free.any():
-        return pairs, orders
+    return pairs, _bond_orders(pairs, valence - degree, d[i, j])
+
+
+def _bond_orders(pairs: np.ndarray, free: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
+    """Orders of ``pairs`` that use up every atom's free valence, or None if there are none."""
+    fl = free.tolist()
+    if not any(fl):
+        return np.ones(len(pairs), dtype=np.int64)
+    if min(fl) < 0:
+        return None
+    pl = pairs.tolist()
+    ll = lengths.tolist()
     # bonds that can take extra order, shortest (most multiple) first
-    fi, fj = free[i] > 0, free[j] > 0
-    cand = np.flatnonzero(fi & fj)
-    cand = cand[np.argsort(d[i[cand], j[cand]], kind="stable")]
-    ok = _fill_valences(
-        free.tolist(),
-        list(zip(i[cand].tolist(), j[cand].tolist(), cand.tolist(), strict=True)),
-        orders,
-    )
-    return pairs, orders if ok else None
+    cand = sorted((ll[k], k) for k, (a, b) in enumerate(pl) if fl[a] > 0 and fl[b] > 0)
+    orders = [1] * len(pl)
+    ok = _fill_valences(fl, [(pl[k][0], pl[k][1], k) for _, k in cand], orders)
+    return np.array(orders, dtype=np.int64) if ok else None
 
 
-def _fill_valences(free: list[int], cand: list[tuple[int, int, int]], orders: np.ndarray) -> bool:
+def _fill_valences(free: list[int], cand: list[tuple[int, int, int]], orders: list[int]) -> bool:
     """Raise bond orders along ``cand`` until no atom has free valence (backtracking search)."""
     budget = [5000]
 
@@ -404,22 +412,122 @@ def structure_from_xyz(
     name: str, symbols: list[str], xyz: np.ndarray, edge: str | None = None
 ) -> Structure:
     """A validated :class:`Structure` from elements and coordinates (bonds perceived)."""
-    xyz = np.asarray(xyz, dtype=float).reshape(-1, 3)
+    result = structures_from_frames([(name, list(symbols), xyz)], edge)[0]
+    if isinstance(result, StructureError):
+        raise result
+    return result
+
+
+def _structure_one(name: str, symbols: list[str], xyz: np.ndarray, edge: str | None) -> Structure:
+    """One structure from XYZ data, every step on its own (the rare cases of the batch path)."""
     d = _check_atoms(name, symbols, xyz, edge)
     pairs, orders = perceive_bonds(symbols, xyz, d)
     if orders is None:
         mol, notes = _mol_from_geometry(symbols, xyz, pairs)
         notes += _domain_notes(mol, symbols)
         return Structure(name, symbols, xyz, None, mol, not notes, notes)
+    return _neutral_structure(name, symbols, xyz, pairs, orders, _n_fragments(len(symbols), pairs))
+
+
+def _neutral_structure(name, symbols, xyz, pairs, orders, n_frags: int) -> Structure:
     # every atom neutral with its usual valence: only size and fragments can be unusual
     notes = []
     n_heavy = sum(s != "H" for s in symbols)
     if n_heavy > MAX_HEAVY_ATOMS:
         notes.append(f"{n_heavy} heavy atoms (trained on <= {MAX_HEAVY_ATOMS})")
-    n_frags = _n_fragments(len(symbols), pairs)
     if n_frags > 1:
         notes.append(f"{n_frags} fragments")
     return Structure(name, symbols, xyz, None, None, not notes, notes, bonds=(pairs, orders))
+
+
+def structures_from_frames(
+    frames: list[tuple[str, list[str], np.ndarray]], edge: str | None = None
+) -> list[Structure | StructureError]:
+    """Validate and perceive the bonds of many XYZ frames at once.
+
+    The distance checks, connectivity and fragment counts are done on all frames together as
+    padded arrays (one NumPy call for all instead of a dozen per molecule); only bond orders of
+    unsaturated molecules, and the rare molecules with over-bonded atoms, take per-molecule Python.
+    Gives exactly what :func:`structure_from_xyz` gives each frame (a test checks it).
+
+    Returns
+    -------
+    list
+        A :class:`Structure`, or the :class:`StructureError` of an invalid frame, per frame.
+    """
+    out: list[Structure | StructureError | None] = [None] * len(frames)
+    batch = []  # (frame index, codes, xyz)
+    for k, (name, symbols, xyz) in enumerate(frames):
+        xyz = np.asarray(xyz, dtype=float).reshape(-1, 3)
+        try:
+            codes = [_CODE[s] for s in symbols]
+        except KeyError:
+            codes = None
+        if codes is None or len(symbols) <= 2 or not np.isfinite(xyz).all():
+            try:  # errors and tiny molecules: the one-at-a-time path says what is wrong
+                out[k] = _structure_one(name, symbols, xyz, edge)
+            except StructureError as exc:
+                out[k] = exc
+            continue
+        if edge is not None and edge not in symbols:
+            out[k] = StructureError(
+                f"structure {name!r}: no {edge} atom to absorb at the {edge} K edge"
+            )
+            continue
+        batch.append((k, codes, xyz))
+    for c in range(0, len(batch), 2048):
+        _perceive_chunk(frames, batch[c : c + 2048], edge, out)
+    return out
+
+
+def _perceive_chunk(frames, chunk, edge, out) -> None:
+    b, n = len(chunk), max(len(c) for _, c, _ in chunk)
+    codes = np.full((b, n), len(TRAINED_ELEMENTS), dtype=np.int64)  # padding: its own code
+    pos = np.zeros((b, n, 3))
+    for r, (_, c, xyz) in enumerate(chunk):
+        codes[r, : len(c)] = c
+        pos[r, : len(c)] = xyz
+    valid = codes < len(TRAINED_ELEMENTS)
+    diff = pos[:, :, None, :] - pos[:, None, :, :]
+    d = np.sqrt(np.einsum("bijk,bijk->bij", diff, diff))
+    pair_ok = valid[:, :, None] & valid[:, None, :]
+    pair_ok &= ~np.eye(n, dtype=bool)[None]
+    masked = np.where(pair_ok, d, np.inf).reshape(b, -1)
+    closest = masked.argmin(1)
+    too_close = masked[np.arange(b), closest] < MIN_DISTANCE
+    bonded = (d < _BOND_LIMIT_PADDED[codes[:, :, None], codes[:, None, :]]) & pair_ok
+    degree = bonded.sum(2)
+    valence = _VALENCES_PADDED[codes]
+    is_h = codes == 0
+    # hydrogens bonded twice and over-bonded atoms: the per-molecule rules
+    odd = too_close | ((degree > 1) & is_h).any(1) | (degree > valence).any(1)
+    # fragments: which atoms atom 0 reaches through bonds (repeated squaring of adjacency)
+    reach = (bonded | np.eye(n, dtype=bool)[None]).astype(np.float32)
+    for _ in range(max(1, int(np.ceil(np.log2(n))))):
+        reach = np.minimum(reach @ reach, 1.0)
+    connected = ((reach[:, 0] > 0) | ~valid).all(1)
+    bb, ii, jj = np.nonzero(np.triu(bonded, 1))
+    starts = np.searchsorted(bb, np.arange(b + 1)).tolist()
+    pairs_all = np.stack([ii, jj], axis=1)
+    lengths_all = d[bb, ii, jj]
+    free_all = valence - degree
+    for r, (k, c, xyz) in enumerate(chunk):
+        name, symbols = frames[k][0], list(frames[k][1])
+        if odd[r]:
+            try:
+                out[k] = _structure_one(name, symbols, xyz, edge)
+            except StructureError as exc:
+                out[k] = exc
+            continue
+        lo, hi = starts[r], starts[r + 1]
+        pairs = pairs_all[lo:hi]
+        m = len(c)
+        orders = _bond_orders(pairs, free_all[r, :m], lengths_all[lo:hi])
+        if orders is None:
+            out[k] = _structure_one(name, symbols, xyz, edge)
+            continue
+        n_frags = 1 if connected[r] else _n_fragments(m, pairs)
+        out[k] = _neutral_structure(name, symbols, xyz, pairs, orders, n_frags)
 
 
 def structure_from_mol(name: str, mol, edge: str | None = None) -> Structure:
@@ -519,26 +627,80 @@ def _iter_xyz(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], 
         start = k
         k += 2 + len(rows)
 
-        def build(rows=rows, name=name, n=n, start=start) -> Structure:
+        def build(rows=rows, name=name, n=n, start=start) -> tuple:
             if len(rows) < n:
                 raise StructureError(
                     f"structure {name!r} ({path.name} line {start + 1}): truncated frame, "
                     f"{n} atoms announced, {len(rows)} found"
                 )
-            try:
-                xyz = np.array([p[1:4] for p in rows], dtype=float)
-            except ValueError:  # Fortran exponents (1.0D-03) or junk
-                try:
-                    xyz = np.array([[_float(v) for v in p[1:4]] for p in rows])
-                except ValueError:
-                    raise StructureError(
-                        f"structure {name!r}: unreadable coordinates in {path.name} "
-                        f"lines {start + 3}-{start + 2 + n}"
-                    ) from None
             symbols = [p[0] if p[0] in _VALENCE else _symbol(p[0]) for p in rows]
-            return structure_from_xyz(name, symbols, xyz, edge)
+            return name, symbols, rows, start
 
         yield name, build
+
+
+def _coordinates(path: Path, name: str, rows: list[list[str]], start: int) -> np.ndarray:
+    try:
+        return np.array([[_float(v) for v in p[1:4]] for p in rows])
+    except ValueError:
+        raise StructureError(
+            f"structure {name!r}: unreadable coordinates in {path.name} "
+            f"lines {start + 3}-{start + 2 + len(rows)}"
+        ) from None
+
+
+def _iter_xyz_structures(
+    path: Path, edge: str | None
+) -> Iterator[tuple[str, Callable[[], Structure]]]:
+    """Frames of an XYZ file, validated and perceived in batches (:func:`structures_from_frames`)."""
+    frames = _iter_xyz(path, edge)
+    while True:
+        parsed: list = []
+        for _name, build in frames:
+            try:
+                parsed.append(build())
+            except StructureError as exc:
+                parsed.append(exc)
+            if len(parsed) == 2048:
+                break
+        if not parsed:
+            return
+        results: list = list(parsed)  # a StructureError or the parsed frame, in file order
+        good = [k for k, p in enumerate(parsed) if not isinstance(p, StructureError)]
+        # all coordinates of the batch in one conversion; per frame only if one is unreadable
+        flat = [v for k in good for row in parsed[k][2] for v in row[1:4]]
+        try:
+            coords = np.array(flat, dtype=float).reshape(-1, 3)
+        except ValueError:
+            coords = None
+        ready, where, at = [], [], 0
+        for k in good:
+            name, symbols, rows, start = parsed[k]
+            if coords is not None:
+                xyz = coords[at : at + len(rows)]
+                at += len(rows)
+            else:
+                try:
+                    xyz = _coordinates(path, name, rows, start)
+                except StructureError as exc:
+                    results[k] = exc
+                    continue
+            ready.append((name, symbols, xyz))
+            where.append(k)
+        for k, result in zip(where, structures_from_frames(ready, edge), strict=True):
+            results[k] = result
+        for result in results:
+            name = result.args[0] if isinstance(result, StructureError) else result.name
+            yield name, _returner(result)
+
+
+def _returner(result):
+    def build():
+        if isinstance(result, StructureError):
+            raise result
+        return result
+
+    return build
 
 
 def _iter_sdf(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], Structure]]]:
@@ -588,7 +750,7 @@ def _iter_smi(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], 
             yield name, (lambda s=smiles, n=name: structure_from_smiles(s, n, edge))
 
 
-_READERS = {".xyz": _iter_xyz, ".sdf": _iter_sdf, ".mol": _iter_sdf, ".smi": _iter_smi}
+_READERS = {".xyz": _iter_xyz_structures, ".sdf": _iter_sdf, ".mol": _iter_sdf, ".smi": _iter_smi}
 
 
 def iter_structures(

@@ -53,7 +53,10 @@ def _scatter_mean(src: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tenso
 class EdgeConv(nn.Module):
     """``NNConv(dim, dim, aggr="mean")`` taking the edge matrices precomputed.
 
-    ``out_i = h_i @ root + mean_j (h_j @ W_ij) + bias``.
+    ``out_i = h_i @ root + mean_j (h_j @ (W_ij + W0)) + bias``, with ``W0`` (optional) a matrix
+    shared by all edges: the edge network's output bias, kept apart so that the per-edge matrices
+    are one plain matrix product (adding a bias to an (n_edges, dim * dim) array costs as much
+    memory traffic as making it).
     """
 
     def __init__(self, dim: int):
@@ -61,9 +64,17 @@ class EdgeConv(nn.Module):
         self.root = nn.Linear(dim, dim, bias=False)
         self.bias = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, h: torch.Tensor, edge_index: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        h: torch.Tensor,
+        edge_index: torch.Tensor,
+        w: torch.Tensor,
+        w0: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         src, dst = edge_index
         msg = torch.bmm(h[src].unsqueeze(1), w).squeeze(1)
+        if w0 is not None:
+            msg = msg + (h @ w0)[src]
         return self.root(h) + _scatter_mean(msg, dst, h.shape[0]) + self.bias
 
 
@@ -85,17 +96,30 @@ class XasMPNN(nn.Module):
         Message-passing rounds.
     readout : {"site", "molecule"}
         Spectrum per absorbing site (molecular = their mean) or per molecule.
+    edge_hidden : int
+        Hidden width of the edge network (its output, a dim x dim matrix per bond, dominates the
+        cost of a forward pass).
     """
 
-    def __init__(self, n_out: int, dim: int = 64, steps: int = 3, readout: str = "site"):
+    def __init__(
+        self,
+        n_out: int,
+        dim: int = 64,
+        steps: int = 3,
+        readout: str = "site",
+        edge_hidden: int = 128,
+    ):
         super().__init__()
         if readout not in ("site", "molecule"):
             raise ValueError(f"readout must be 'site' or 'molecule', not {readout!r}")
         self.n_out, self.dim, self.steps, self.readout = n_out, dim, steps, readout
+        self.edge_hidden = edge_hidden
         self.sizes = (len(ELEMENTS), N_HYBRID, 2, MAX_H + 1, 2)
         self.embed = nn.ModuleList(nn.Embedding(s, dim) for s in self.sizes)
         n_edge = len(BOND_TYPES) + len(RBF_CENTRES)
-        self.edge_net = nn.Sequential(nn.Linear(n_edge, 128), nn.ReLU(), nn.Linear(128, dim * dim))
+        self.edge_net = nn.Sequential(
+            nn.Linear(n_edge, edge_hidden), nn.ReLU(), nn.Linear(edge_hidden, dim * dim)
+        )
         self.conv = EdgeConv(dim)
         self.gru = nn.GRU(dim, dim)
         self.set2set = Set2Set(dim, processing_steps=3)
@@ -105,7 +129,13 @@ class XasMPNN(nn.Module):
         )
 
     def config(self) -> dict:
-        return {"n_out": self.n_out, "dim": self.dim, "steps": self.steps, "readout": self.readout}
+        return {
+            "n_out": self.n_out,
+            "dim": self.dim,
+            "steps": self.steps,
+            "readout": self.readout,
+            "edge_hidden": self.edge_hidden,
+        }
 
     def edge_features(self, edge_type: torch.Tensor, edge_len: torch.Tensor) -> torch.Tensor:
         onehot = nn.functional.one_hot(edge_type, len(BOND_TYPES)).to(edge_len.dtype)
@@ -117,11 +147,13 @@ class XasMPNN(nn.Module):
         h = torch.relu(h)
         n_graphs = int(g.num_graphs)
         if g.edge_index.shape[1]:
-            w = self.edge_net(self.edge_features(g.edge_type, g.edge_len))
-            w = w.view(-1, self.dim, self.dim)
+            first, last = self.edge_net[0], self.edge_net[2]
+            z = torch.relu(first(self.edge_features(g.edge_type, g.edge_len)))
+            w = torch.mm(z, last.weight.t()).view(-1, self.dim, self.dim)
+            w0 = last.bias.view(self.dim, self.dim)
             state = h.unsqueeze(0)
             for _ in range(self.steps):
-                m = torch.relu(self.conv(h, g.edge_index, w))
+                m = torch.relu(self.conv(h, g.edge_index, w, w0))
                 h, state = self.gru(m.unsqueeze(0), state)
                 h = h.squeeze(0)
         summary = self.set2set(h, g.batch, dim_size=n_graphs)

@@ -24,6 +24,7 @@ import torch
 from xas_bluesky.science import dataset
 from xas_bluesky.science.graphs import collate, molecule_graph
 from xas_bluesky.science.grids import energy_grid
+from xas_bluesky.science.model.config import TrainConfig
 from xas_bluesky.science.model.network import XasMPNN
 from xas_bluesky.science.structures import StructureError, structure_from_xyz
 
@@ -68,20 +69,6 @@ def load_examples(edge: str, paths=None) -> list[Example]:
     return out
 
 
-@dataclass
-class TrainConfig:
-    readout: str = "site"
-    dim: int = 32
-    steps: int = 3
-    epochs: int = 250
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-5
-    deriv_weight: float = 1.0
-    jitter: float = 0.01  # Angstrom, on bond lengths
-    seed: int = 0
-
-
 def _collate(examples: list[Example]):
     g = collate([e.graph for e in examples])
     g.y_site = torch.cat([e.graph.y_site for e in examples])
@@ -116,7 +103,9 @@ def train_member(
     history.  Shipped members are trained on the CPU, where the result is reproducible."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = XasMPNN(n_out, dim=cfg.dim, steps=cfg.steps, readout=cfg.readout).to(device)
+    model = XasMPNN(
+        n_out, dim=cfg.dim, steps=cfg.steps, readout=cfg.readout, edge_hidden=cfg.edge_hidden
+    ).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt,

@@ -1,0 +1,24 @@
+"""Training settings of the XANES ensemble (no heavy imports: the CLI reads the defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (the shipped ensembles use the defaults)."""
+
+    readout: str = "site"
+    dim: int = 32
+    steps: int = 3
+    edge_hidden: int = 32
+    epochs: int = 200
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    deriv_weight: float = 1.0
+    jitter: float = 0.01  # Angstrom, on bond lengths
+    seed: int = 0
