@@ -668,7 +668,6 @@ class LiveXASAnalysis(DocumentRouter):
         run.analysis = compose_run(metadata=md)
         self.analysis_uids[run.uid] = run.analysis.start_doc["uid"]
         self._emit("start", run.analysis.start_doc)
-        k = self.top_k
         scalar = {"dtype": "number", "shape": [], "source": "xas_bluesky.live_analysis"}
         text = {"dtype": "string", "shape": [], "source": "xas_bluesky.live_analysis"}
         data_keys = {
@@ -682,7 +681,8 @@ class LiveXASAnalysis(DocumentRouter):
             "offset": {**scalar, "units": "eV"},
             "next_energy": {**scalar, "units": "eV"},
             "top_names": text,
-            "top_probabilities": {**scalar, "dtype": "array", "shape": [k]},
+            # text, parallel to top_names: TiledWriter's tables would stringify an array anyway
+            "top_probabilities": text,
         }
         run.analysis_desc = run.analysis.compose_descriptor(name="primary", data_keys=data_keys)
         self._emit("descriptor", run.analysis_desc.descriptor_doc)
@@ -691,7 +691,7 @@ class LiveXASAnalysis(DocumentRouter):
         if run.analysis_desc is None or run.result is None:
             return
         upd = self._update(run, "", "")
-        scores = list(upd.top_scores) + [float("nan")] * (self.top_k - len(upd.top_scores))
+        scores = list(upd.top_scores)
         data = {
             "n_events": run.n_events,
             "n_points": int(run.result.n_points),
@@ -703,7 +703,7 @@ class LiveXASAnalysis(DocumentRouter):
             "offset": upd.offset,
             "next_energy": upd.next_energy,
             "top_names": "\n".join(upd.top_names),
-            "top_probabilities": np.asarray(scores[: self.top_k], dtype=float),
+            "top_probabilities": "\n".join(f"{p:.6g}" for p in scores[: len(upd.top_names)]),
         }
         now = time.time()
         run.seq += 1

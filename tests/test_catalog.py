@@ -1,0 +1,164 @@
+"""Predictions and match results in a real tiled server; ``xas-bluesky query``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from live_helpers import measure_plan, shared_cache, small_candidates
+
+from xas_bluesky.beamline import catalog
+from xas_bluesky.beamline.callbacks import LiveXASAnalysis, PredictionCache
+
+ENERGIES = np.arange(527.0, 560.0, 0.5)
+
+
+@pytest.fixture(scope="module")
+def cand_file(tmp_path_factory):
+    return small_candidates(tmp_path_factory.mktemp("cat") / "c12.xyz", 12, skip=40)
+
+
+@pytest.fixture(scope="module")
+def stored(tiled_server, cand_file):
+    """The candidates predicted once and stored in tiled through a PredictionCache."""
+    client = tiled_server.client()
+    cache = PredictionCache(predictor_factory=shared_cache().predictor, tiled_client=client)
+    cands = cache.from_file(cand_file, "O")
+    assert cache.n_predicted == len(cands)
+    return client, cands
+
+
+def _query_cli(tiled_server, *args):
+    out = subprocess.run(
+        [sys.executable, "-m", "xas_bluesky.apps.cli", "query", "--tiled-uri", tiled_server.uri,
+         "--api-key", tiled_server.api_key, *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    return out
+
+
+def test_predictions_stored_in_one_batch_and_reused(stored, cand_file):
+    client, cands = stored
+    nodes = catalog._prediction_nodes(client, edge="O", model_version=cands.model_version)
+    mine = [(k, n) for k, n in nodes if set(n.metadata["structure_keys"]) & set(cands.keys)]
+    assert len(mine) == 1  # one N x E array for the set
+    key, node = mine[0]
+    md = node.metadata
+    assert node.shape == (len(cands), len(cands.energy))
+    assert md["names"] == cands.names and md["edge"] == "O"
+    assert all(len(k) == 27 for k in md["inchikeys"]) and all(md["formulas"])
+    np.testing.assert_allclose(md["energy_eV"], cands.energy)
+    np.testing.assert_allclose(node.read(), cands.mean, rtol=1e-6)
+
+    # a fresh cache (a new process, say) finds them in tiled instead of predicting again
+    fresh = PredictionCache(predictor_factory=shared_cache().predictor, tiled_client=client)
+    again = fresh.from_file(cand_file, "O")
+    assert fresh.n_predicted == 0
+    np.testing.assert_allclose(again.mean, cands.mean, rtol=1e-6)
+    np.testing.assert_allclose(again.std, cands.std, rtol=1e-6)
+
+    # and the set can be used directly from tiled
+    from_tiled = catalog.load_candidate_set(client, key)
+    assert from_tiled.names == cands.names
+    np.testing.assert_allclose(from_tiled.mean, cands.mean, rtol=1e-6)
+
+
+def test_query_by_edge_and_smiles(stored, tiled_server):
+    from rdkit import Chem
+
+    client, cands = stored
+    entries = catalog.query_predictions(client, edge="O")
+    assert {e["name"] for e in entries} >= set(cands.names)
+    target = cands.smiles[3]
+    # the same molecule written differently (random atom order) is found, and only it
+    other = Chem.MolToSmiles(Chem.MolFromSmiles(target), doRandom=True, canonical=False)
+    hits = catalog.query_predictions(client, smiles=other)
+    assert [h["name"] for h in hits if h["name"] in cands.names] == [cands.names[3]]
+    assert all(h["smiles"] == target for h in hits)
+    assert catalog.query_predictions(client, edge="N", smiles=target) == []
+
+    out = _query_cli(tiled_server, "--edge", "O", "--smiles", other)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)  # JSON only on stdout
+    entry = next(e for e in data["predictions"] if e["name"] == cands.names[3])
+    assert set(entry) >= {"name", "smiles", "inchikey", "formula", "edge", "model_version"}
+    assert entry["tiled"]["path"].startswith("xas_predictions/") and entry["tiled"]["row"] == 3
+
+    bad = _query_cli(tiled_server, "--smiles", "C1CC(")
+    assert bad.returncode != 0 and bad.stdout == ""
+    assert len(bad.stderr.strip().splitlines()) == 1 and "C1CC(" in bad.stderr
+
+
+def test_match_results_and_analysis_run_in_tiled(stored, tiled_server, cand_file):
+    """A live analysis with tiled: the ranking is stored per run, the analysis run (linked by
+    original_run_uid) is written by TiledWriter, and ``query --run`` returns the ranking."""
+    from bluesky import RunEngine
+    from bluesky.callbacks.buffer import BufferingWrapper
+    from bluesky_tiled_plugins import TiledWriter
+    from tiled.queries import Key
+
+    client, cands = stored
+    writer = BufferingWrapper(TiledWriter(client))
+    tiled_server.drains.append(lambda: writer.shutdown(wait=True))
+    analysis = LiveXASAnalysis(
+        None,
+        candidates=str(cand_file),
+        cache=PredictionCache(predictor_factory=shared_cache().predictor, tiled_client=client),
+        tiled_client=client,
+        analysis_callbacks=[writer],
+    )
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(analysis)
+    (uid,) = RE(measure_plan(cands, 2, ENERGIES))
+    analysis.close(60)
+    writer.shutdown(wait=True)
+
+    match = catalog.get_match(client, uid)
+    assert match["ranking"][0]["name"] == cands.names[2]
+    assert len(match["ranking"]) == len(cands)
+    probs = [r["probability"] for r in match["ranking"]]
+    assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-6
+    md = match["metadata"]
+    assert md["analysis_run_uid"] == analysis.analysis_uids[uid]
+    assert md["n_points"] == len(ENERGIES) and len(md["measured_energy_eV"]) == len(ENERGIES)
+
+    runs = client.search(Key("start.original_run_uid") == uid)
+    assert list(runs) == [analysis.analysis_uids[uid]]
+    arun = runs.values().first()
+    assert arun.metadata["stop"]["exit_status"] == "success"
+    table = arun["primary"].read()
+    assert str(table["best_name"].values[-1]) == cands.names[2]
+    assert int(table["n_events"].values[-1]) == len(ENERGIES)
+    top_p = [float(x) for x in str(table["top_probabilities"].values[-1]).split("\n")]
+    assert top_p[0] == pytest.approx(md["best_probability"], rel=1e-5) and len(top_p) == 10
+
+    out = _query_cli(tiled_server, "--run", uid)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["ranking"][0] == match["ranking"][0]
+    assert data["metadata"]["run_uid"] == uid
+
+    missing = _query_cli(tiled_server, "--run", "no-such-run")
+    assert missing.returncode == 1 and "no-such-run" in missing.stderr and missing.stdout == ""
+
+
+@pytest.mark.slow
+def test_query_data_dir(tmp_path, cand_file):
+    """``--data-dir`` starts the embedded tiled on the directory and stops it afterwards."""
+    from xas_bluesky.services import start_tiled
+
+    data_dir = tmp_path / "data"
+    with start_tiled(data_dir) as server:
+        client = server.client()
+        cache = PredictionCache(predictor_factory=shared_cache().predictor, tiled_client=client)
+        cands = cache.from_file(cand_file, "O")
+    out = subprocess.run(
+        [sys.executable, "-m", "xas_bluesky.apps.cli", "query", "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    names = [e["name"] for e in json.loads(out.stdout)["predictions"]]
+    assert sorted(names) == sorted(cands.names)

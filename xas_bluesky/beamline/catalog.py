@@ -1,0 +1,392 @@
+"""tiled storage and queries of predicted spectra and match results.
+
+Layout (under the client's root container)::
+
+    xas_predictions/                      container
+        <edge>-<model>-<hash>             array (N, E): predicted mean spectra of one batch
+            metadata: kind="xas_predictions", edge, model_version, energy_eV (E values), n,
+                      names, smiles, inchikeys, formulas, structure_keys (N values each)
+        <edge>-<model>-<hash>-std         array (N, E): the ensemble spread (kind="xas_predictions_std")
+    xas_matches/                          container
+        <raw run uid>                     table: name, smiles, probability (best first)
+            metadata: kind="xas_match", run_uid, analysis_run_uid, edge, model_version, best_name,
+                      best_probability, entropy, offset_ev, n_points, sample_name, measured ...
+
+A batch is written with two requests however many candidates it holds (one write per candidate
+would cost ~70 ms each).  Queries use ``tiled.queries`` (``Key``, ``In``, and ``Contains`` on the
+fixed-length InChIKeys as a prefilter); a SMILES is never put in a full-text query (an unquoted
+one makes the server fail, FACTS.md): it is turned into an InChIKey with RDKit and compared
+exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "PREDICTIONS",
+    "MATCHES",
+    "molecule_ids",
+    "store_predictions",
+    "load_predictions",
+    "load_candidate_set",
+    "query_predictions",
+    "store_match",
+    "get_match",
+]
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS = "xas_predictions"
+MATCHES = "xas_matches"
+#: rows per stored array (keeps each node's metadata lists to a few hundred kB)
+BATCH_ROWS = 2000
+
+
+def _container(client, key: str):
+    if key in client:
+        return client[key]
+    try:
+        return client.create_container(key=key, metadata={"kind": key})
+    except Exception:  # created meanwhile by another writer
+        return client[key]
+
+
+def molecule_ids(structure) -> tuple[str, str, str]:
+    """(canonical SMILES, InChIKey, formula) of a structure; empty strings where RDKit fails."""
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import rdMolDescriptors
+
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        mol = structure.mol
+        smiles = str(structure.smiles)
+    except Exception:
+        return "", "", ""
+    try:
+        ikey = Chem.MolToInchiKey(mol) or ""
+    except Exception:
+        ikey = ""
+    try:
+        formula = rdMolDescriptors.CalcMolFormula(mol)
+    except Exception:
+        formula = ""
+    return smiles, ikey, formula
+
+
+def _ids_of_smiles(smiles: str) -> tuple[str, str]:
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise ValueError(f"SMILES {smiles!r}: RDKit cannot parse it")
+    return Chem.MolToSmiles(mol), Chem.MolToInchiKey(mol)
+
+
+def store_predictions(
+    client,
+    structures: Sequence,
+    mean: np.ndarray,
+    std: np.ndarray | None,
+    *,
+    energy: np.ndarray,
+    edge: str,
+    model_version: str,
+    keys: Sequence[str] | None = None,
+) -> list[str]:
+    """Store predicted spectra of ``structures`` in batches; returns the nodes' paths.
+
+    Parameters
+    ----------
+    client
+        A writable tiled container (e.g. ``from_uri(uri, api_key=...)``).
+    structures
+        The structures, in ``mean``'s row order.
+    mean, std
+        (N, E) predicted spectra and ensemble spread (``std`` may be None).
+    energy
+        (E,) the model's grid (eV).
+    keys
+        Structure keys (:func:`~xas_bluesky.beamline.callbacks.structure_key`); computed when None.
+    """
+    if keys is None:
+        from xas_bluesky.beamline.callbacks import structure_key
+
+        keys = [structure_key(s) for s in structures]
+    mean = np.asarray(mean, dtype=np.float32)
+    root = _container(client, PREDICTIONS)
+    paths = []
+    for a in range(0, len(structures), BATCH_ROWS):
+        b = min(a + BATCH_ROWS, len(structures))
+        chunk_keys = list(keys[a:b])
+        digest = hashlib.sha1("|".join(chunk_keys).encode()).hexdigest()[:12]
+        node = f"{edge}-{model_version}-{digest}"
+        paths.append(f"{PREDICTIONS}/{node}")
+        if node in root:
+            continue
+        ids = [molecule_ids(s) for s in structures[a:b]]
+        md = {
+            "kind": "xas_predictions",
+            "edge": edge,
+            "model_version": str(model_version),
+            "n": b - a,
+            "energy_eV": [float(e) for e in energy],
+            "names": [s.name for s in structures[a:b]],
+            "smiles": [i[0] for i in ids],
+            "inchikeys": [i[1] for i in ids],
+            "formulas": [i[2] for i in ids],
+            "structure_keys": chunk_keys,
+            "has_std": std is not None,
+        }
+        root.write_array(mean[a:b], key=node, metadata=md)
+        if std is not None:
+            root.write_array(
+                np.asarray(std[a:b], dtype=np.float32),
+                key=f"{node}-std",
+                metadata={
+                    "kind": "xas_predictions_std",
+                    "of": node,
+                    "edge": edge,
+                    "model_version": str(model_version),
+                },
+            )
+    return paths
+
+
+def _prediction_nodes(client, *, edge=None, model_version=None, inchikey=None):
+    from tiled.queries import Contains, Key
+
+    if PREDICTIONS not in client:
+        return []
+    results = client[PREDICTIONS].search(Key("kind") == "xas_predictions")
+    if edge is not None:
+        results = results.search(Key("edge") == edge)
+    if model_version is not None:
+        results = results.search(Key("model_version") == str(model_version))
+    if inchikey:
+        # a prefilter only (a substring test on the stored list): rows are compared exactly later
+        results = results.search(Contains("inchikeys", inchikey))
+    return list(results.items())
+
+
+def load_predictions(
+    client, *, model_version: str, edge: str, keys: Sequence[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """Stored predictions of the structures ``keys``: ``{key: (mean row, std row or None)}``."""
+    wanted = set(keys)
+    found: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    if not wanted:
+        return found
+    root = client[PREDICTIONS] if PREDICTIONS in client else None
+    for node_key, node in _prediction_nodes(client, edge=edge, model_version=model_version):
+        skeys = node.metadata.get("structure_keys", [])
+        rows = [i for i, k in enumerate(skeys) if k in wanted and k not in found]
+        if not rows:
+            continue
+        mean = np.asarray(node.read())
+        std = None
+        if node.metadata.get("has_std") and root is not None and f"{node_key}-std" in root:
+            std = np.asarray(root[f"{node_key}-std"].read())
+        for i in rows:
+            found[skeys[i]] = (mean[i], None if std is None else std[i])
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def load_candidate_set(client, spec: str):
+    """A :class:`~xas_bluesky.beamline.callbacks.CandidateSet` from stored predictions.
+
+    ``spec``: node keys under ``xas_predictions`` joined by ``,``, or ``EDGE/MODEL_VERSION`` for
+    every prediction of that model.
+    """
+    from xas_bluesky.beamline.callbacks import CandidateSet
+
+    if "/" in spec:
+        edge, version = spec.split("/", 1)
+        nodes = _prediction_nodes(client, edge=edge, model_version=version)
+    else:
+        root = client[PREDICTIONS]
+        nodes = [(k, root[k]) for k in spec.split(",") if k]
+    if not nodes:
+        raise ValueError(f"no stored predictions match {spec!r}")
+    root = client[PREDICTIONS]
+    names, smiles, keys, means, stds = [], [], [], [], []
+    edge = version = energy = None
+    seen = set()
+    for node_key, node in nodes:
+        md = node.metadata
+        if edge is not None and (md["edge"] != edge or md["model_version"] != version):
+            raise ValueError(f"{spec!r} mixes edges or model versions")
+        edge, version, energy = md["edge"], md["model_version"], np.asarray(md["energy_eV"])
+        mean = np.asarray(node.read())
+        std = np.asarray(root[f"{node_key}-std"].read()) if md.get("has_std") else None
+        for i, k in enumerate(md["structure_keys"]):
+            if k in seen:
+                continue
+            seen.add(k)
+            names.append(md["names"][i])
+            smiles.append(md["smiles"][i])
+            keys.append(k)
+            means.append(mean[i])
+            stds.append(None if std is None else std[i])
+    std_arr = None if any(s is None for s in stds) else np.stack(stds)
+    try:
+        from xas_bluesky.science.compare import calibration_for
+
+        calibration = calibration_for(version)
+    except Exception:
+        calibration = {}
+    return CandidateSet(
+        names=names,
+        smiles=smiles,
+        energy=energy,
+        mean=np.stack(means),
+        std=std_arr,
+        edge=edge,
+        model_version=version,
+        source=f"tiled:{spec}",
+        keys=keys,
+        calibration=calibration,
+    )
+
+
+def query_predictions(
+    client,
+    *,
+    edge: str | None = None,
+    smiles: str | None = None,
+    model_version: str | None = None,
+) -> list[dict]:
+    """One entry per stored structure prediction matching the filters.
+
+    Entries: ``name``, ``smiles``, ``inchikey``, ``formula``, ``edge``, ``model_version``,
+    ``structure_key`` and ``tiled`` (``path`` of the array node, ``row`` in it, ``std_path``).
+    ``smiles`` matches the same molecule however it is written (compared as InChIKey).
+    """
+    ikey = canon = None
+    if smiles:
+        canon, ikey = _ids_of_smiles(smiles)
+    out: list[dict] = []
+    seen: set[tuple[str, str]] = set()
+    for node_key, node in _prediction_nodes(
+        client, edge=edge, model_version=model_version, inchikey=ikey
+    ):
+        md = node.metadata
+        for i, skey in enumerate(md.get("structure_keys", [])):
+            if ikey is not None and md["inchikeys"][i] != ikey and md["smiles"][i] != canon:
+                continue
+            ident = (md["model_version"], skey)
+            if ident in seen:
+                continue
+            seen.add(ident)
+            out.append(
+                {
+                    "name": md["names"][i],
+                    "smiles": md["smiles"][i],
+                    "inchikey": md["inchikeys"][i],
+                    "formula": md["formulas"][i],
+                    "edge": md["edge"],
+                    "model_version": md["model_version"],
+                    "structure_key": skey,
+                    "tiled": {
+                        "path": f"{PREDICTIONS}/{node_key}",
+                        "row": i,
+                        "std_path": f"{PREDICTIONS}/{node_key}-std" if md.get("has_std") else None,
+                    },
+                }
+            )
+    return out
+
+
+def _ranking(result, candidates) -> list[dict]:
+    idx = result.top_indices(len(result.names))
+    smiles = candidates.smiles if candidates is not None else [""] * len(result.names)
+    return [
+        {
+            "name": result.names[i],
+            "smiles": smiles[i],
+            "probability": float(result.probabilities[i]),
+        }
+        for i in idx
+    ]
+
+
+def store_match(
+    client,
+    run_uid: str,
+    result,
+    candidates=None,
+    *,
+    analysis_run_uid: str | None = None,
+    metadata: dict | None = None,
+) -> str:
+    """Store a run's final ranking (a table, best first) and its summary; returns the path."""
+    import pandas as pd
+
+    ranking = _ranking(result, candidates)
+    df = pd.DataFrame(ranking, columns=["name", "smiles", "probability"])
+    md = {
+        "kind": "xas_match",
+        "run_uid": run_uid,
+        "analysis_run_uid": analysis_run_uid,
+        "edge": getattr(candidates, "edge", None),
+        "model_version": getattr(candidates, "model_version", None),
+        "candidate_set": getattr(candidates, "ident", None),
+        "candidates_source": getattr(candidates, "source", None),
+        "n_candidates": len(result.names),
+        "best_name": result.best_name,
+        "best_probability": float(result.best_probability),
+        "entropy": float(result.entropy),
+        "offset_ev": float(result.offset_ev),
+        "next_energy": None if result.next_energy is None else float(result.next_energy),
+        "n_points": int(result.n_points),
+        **_jsonable(metadata or {}),
+    }
+    root = _container(client, MATCHES)
+    key = run_uid
+    if key in root:  # a re-analysis of the same run keeps the earlier one
+        key = f"{run_uid}-{hashlib.sha1(str(analysis_run_uid).encode()).hexdigest()[:8]}"
+    root.write_table(df, key=key, metadata=md)
+    return f"{MATCHES}/{key}"
+
+
+def get_match(client, run_uid: str) -> dict:
+    """A run's stored final ranking and metadata: ``{"run_uid", "ranking", "metadata"}``."""
+    from tiled.queries import Key
+
+    if MATCHES not in client:
+        raise KeyError(f"no match results stored (no {MATCHES!r} container)")
+    root = client[MATCHES]
+    if run_uid in root:
+        node = root[run_uid]
+    else:
+        hits = list(root.search(Key("run_uid") == run_uid).values())
+        if not hits:
+            raise KeyError(f"no match result stored for run {run_uid!r}")
+        node = hits[-1]
+    df = node.read()
+    ranking = [
+        {"name": str(r.name), "smiles": str(r.smiles), "probability": float(r.probability)}
+        for r in df.itertuples(index=False)
+    ]
+    return {"run_uid": run_uid, "ranking": ranking, "metadata": dict(node.metadata)}
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
