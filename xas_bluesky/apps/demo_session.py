@@ -1,0 +1,405 @@
+"""The demo's session: start the simulated beamline, tiled and the live analysis, run the scan,
+collect what the CLI reports, stop everything.
+
+The Channel Access environment is set here before ``epics``/``ophyd`` are first imported (libca
+reads it once per process), which is why those imports live inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from xas_bluesky.services import (
+    ManagedProcess,
+    apply_ca_env,
+    free_ports,
+    loopback_ca_env,
+    start_repeater,
+    start_tiled,
+)
+
+__all__ = ["DemoConfig", "DemoError", "run_demo"]
+
+#: prefix of the score PVs in the demo (CLI.md names follow it)
+SCORE_PREFIX = "XAS:"
+
+
+class DemoError(RuntimeError):
+    """A problem the user can fix (bad sample name, bad file, ...): shown as one line."""
+
+
+@dataclass
+class DemoConfig:
+    edge: str = "O"
+    mode: str = "adaptive"
+    sample: str | None = None
+    sample_spectrum: str | None = None
+    candidates: str | None = None
+    data_dir: Path = Path(".")
+    seed: int = 0
+    json_path: str | None = None
+    plot_path: str | None = None
+    threshold: float = 0.99
+    max_points: int = 49
+    clock: float | None = None
+    progress: TextIO | None = None
+
+
+def _say(config: DemoConfig, text: str) -> None:
+    if config.progress is not None:
+        print(text, file=config.progress, flush=True)
+
+
+def choose_sample(config: DemoConfig) -> tuple[str, str]:
+    """``(sample name, slot spec)`` of the sample to measure."""
+    from xas_bluesky.beamline.sim import REFERENCE_SLOTS
+    from xas_bluesky.resources import heldout_samples
+
+    if config.sample_spectrum:
+        name = Path(config.sample_spectrum).stem
+        return name, f"{name[:39]}={Path(config.sample_spectrum).resolve()}"
+    _, samples = heldout_samples(config.edge)
+    names = sorted(s["name"] for s in samples)
+    if config.sample:
+        if config.sample not in names:
+            raise DemoError(
+                f"no held-out {config.edge} K-edge sample named {config.sample!r} "
+                f"(e.g. {', '.join(names[:3])})"
+            )
+        name = config.sample
+    else:  # a random held-out sample, but not the calibration reference
+        pool = [n for n in names if n != REFERENCE_SLOTS[config.edge][1]]
+        name = random.Random(config.seed).choice(pool)
+    return name, f"{name}=heldout:{config.edge}:{name}"
+
+
+class _SignalGuard:
+    """Turn SIGTERM into KeyboardInterrupt so every exit path stops what we started."""
+
+    def __enter__(self):
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _start_probe(pvname: str, out: Path, env: dict, log_dir: Path) -> ManagedProcess:
+    from xas_bluesky.services import _spawn
+
+    return _spawn(
+        "score-probe",
+        [
+            sys.executable,
+            "-m",
+            "xas_bluesky.beamline.epics.probe",
+            "--pv",
+            pvname,
+            "--out",
+            str(out),
+        ],
+        env,
+        log_dir,
+    )
+
+
+def _wait_probe(path: Path, proc: ManagedProcess, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and '"connected"' in path.read_text():
+            return
+        if not proc.alive():
+            raise DemoError(f"the latency probe exited: {proc.log_tail()}")
+        time.sleep(0.05)
+    raise DemoError("the latency probe did not connect to the score PVs")
+
+
+def run_demo(config: DemoConfig) -> dict:
+    """Run the demo end to end; returns the JSON-able result (also written to ``json_path``)."""
+    t_start = time.time()
+    data_dir = Path(config.data_dir).resolve()
+    log_dir = data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    sample_name, slot = choose_sample(config)
+
+    sim_port, score_port, repeater_port = free_ports(3)
+    env = loopback_ca_env(sim_port, repeater_port, search_ports=[score_port])
+    apply_ca_env(env)  # before epics/ophyd are imported
+
+    from xas_bluesky.beamline.sim import DEFAULT_CLOCK, SimBeamline, check_slots
+
+    try:
+        check_slots([slot])
+    except ValueError as exc:
+        raise DemoError(str(exc)) from None
+
+    with ExitStack() as stack, _SignalGuard():
+        stack.enter_context(start_repeater(repeater_port, log_dir))
+        sim = SimBeamline(
+            slots=[slot],
+            sample=slot.split("=")[0],
+            clock=config.clock or DEFAULT_CLOCK,
+            seed=config.seed,
+            port=sim_port,
+            repeater_port=repeater_port,
+            log_dir=log_dir,
+        )
+        _say(config, f"demo: starting the simulated beamline and tiled under {data_dir} ...")
+        with ThreadPoolExecutor(2) as pool:  # both take seconds: start them side by side
+            f_sim = pool.submit(sim.start)
+            f_tiled = pool.submit(start_tiled, data_dir / "tiled")
+            errors = []
+            for fut, stopper in ((f_sim, lambda: sim.stop()), (f_tiled, None)):
+                try:
+                    res = fut.result()
+                    stack.callback(res.stop if stopper is None else stopper)
+                except Exception as exc:
+                    errors.append(exc)
+            if errors:
+                raise DemoError(f"could not start the services: {errors[0]}")
+        tiled = f_tiled.result()
+        result = _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stack)
+    predictions = result.pop("_predictions", None)
+    result["seconds"] = round(time.time() - t_start, 2)
+    result["data_dir"] = str(data_dir)
+    if config.json_path:
+        Path(config.json_path).write_text(json.dumps(result, indent=2) + "\n")
+    if config.plot_path:
+        from xas_bluesky.apps.demo_plot import plot_demo
+
+        plot_demo(result, config.plot_path, predictions)
+    best = result["ranking"][0] if result.get("ranking") else None
+    if best:
+        _say(
+            config,
+            f"demo: {result['points']} points, best {best['name']} ({best['smiles']}) "
+            f"p={best['probability']:.3f}; sample was {sample_name}",
+        )
+    return result
+
+
+class _Progress:
+    """RunEngine callback: remembers primary events (times, channels) and prints live progress.
+
+    It only copies numbers and reads the analysis' latest published update (no I/O but one
+    print), so it costs the RunEngine microseconds.
+    """
+
+    def __init__(self, config: DemoConfig, server):
+        self.config = config
+        self.server = server
+        self.fields: dict = {}
+        self.primary: set[str] = set()
+        self.times: dict[int, float] = {}
+        self.rows: list[tuple[float, float, float]] = []
+
+    def __call__(self, name, doc):
+        if name == "start":
+            self.fields = dict(doc.get("xas_fields") or {})
+        elif name == "descriptor" and doc.get("name") == "primary":
+            self.primary.add(doc["uid"])
+        elif name == "event" and doc["descriptor"] in self.primary:
+            data = doc["data"]
+            n = len(self.times) + 1
+            self.times[n] = doc["time"]
+            f = self.fields
+            self.rows.append((data[f["energy"]], data[f["i0"]], data[f["signal"]]))
+            upd = self.server.latest
+            if self.config.progress is not None:
+                best = upd.best_name or "-"
+                print(
+                    f"  point {n:3d}  E={data[f['energy']]:8.2f} eV   best {best:<12} "
+                    f"p={upd.best_prob:5.3f}  (scored {upd.npoints})",
+                    file=self.config.progress,
+                    flush=True,
+                )
+
+
+def _read_pvs(server) -> dict:
+    """Every score PV, read back over Channel Access (fresh gets); CHAR waveforms as str."""
+    import epics
+
+    out = {}
+    for pvname in server.pvnames.values():
+        pv = epics.PV(pvname, auto_monitor=False)
+        if not pv.wait_for_connection(5.0):
+            out[pvname] = None
+            continue
+        value = pv.get(use_monitor=False, as_string=pv.type in ("char", "time_char", "ctrl_char"))
+        if hasattr(value, "tolist"):
+            value = value.tolist()
+        out[pvname] = value
+        pv.disconnect()
+    return out
+
+
+def _ranking(result, cands) -> list[dict]:
+    """Every candidate, best first; ties broken by name (never by input order)."""
+    smiles = dict(zip(cands.names, cands.smiles, strict=True))
+    order = result.top_indices(len(result.names))
+    return [
+        {
+            "name": result.names[i],
+            "smiles": smiles.get(result.names[i], ""),
+            "probability": float(result.probabilities[i]),
+        }
+        for i in order
+    ]
+
+
+def _measured(rows, mode: str, edge: str) -> dict:
+    from xas_bluesky.beamline.measured import NormalisationError, mu_from_channels, normalise
+
+    arr = np.asarray(rows, dtype=float).reshape(-1, 3)
+    mu = mu_from_channels(arr[:, 1], arr[:, 2], mode)
+    try:
+        energy, mu_norm = normalise(arr[:, 0], mu, edge)
+    except NormalisationError as exc:
+        return {"energy_eV": arr[:, 0].tolist(), "mu_norm": None, "error": str(exc)}
+    return {
+        "energy_eV": np.round(energy, 4).tolist(),
+        "mu_norm": np.round(mu_norm, 6).tolist(),
+        "energy_order_eV": np.round(arr[:, 0], 4).tolist(),  # in the order measured
+    }
+
+
+def _close_channel_access() -> None:
+    import epics
+
+    try:
+        epics.ca.finalize_libca(maxtime=2.0)
+    except Exception:  # best effort at shutdown
+        pass
+
+
+def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stack) -> dict:
+    from bluesky import RunEngine
+    from bluesky.callbacks.buffer import BufferingWrapper
+    from bluesky.utils import RunEngineInterrupted
+    from bluesky_tiled_plugins import TiledWriter
+
+    from xas_bluesky.beamline.callbacks import subscribe_live_analysis
+    from xas_bluesky.beamline.epics.devices import MatchScores
+    from xas_bluesky.beamline.epics.probe import pair_latencies
+    from xas_bluesky.beamline.plans import adaptive_xanes_scan, grid_xanes_scan
+    from xas_bluesky.resources import candidates_file
+
+    edge = config.edge
+    client = tiled.client()
+    RE = RunEngine({}, context_managers=[])  # our own signal handling: Ctrl-C aborts the demo
+    RE.md.update({"beamline_id": "xas-bluesky-sim", "demo": True})
+    raw_writer = BufferingWrapper(TiledWriter(client))
+    RE.subscribe(raw_writer)
+    stack.callback(raw_writer.shutdown)  # drained before tiled stops (LIFO)
+
+    candidates = Path(config.candidates or candidates_file(edge)).resolve()
+    analysis = subscribe_live_analysis(
+        RE, score_prefix=SCORE_PREFIX, tiled_client=client, candidates=str(candidates),
+        port=score_port,
+    )  # fmt: skip
+    stack.callback(analysis.shutdown)
+    _say(config, f"demo: predicting {candidates.name} with the GNN (cached in tiled) ...")
+    try:
+        cands = analysis.cache.from_file(candidates, edge)
+    except Exception as exc:
+        raise DemoError(f"{candidates}: {exc}") from None
+    for why in cands.skipped:
+        _say(config, f"demo: skipped candidate: {why}")
+    _say(config, f"demo: {len(cands)} candidates, model {cands.model_version}")
+
+    devs = sim.devices()
+    scores = MatchScores(SCORE_PREFIX, name="scores", wait_timeout=30.0)
+    scores.wait_for_connection(timeout=10)
+
+    arrivals = log_dir / "score_arrivals.jsonl"
+    probe = _start_probe(analysis.server.pvname("npoints"), arrivals, env, log_dir)
+    stack.callback(probe.stop)
+    _wait_probe(arrivals, probe)
+
+    # runs first on exit: close our Channel Access channels before the IOCs go away, so libca
+    # has no "virtual circuit disconnect" to complain about
+    stack.callback(_close_channel_access)
+    progress = _Progress(config, analysis.server)
+    RE.subscribe(progress)
+    slot = sample_name[:39]
+    common = dict(sample=slot, sample_changer=devs.sample_changer, candidates=str(candidates))
+    if config.mode == "grid":
+        plan = grid_xanes_scan(devs.mono, devs.det, edge=edge, **common)
+    else:
+        plan = adaptive_xanes_scan(
+            devs.mono, devs.det, scores, edge=edge, threshold=config.threshold,
+            max_points=config.max_points, **common,
+        )  # fmt: skip
+    _say(config, f"demo: {config.mode} scan of {sample_name} at the {edge} K edge")
+    try:
+        uids = RE(plan)
+    except RunEngineInterrupted:
+        RE.abort("interrupted")
+        raise KeyboardInterrupt from None
+    run_uid = uids[0]
+    if not analysis.wait_idle(120):
+        raise DemoError("the analysis did not finish scoring within 120 s")
+    result = analysis.results.get(run_uid)
+    if result is None:
+        raise DemoError(f"the analysis produced no result: {'; '.join(analysis.errors[-3:])}")
+    pv = _read_pvs(analysis.server)
+    time.sleep(0.2)  # let the probe write its last arrival lines
+    probe.stop()
+    lines = [json.loads(x) for x in arrivals.read_text().splitlines() if x.strip()]
+    lat = np.asarray(pair_latencies(progress.times, lines)) * 1e3
+    stop_reason = None
+    try:
+        stop_reason = client[run_uid].metadata["stop"].get("reason")
+    except Exception:
+        pass
+    return {
+        "sample": sample_name,
+        "edge": edge,
+        "mode": config.mode,
+        "seed": config.seed,
+        "points": len(progress.times),
+        "ranking": _ranking(result, cands),
+        "pv": pv,
+        "latency_ms": {
+            "median": float(np.median(lat)) if lat.size else None,
+            "p99": float(np.percentile(lat, 99)) if lat.size else None,
+            "n": int(lat.size),
+        },
+        "run_uid": run_uid,
+        "analysis_run_uid": analysis.analysis_uids.get(run_uid),
+        "tiled_uri": tiled.uri,
+        "stop_reason": stop_reason,
+        "offset_ev": float(result.offset_ev),
+        "true_offset_ev": sim.true_offset(),
+        "measured": _measured(progress.rows, "TEY", edge),
+        "candidates": str(candidates),
+        "model_version": cands.model_version,
+        "_predictions": {
+            name: (
+                cands.energy,
+                cands.mean[i],
+                cands.std[i] if cands.std is not None else np.zeros_like(cands.mean[i]),
+            )
+            for i, name in enumerate(cands.names)
+            if name in {r["name"] for r in _ranking(result, cands)[:3]}
+        },
+    }
