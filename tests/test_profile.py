@@ -4,6 +4,7 @@ tiled server: a xanes_scan run lands in tiled with the right metadata and data."
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,14 +70,54 @@ def test_profile_runs_xanes_scan_into_tiled(ioc_factory, tiled_server):
 
 
 def test_analysis_file_is_optional(ioc_factory, capsys):
-    """20-analysis.py runs whether or not the live-analysis callbacks are installed."""
+    """20-analysis.py runs when the live-analysis callbacks are not installed (yet)."""
+    import importlib.util
+
+    if importlib.util.find_spec("xas_bluesky.beamline.callbacks") is not None:
+        pytest.skip("callbacks installed: their subscription is tested with them")
     proc = ioc_factory(sim_ioc_args(clock=200.0), probe=PROBE_PV)
     ns = load_profile({"XAS_BEAMLINE_PREFIX": proc.info["prefix"], "XAS_TILED_URI": ""})
-    assert "live_analysis" in ns and ns["tiled_client"] is None
-    try:
-        import xas_bluesky.beamline.callbacks  # noqa: F401
-    except ImportError:
-        assert ns["live_analysis"] is None
-        assert "live analysis not available" in capsys.readouterr().out
-    else:
-        pytest.skip("callbacks installed: the subscription itself is tested with them")
+    assert ns["live_analysis"] is None and ns["tiled_client"] is None
+    assert "live analysis not available" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_profile_with_live_analysis(ioc_factory, tiled_server, tmp_path):
+    """The whole profile, live analysis included: the score PVs follow the profile's scan."""
+    import importlib.util
+
+    if importlib.util.find_spec("xas_bluesky.beamline.callbacks") is None:
+        pytest.skip("the live-analysis callbacks are not installed")
+    import epics
+    from live_helpers import small_candidates
+
+    from xas_bluesky.testing import next_ca_port
+    from xas_bluesky.testing import unique_prefix as _unique
+
+    proc = ioc_factory(sim_ioc_args(clock=200.0), probe=PROBE_PV)
+    score_prefix = _unique("S")
+    ns = load_profile(
+        {
+            "XAS_BEAMLINE_PREFIX": proc.info["prefix"],
+            "XAS_TILED_URI": tiled_server.uri,
+            "XAS_TILED_API_KEY": tiled_server.api_key,
+            "XAS_ANALYSIS": "1",
+            "XAS_SCORE_PREFIX": score_prefix,
+            "XAS_SCORE_PORT": str(next_ca_port()),
+            "XAS_CANDIDATES": str(small_candidates(tmp_path / "c.xyz", n=6)),
+        }
+    )
+    live = ns["live_analysis"]
+    tiled_server.drains += [live.shutdown, ns["close_tiled_writer"]]
+    RE, Region = ns["RE"], ns["Region"]
+    (uid,) = RE(ns["xanes"]("O", sample="ref_O", regions=[Region(526.0, 545.0, 0.5, 0.2)]))
+    deadline = time.monotonic() + 120  # the analysis may finish after the run
+    while time.monotonic() < deadline:
+        npoints = epics.caget(score_prefix + "Match:NPoints-I", use_monitor=False, timeout=5)
+        if npoints == 39:
+            break
+        time.sleep(0.5)
+    run_uid = epics.caget(score_prefix + "Match:RunUID-I", as_string=True, use_monitor=False)
+    live.shutdown()
+    ns["close_tiled_writer"]()
+    assert npoints == 39 and run_uid == uid

@@ -8,6 +8,8 @@ Environment (defaults fit ``xas-bluesky sim-beamline`` on this machine):
 - ``XAS_TILED_URI``        tiled server to write runs to (unset: runs are not stored)
 - ``XAS_TILED_API_KEY``    its API key
 - ``XAS_MD_DIR``           directory of a persistent ``RE.md`` (unset: in memory)
+- ``XAS_SCORE_PORT``       CA port of the in-process score IOC (a free one)
+- ``XAS_CANDIDATES``       default candidate structure file (the shipped library of the edge)
 - ``XAS_ANALYSIS``         ``0`` leaves the live analysis out (20-analysis.py)
 
 The Channel Access variables (``EPICS_CA_ADDR_LIST`` ...) are the standard ones;

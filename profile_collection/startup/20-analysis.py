@@ -1,21 +1,28 @@
 """The live XANES analysis: follows XAS runs, scores candidates, publishes the score PVs.
 
-Subscribed when :mod:`xas_bluesky.beamline.callbacks` is installed and offers
-``subscribe_live_analysis(RE, **options)`` (returning what it subscribed); the profile works
-without it (``XAS_ANALYSIS=0`` leaves it out on purpose).
+:func:`xas_bluesky.beamline.callbacks.subscribe_live_analysis` hosts the score IOC in this
+process (``XAS_SCORE_PREFIX``, CA port ``XAS_SCORE_PORT`` or a free one) and subscribes the
+analysis; ``XAS_CANDIDATES`` (a structure file) is the default candidate set of runs that name
+none (else the shipped library of the run's edge).  ``XAS_ANALYSIS=0`` leaves it out; without
+the callbacks module the profile still loads.
 """
 
+import atexit
 import os
 
 live_analysis = None
 if os.environ.get("XAS_ANALYSIS", "1") != "0":
     try:
-        from xas_bluesky.beamline import callbacks as _xas_callbacks
+        from xas_bluesky.beamline.callbacks import subscribe_live_analysis
     except ImportError as _exc:
         print(f"20-analysis: live analysis not available ({_exc})")
     else:
-        _subscribe = getattr(_xas_callbacks, "subscribe_live_analysis", None)
-        if _subscribe is None:
-            print("20-analysis: xas_bluesky.beamline.callbacks has no subscribe_live_analysis()")
-        else:
-            live_analysis = _subscribe(RE, score_prefix=SCORE_PREFIX, tiled_client=tiled_client)
+        live_analysis = subscribe_live_analysis(
+            RE,
+            score_prefix=SCORE_PREFIX,
+            port=int(os.environ["XAS_SCORE_PORT"]) if os.environ.get("XAS_SCORE_PORT") else None,
+            tiled_client=tiled_client,
+            candidates=os.environ.get("XAS_CANDIDATES") or None,
+        )
+        # drain the analysis and stop the score IOC before the interpreter goes
+        atexit.register(live_analysis.shutdown)
