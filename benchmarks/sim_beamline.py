@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-from xas_bluesky.services import apply_ca_env, free_ports, loopback_ca_env, start_repeater
+from xas_bluesky.services import apply_ca_env, free_ports, loopback_ca_env
 
 
 def _events_per_s(RE, plan) -> tuple[float, int, float]:
@@ -57,9 +57,9 @@ def main(argv=None) -> int:
     from bluesky import RunEngine
 
     from xas_bluesky.beamline.plans import grid_xanes_scan
-    from xas_bluesky.beamline.sim import SimBeamline
+    from xas_bluesky.beamline.sim import SimBeamline, start_ca_repeater
 
-    repeater = start_repeater(rep)
+    repeater = start_ca_repeater(rep)
     sims = {
         "tuned": SimBeamline(port=tuned_port, repeater_port=rep, clock=args.clock, offset=0.42),
         "untuned": SimBeamline(

@@ -59,8 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sim_iocs.physics import SpectrumError
-    from xas_bluesky.beamline.sim import DEFAULT_CLOCK, SimBeamline
-    from xas_bluesky.services import ServiceError, free_ports, start_repeater
+    from xas_bluesky.beamline.sim import DEFAULT_CLOCK, SimBeamline, start_ca_repeater
+    from xas_bluesky.services import ServiceError, free_ports
 
     clock = DEFAULT_CLOCK if args.clock is None else args.clock
     if not clock > 0:
@@ -87,8 +87,13 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    repeater = start_repeater(repeater_port)
+    repeater = None
     try:
+        # ours, started first: else caproto's client spawns an orphan one while the IOC starts
+        try:
+            repeater = start_ca_repeater(repeater_port)
+        except RuntimeError as exc:
+            raise CLIError(str(exc)) from None
         try:
             sim.start()
         except SpectrumError as exc:
@@ -104,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         sim.stop()
-        repeater.stop()
+        if repeater is not None:
+            repeater.stop()
         for s, handler in old.items():
             signal.signal(s, handler)
 
