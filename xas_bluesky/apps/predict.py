@@ -32,7 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="CSV of the predicted spectra")
     p.add_argument("--std", help="CSV of the ensemble's per-energy standard deviation")
     p.add_argument("--skip-invalid", action="store_true", help="report and skip invalid structures")
-    p.add_argument("--batch-size", type=int, default=256, help="molecules per forward pass")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="molecules per forward pass (default 256 on CPU, 16384 on GPU)",
+    )
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=run)
 
@@ -65,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     names: list[str] = []
     results = []
+    chunk_size = max(CHUNK, args.batch_size or predictor.default_batch_size)
     # a pipeline: the network works on one chunk (torch releases the GIL) while this thread reads
     # and builds the graphs of the next; on the CPU each side gets one core
     if predictor.device.type == "cpu":
@@ -85,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                         file=sys.stderr,
                     )
                 chunk.append(s)
-                if len(chunk) == CHUNK:
+                if len(chunk) == chunk_size:
                     results.append(_submit(pool, predictor, chunk, args.batch_size))
                     names += [c.name for c in chunk]
                     chunk = []
@@ -115,10 +120,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-#: structures per pipeline stage
+#: structures per pipeline stage (at least one batch)
 CHUNK = 512
 
 
-def _submit(pool: ThreadPoolExecutor, predictor, chunk: list, batch_size: int) -> Future:
+def _submit(pool: ThreadPoolExecutor, predictor, chunk: list, batch_size: int | None) -> Future:
     graphs = predictor.graphs(chunk)
-    return pool.submit(predictor.predict_graphs, graphs, max(1, batch_size))
+    return pool.submit(predictor.predict_graphs, graphs, batch_size and max(1, batch_size))

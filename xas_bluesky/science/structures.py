@@ -285,6 +285,13 @@ def _bond_orders(pairs: np.ndarray, free: np.ndarray, lengths: np.ndarray) -> np
 def _fill_valences(free: list[int], cand: list[tuple[int, int, int]], orders: list[int]) -> bool:
     """Raise bond orders along ``cand`` until no atom has free valence (backtracking search)."""
     budget = [5000]
+    by_atom: dict[int, list[tuple[int, int, int]]] = {}
+    for c in cand:  # each atom's candidate bonds, in ``cand``'s (shortest first) order
+        by_atom.setdefault(c[0], []).append(c)
+        by_atom.setdefault(c[1], []).append(c)
+    if any(f and a not in by_atom for a, f in enumerate(free)):
+        return False
+    active = sorted(by_atom)
 
     def solve() -> bool:
         budget[0] -= 1
@@ -292,9 +299,9 @@ def _fill_valences(free: list[int], cand: list[tuple[int, int, int]], orders: li
             return False
         # the atom with free valence and the fewest ways to use it
         best, best_opts = None, None
-        for a, f in enumerate(free):
-            if f:
-                opts = [c for c in cand if (c[0] == a or c[1] == a) and free[c[0]] and free[c[1]]]
+        for a in active:
+            if free[a]:
+                opts = [c for c in by_atom[a] if free[c[0]] and free[c[1]]]
                 if not opts:
                     return False
                 if best_opts is None or len(opts) < len(best_opts):
