@@ -57,9 +57,10 @@ def main(argv=None) -> int:
     from bluesky import RunEngine
 
     from xas_bluesky.beamline.plans import grid_xanes_scan
-    from xas_bluesky.beamline.sim import SimBeamline, start_ca_repeater
+    from xas_bluesky.beamline.sim import SimBeamline
+    from xas_bluesky.services import start_repeater
 
-    repeater = start_ca_repeater(rep)
+    repeater = start_repeater(rep)
     sims = {
         "tuned": SimBeamline(port=tuned_port, repeater_port=rep, clock=args.clock, offset=0.42),
         "untuned": SimBeamline(

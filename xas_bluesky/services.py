@@ -28,6 +28,7 @@ __all__ = [
     "apply_ca_env",
     "start_ioc",
     "start_repeater",
+    "wait_for_repeater",
     "TiledServer",
     "start_tiled",
     "wait_for_pv",
@@ -178,7 +179,7 @@ def wait_for_pv(
             if alive is not None and not alive():
                 raise ServiceError(f"process serving {pvname} exited before it answered")
             try:
-                return read(pvname, timeout=0.5).data
+                return read(pvname, timeout=0.5, repeater=False).data
             except Exception as exc:  # not up yet
                 last = exc
                 time.sleep(0.05)
@@ -225,15 +226,44 @@ def start_ioc(
     return proc
 
 
-def start_repeater(repeater_port: int, log_dir: Path | None = None) -> ManagedProcess:
-    """caproto's Channel Access repeater on loopback (silences libca's 'caRepeater' warnings)."""
+def wait_for_repeater(port: int, timeout: float = 10.0) -> bool:
+    """Wait until a Channel Access repeater holds UDP ``port`` on loopback; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:  # in use: the repeater is up
+            return True
+        finally:
+            sock.close()
+        time.sleep(0.05)
+    return False
+
+
+def start_repeater(
+    repeater_port: int, log_dir: Path | None = None, timeout: float = 10.0
+) -> ManagedProcess:
+    """caproto's Channel Access repeater on ``repeater_port`` (ours, stopped by PID), once it
+    holds the port.
+
+    Start it before any IOC or client: without one, libca warns, and caproto's synchronous client
+    spawns a repeater of its own that outlives every process here.  (caproto's repeater binds
+    0.0.0.0 -- it offers no choice -- and serves only local clients.)
+    """
     env = {"EPICS_CA_REPEATER_PORT": str(repeater_port)}
-    return _spawn(
+    proc = _spawn(
         f"ca-repeater-{repeater_port}",
-        [sys.executable, "-m", "caproto.repeater", "--quiet"],
+        [sys.executable, "-m", "caproto.commandline.repeater", "--quiet"],
         env,
         log_dir,
     )
+    if not wait_for_repeater(repeater_port, timeout):
+        proc.stop()
+        raise ServiceError(
+            f"no Channel Access repeater on port {repeater_port} after {timeout:g} s"
+        )
+    return proc
 
 
 @dataclass

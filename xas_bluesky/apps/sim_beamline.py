@@ -59,8 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sim_iocs.physics import SpectrumError
-    from xas_bluesky.beamline.sim import DEFAULT_CLOCK, SimBeamline, start_ca_repeater
-    from xas_bluesky.services import ServiceError, free_ports
+    from xas_bluesky.beamline.sim import DEFAULT_CLOCK, SimBeamline
+    from xas_bluesky.services import ServiceError, free_ports, start_repeater
 
     clock = DEFAULT_CLOCK if args.clock is None else args.clock
     if not clock > 0:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # ours, started first: else caproto's client spawns an orphan one while the IOC starts
         try:
-            repeater = start_ca_repeater(repeater_port)
+            repeater = start_repeater(repeater_port)
         except RuntimeError as exc:
             raise CLIError(str(exc)) from None
         try:

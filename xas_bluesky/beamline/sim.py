@@ -24,6 +24,7 @@ from xas_bluesky.services import (
     free_ports,
     loopback_ca_env,
     start_ioc,
+    start_repeater,
 )
 
 __all__ = [
@@ -34,8 +35,6 @@ __all__ = [
     "check_slots",
     "REFERENCE_SLOTS",
     "reference_spectrum",
-    "wait_for_repeater",
-    "start_ca_repeater",
 ]
 
 #: the PV (after the prefix) whose answer means the IOC is ready
@@ -57,55 +56,6 @@ def reference_spectrum(edge: str):
     energy, samples = heldout_samples(edge)
     (mu,) = [s["mu"] for s in samples if s["name"] == name]
     return np.asarray(energy), np.asarray(mu)
-
-
-def start_ca_repeater(port: int, timeout: float = 10.0) -> ManagedProcess:
-    """Run caproto's Channel Access repeater on ``port`` (ours, stopped by PID) and wait until it
-    holds the port.
-
-    ``xas_bluesky.services.start_repeater`` runs ``python -m caproto.repeater``, a module caproto
-    1.3.0 does not have: that process exits at once, and caproto's sync client then spawns
-    orphan repeaters.  The repeater binds 0.0.0.0 (caproto offers no choice) and serves only
-    localhost clients.
-    """
-    import subprocess
-    import sys
-
-    env = {**os.environ, "EPICS_CA_REPEATER_PORT": str(port)}
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "caproto.commandline.repeater", "--quiet"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    proc = ManagedProcess(f"ca-repeater-{port}", popen)
-    if not wait_for_repeater(port, timeout):
-        proc.stop()
-        raise RuntimeError(f"no Channel Access repeater on port {port} after {timeout:.0f} s")
-    return proc
-
-
-def wait_for_repeater(port: int, timeout: float = 10.0) -> bool:
-    """Wait until a Channel Access repeater holds UDP ``port`` on loopback.
-
-    Start the IOC only then: caproto's sync client (which polls the IOC until it answers)
-    otherwise spawns a repeater of its own, bound to 0.0.0.0, that outlives every process here.
-    """
-    import socket
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:  # in use: the repeater is up
-            return True
-        finally:
-            sock.close()
-        time.sleep(0.05)
-    return False
 
 
 def check_slots(slots: Sequence[str]) -> None:
@@ -211,7 +161,7 @@ class SimBeamline:
             if self.repeater_port is None:
                 # ours to run: without one, libca warns and caproto's client spawns an orphan
                 self.repeater_port = rep
-                self._repeater = start_ca_repeater(rep)
+                self._repeater = start_repeater(rep)
         self.process = start_ioc(
             self.args,
             prefix=self.prefix,
