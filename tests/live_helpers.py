@@ -121,3 +121,14 @@ def caget(pv: str, **kw):
 
 def cagets(pv: str):
     return caget(pv, as_string=True)
+
+
+def assert_published(prefix: str, result, truth_name: str | None = None, top: int = 3) -> None:
+    """The PVs show ``result`` (the analysis' own final result), and ``truth_name`` is among its
+    ``top`` candidates (identification itself is the comparator's business, tested there)."""
+    assert cagets(prefix + "Match:Best-Name") == result.best_name
+    names = cagets(prefix + "Match:TopNames-Wfm").split("\n")
+    assert names == [n for n, _ in result.top(len(names))]
+    assert abs(caget(prefix + "Match:BestProb-I") - result.best_probability) < 1e-9
+    if truth_name is not None:
+        assert truth_name in names[:top], (truth_name, names[:top])

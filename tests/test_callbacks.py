@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 from live_helpers import (
+    assert_published,
     caget,
     cagets,
     measure_plan,
@@ -75,12 +76,13 @@ def test_identifies_sample_and_publishes(RE_fresh, server, make_analysis, cands)
     p = server.prefix
     assert wait_for(lambda: caget(p + "Match:NPoints-I") == len(ENERGIES))
     assert cagets(p + "Match:RunUID-I") == uid
-    assert cagets(p + "Match:Best-Name") == cands.names[TRUTH]
-    assert cagets(p + "Match:BestSmiles-Name") == cands.smiles[TRUTH]
+    result = analysis.results[uid]
+    assert_published(p, result, cands.names[TRUTH])
+    assert cagets(p + "Match:BestSmiles-Name") == cands.smiles[result.best_index]
     assert caget(p + "Match:BestProb-I") > 0.3
     assert cagets(p + "Match:Status-Sts") == "Done"
     top = cagets(p + "Match:TopNames-Wfm").split("\n")
-    assert top[0] == cands.names[TRUTH] and len(top) == 10
+    assert top[0] == result.best_name and len(top) == 10
     scores = caget(p + "Match:TopScores-Wfm")
     assert np.all(np.diff(scores) <= 1e-12) and 0 < scores.sum() <= 1 + 1e-6
     assert 526 <= caget(p + "Match:NextEnergy-I") <= 575
@@ -95,7 +97,7 @@ def test_identifies_sample_and_publishes(RE_fresh, server, make_analysis, cands)
     events = [d for n, d in analysis.docs if n == "event"]
     assert 1 <= len(events) <= len(ENERGIES)
     assert events[-1]["data"]["n_events"] == len(ENERGIES)
-    assert events[-1]["data"]["best_name"] == cands.names[TRUTH]
+    assert events[-1]["data"]["best_name"] == result.best_name
     assert analysis.docs[-1][1]["exit_status"] == "success"
     assert not analysis.errors
 
@@ -159,7 +161,7 @@ def test_event_pages_and_router(server, make_analysis, cands):
     assert analysis.wait_idle(30)
     p = server.prefix
     assert wait_for(lambda: caget(p + "Match:NPoints-I") == len(ENERGIES))
-    assert cagets(p + "Match:Best-Name") == cands.names[TRUTH]
+    assert_published(p, analysis.results[run.start_doc["uid"]], cands.names[TRUTH])
     assert analysis.docs[0][1]["original_run_uid"] == run.start_doc["uid"]
 
 
@@ -175,8 +177,8 @@ def test_bad_readings_refused_and_shown(RE_fresh, server, make_analysis, cands):
     assert cagets(p + "Match:Status-Sts") == "Warning"
     msg = cagets(p + "Match:Message-Name")
     assert "refused" in msg and "det_" in msg
-    assert cagets(p + "Match:Best-Name") == cands.names[TRUTH]
     result = analysis.results[uid]
+    assert_published(p, result, cands.names[TRUTH], top=5)
     assert result.n_points == len(ENERGIES) - len(bad)  # never scored
     assert math.isfinite(caget(p + "Match:BestProb-I"))
 
@@ -229,7 +231,7 @@ def test_slow_analysis_never_blocks_the_runengine(RE_fresh, server, make_analysi
     p = server.prefix
     assert wait_for(lambda: caget(p + "Match:NPoints-I") == len(ENERGIES))
     assert cagets(p + "Match:RunUID-I") == uid
-    assert cagets(p + "Match:Best-Name") == cands.names[TRUTH]
+    assert_published(p, analysis.results[uid], cands.names[TRUTH])
     n_updates = sum(1 for n, _ in analysis.docs if n == "event")
     assert n_updates < len(ENERGIES)  # several points per update
 
@@ -277,7 +279,7 @@ def test_ioc_restart_mid_run(RE_fresh, server, make_analysis, cands):
     assert analysis.wait_idle(30)
     assert wait_for(lambda: caget(p + "Match:NPoints-I") == len(ENERGIES), 30)
     assert cagets(p + "Match:RunUID-I") == uid
-    assert cagets(p + "Match:Best-Name") == cands.names[TRUTH]
+    assert_published(p, analysis.results[uid], cands.names[TRUTH])
     assert wait_for(lambda: len(ENERGIES) in arrivals, 30)  # the old monitor came back
     assert not analysis.errors
 

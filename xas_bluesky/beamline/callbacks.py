@@ -617,6 +617,7 @@ class LiveXASAnalysis(DocumentRouter):
         msg = run.problems[-1] if run.problems else ""
         if self.server is not None:
             self.server.publish(self._update(run, status, msg))
+            self.server.wait_published(0.05)  # leave the GIL to the server's thread meanwhile
         self._emit_update(run)
 
     def _update(self, run: _Run, status: str, message: str) -> ScoreUpdate:
@@ -708,7 +709,7 @@ class LiveXASAnalysis(DocumentRouter):
         now = time.time()
         run.seq += 1
         ev = run.analysis_desc.compose_event(
-            data=data, timestamps={k: now for k in data}, seq_num=run.seq
+            data=data, timestamps={k: now for k in data}, seq_num=run.seq, validate=False
         )
         self._emit("event", ev)
 

@@ -93,6 +93,19 @@ def _num(value: float | None) -> float:
     return float(value) if value is not None and math.isfinite(value) else float("nan")
 
 
+def _same(a, b) -> bool:
+    if isinstance(a, list) or isinstance(b, list):
+        return (
+            isinstance(a, list)
+            and isinstance(b, list)
+            and len(a) == len(b)
+            and all(_same(x, y) for x, y in zip(a, b, strict=True))
+        )
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
 @dataclass
 class ScoreUpdate:
     """One analysis update, as published to the score PVs.
@@ -184,6 +197,10 @@ class MatchScoreGroup(PVGroup):
         name=PV_SUFFIXES["update"], value=0, read_only=True, doc="+1 per published update"
     )
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._last: dict[str, object] = {}  # values this group last wrote, by PV name
+
     @heartbeat.scan(period=1.0)
     async def heartbeat(self, instance, async_lib):
         await instance.write((instance.value + 1) % 2**31)
@@ -194,20 +211,27 @@ class MatchScoreGroup(PVGroup):
         scores = [_num(s) for s in list(upd.top_scores)[:TOP_K]]
         scores += [float("nan")] * (TOP_K - len(scores))
         status = upd.status if upd.status in STATES else "Error"
-        await self.run_uid.write(_text(upd.run_uid, 64))
-        await self.best_name.write(_text(upd.best_name, _NAME_LEN))
-        await self.best_smiles.write(_text(upd.best_smiles, _NAME_LEN))
-        await self.best_prob.write(_num(upd.best_prob))
-        await self.entropy.write(_num(upd.entropy))
-        await self.next_energy.write(_num(upd.next_energy))
-        await self.offset.write(_num(upd.offset))
-        await self.last_energy.write(_num(upd.last_energy))
-        await self.ncandidates.write(int(upd.ncandidates))
-        await self.top_names.write(_text("\n".join(names), _TEXT_LEN))
-        await self.top_scores.write(scores)
-        await self.message.write(_text(upd.message, _TEXT_LEN))
-        await self.status.write(status)
-        await self.npoints.write(int(upd.npoints))
+        values = (
+            (self.run_uid, _text(upd.run_uid, 64)),
+            (self.best_name, _text(upd.best_name, _NAME_LEN)),
+            (self.best_smiles, _text(upd.best_smiles, _NAME_LEN)),
+            (self.best_prob, _num(upd.best_prob)),
+            (self.entropy, _num(upd.entropy)),
+            (self.next_energy, _num(upd.next_energy)),
+            (self.offset, _num(upd.offset)),
+            (self.last_energy, _num(upd.last_energy)),
+            (self.ncandidates, int(upd.ncandidates)),
+            (self.top_names, _text("\n".join(names), _TEXT_LEN)),
+            (self.top_scores, scores),
+            (self.message, _text(upd.message, _TEXT_LEN)),
+            (self.status, status),
+            (self.npoints, int(upd.npoints)),
+        )
+        # only what changed: each write costs ~60 us and a monitor update per subscriber
+        for pv, value in values:
+            if pv is self.npoints or not _same(self._last.get(pv.name), value):
+                await pv.write(value)
+                self._last[pv.name] = value
         await self.update.write(int(counter) % 2**31)
 
 
@@ -249,6 +273,9 @@ class ScoreServer:
         self._latest = ScoreUpdate()
         self._dirty = False
         self._counter = 0
+        self._seq = 0  # updates handed to publish()
+        self._applied = 0  # ... of which the server has written the newest
+        self._written = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -326,12 +353,31 @@ class ScoreServer:
         with self._lock:
             self._latest = update
             self._dirty = True
+            self._seq += 1
             loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
             try:
                 loop.call_soon_threadsafe(wake.set)
             except RuntimeError:  # loop closed while stopping: the update waits for start()
                 pass
+
+    def wait_published(self, timeout: float = 0.05) -> bool:
+        """Block until the last update handed to :meth:`publish` has been written to the PVs
+        (True), the server is not running, or ``timeout`` passes (False).
+
+        The analysis calls it right after publishing so that it does not hold the GIL with
+        other Python work while the server's thread writes the PVs (a thread waiting for the GIL
+        can wait a whole switch interval, 5 ms).
+        """
+        deadline = time.monotonic() + timeout
+        with self._written:
+            target = self._seq
+            while self._applied < target and self.running:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._written.wait(left)
+        return True
 
     def set_status(self, status: str, message: str = "") -> None:
         """Change only the status and its message (keeps the last scores)."""
@@ -415,12 +461,15 @@ class ScoreServer:
                     continue
                 update, self._dirty = self._latest, False
                 self._counter += 1
-                counter = self._counter
+                counter, seq = self._counter, self._seq
             try:
                 await group.apply(update, counter)
                 self.last_written = time.time()
             except Exception:  # a bad value must not kill the publisher
                 logger.exception("could not write score update to %s", self.prefix)
+            with self._written:
+                self._applied = seq
+                self._written.notify_all()
 
 
 def main(argv: list[str] | None = None) -> None:
