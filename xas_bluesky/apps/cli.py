@@ -96,5 +96,7 @@ def _not_built(name: str, issue: str) -> int:
     raise CLIError(f"not built yet (see {issue})", code=3)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run the package's module, so CLIError is one class, not two
+    from xas_bluesky.apps.cli import main as _main
+
+    sys.exit(_main())

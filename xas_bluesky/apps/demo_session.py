@@ -166,7 +166,9 @@ def run_demo(config: DemoConfig) -> dict:
         _say(config, f"demo: starting the simulated beamline and tiled under {data_dir} ...")
         with ThreadPoolExecutor(2) as pool:  # both take seconds: start them side by side
             f_sim = pool.submit(sim.start)
-            f_tiled = pool.submit(start_tiled, data_dir / "tiled")
+            f_tiled = pool.submit(
+                start_tiled, data_dir
+            )  # catalog.db at the top: `query --data-dir`
             errors = []
             for fut, stopper in ((f_sim, lambda: sim.stop()), (f_tiled, None)):
                 try:
@@ -211,9 +213,12 @@ class _Progress:
         self.primary: set[str] = set()
         self.times: dict[int, float] = {}
         self.rows: list[tuple[float, float, float]] = []
+        self.stop: dict = {}
 
     def __call__(self, name, doc):
-        if name == "start":
+        if name == "stop":
+            self.stop = dict(doc)
+        elif name == "start":
             self.fields = dict(doc.get("xas_fields") or {})
         elif name == "descriptor" and doc.get("name") == "primary":
             self.primary.add(doc["uid"])
@@ -366,11 +371,6 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     probe.stop()
     lines = [json.loads(x) for x in arrivals.read_text().splitlines() if x.strip()]
     lat = np.asarray(pair_latencies(progress.times, lines)) * 1e3
-    stop_reason = None
-    try:
-        stop_reason = client[run_uid].metadata["stop"].get("reason")
-    except Exception:
-        pass
     return {
         "sample": sample_name,
         "edge": edge,
@@ -387,7 +387,7 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
         "run_uid": run_uid,
         "analysis_run_uid": analysis.analysis_uids.get(run_uid),
         "tiled_uri": tiled.uri,
-        "stop_reason": stop_reason,
+        "stop_reason": progress.stop.get("reason"),
         "offset_ev": float(result.offset_ev),
         "true_offset_ev": sim.true_offset(),
         "measured": _measured(progress.rows, "TEY", edge),

@@ -1,0 +1,128 @@
+"""The main job end to end: ``xas-bluesky demo`` on the simulated beamline with real IOCs, a real
+tiled server and the live analysis, then ``xas-bluesky query`` on what it stored."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from xas_bluesky.resources import candidates_file, heldout_samples
+
+CLI = [sys.executable, "-m", "xas_bluesky"]
+SCORE_PVS = (
+    "Best-Name",
+    "BestProb-I",
+    "Entropy-I",
+    "NPoints-I",
+    "NextEnergy-I",
+    "RunUID-I",
+    "TopNames-Wfm",
+    "TopScores-Wfm",
+    "Status-Sts",
+    "Heartbeat-I",
+)
+
+
+def _small_library(tmp_path, edge: str, sample: str, n: int = 40):
+    """The first ``n`` frames of the shipped library, the sample among them."""
+    text = candidates_file(edge).read_text().splitlines()
+    frames, k = [], 0
+    while k < len(text):
+        m = int(text[k])
+        frames.append(text[k : k + m + 2])
+        k += m + 2
+    chosen = [f for f in frames if f[1] == sample] + [f for f in frames if f[1] != sample][: n - 1]
+    path = tmp_path / "candidates.xyz"
+    path.write_text("\n".join(line for f in chosen for line in f) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_adaptive_demo_end_to_end(tmp_path):
+    edge = "N"
+    _, samples = heldout_samples(edge)
+    sample = samples[1]["name"]
+    cands = _small_library(tmp_path, edge, sample)
+    out, plot, data = tmp_path / "demo.json", tmp_path / "demo.png", tmp_path / "data"
+    run = subprocess.run(
+        [*CLI, "demo", "--edge", edge, "--sample", sample, "--candidates", str(cands),
+         "--max-points", "20", "--data-dir", str(data), "--json", str(out), "--plot", str(plot),
+         "--seed", "1"],
+        capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads(out.read_text())
+    for key in (
+        "sample",
+        "edge",
+        "mode",
+        "seed",
+        "points",
+        "ranking",
+        "pv",
+        "latency_ms",
+        "run_uid",
+        "analysis_run_uid",
+        "tiled_uri",
+        "data_dir",
+        "seconds",
+        "measured",
+    ):
+        assert key in r, key
+    assert (r["sample"], r["edge"], r["mode"], r["seed"]) == (sample, edge, "adaptive", 1)
+    assert 14 <= r["points"] <= 20  # the coarse pass, then no more than the budget
+    assert r["stop_reason"].startswith(("confident", "budget"))
+
+    ranking = r["ranking"]
+    assert len(ranking) == 40 and {e["name"] for e in ranking} >= {sample}
+    probs = np.array([e["probability"] for e in ranking])
+    assert np.all(np.diff(probs) <= 1e-12) and probs.sum() == pytest.approx(1.0, abs=1e-6)
+    assert all(e["smiles"] for e in ranking)
+
+    pv = r["pv"]
+    for suffix in SCORE_PVS:
+        assert f"XAS:Match:{suffix}" in pv, suffix
+    assert pv["XAS:Match:NPoints-I"] == r["points"]
+    assert pv["XAS:Match:RunUID-I"] == r["run_uid"]
+    assert pv["XAS:Match:Best-Name"] == ranking[0]["name"]
+    assert pv["XAS:Match:TopNames-Wfm"].split("\n")[0] == ranking[0]["name"]
+    assert pv["XAS:Match:BestProb-I"] == pytest.approx(ranking[0]["probability"], rel=1e-6)
+
+    assert r["latency_ms"]["n"] == r["points"] and r["latency_ms"]["median"] > 0
+    m = r["measured"]
+    assert len(m["energy_order_eV"]) == r["points"] and len(m["mu_norm"]) == r["points"]
+    assert plot.stat().st_size > 10_000
+
+    # what the demo stored answers `xas-bluesky query` (which starts tiled on the directory)
+    def query(*extra):
+        q = subprocess.run(
+            [*CLI, "query", "--data-dir", str(data), *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert q.returncode == 0, q.stderr[-2000:]
+        return json.loads(q.stdout)
+
+    predictions = query("--edge", edge)["predictions"]
+    names = {p["name"] for p in predictions}
+    assert sample in names and len(names) >= 40
+    assert all(p["edge"] == edge and p["model_version"] and p["inchikey"] for p in predictions)
+    stored = query("--run", r["run_uid"])
+    assert [e["name"] for e in stored["ranking"]] == [e["name"] for e in ranking]
+
+
+def test_demo_refuses_unknown_sample(tmp_path):
+    run = subprocess.run(
+        [*CLI, "demo", "--sample", "no_such_molecule", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1 and "no_such_molecule" in run.stderr
+    assert "Traceback" not in run.stderr
