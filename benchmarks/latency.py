@@ -161,7 +161,12 @@ def main(argv=None) -> None:
     ap.add_argument("--points", type=int, default=80)
     ap.add_argument("--interval", type=float, default=0.05, help="s between points (100k: x4)")
     ap.add_argument("--json", help="write the figures here too")
+    ap.add_argument(
+        "--switch-interval", type=float, help="sys.setswitchinterval (s) of this process"
+    )
     args = ap.parse_args(argv)
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     port, rep, env = _env()
     os.environ.update(env)
     rep_proc = subprocess.Popen(

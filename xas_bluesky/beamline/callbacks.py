@@ -142,7 +142,7 @@ class PredictionCache:
         self._predictors: dict[str, object] = {}
         self._rows: dict[tuple[str, str], tuple[np.ndarray, np.ndarray | None]] = {}
         self._files: dict[tuple, CandidateSet] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # one build at a time: the demo's thread and the worker
         #: structures predicted by the model (not found in a cache), for tests and logs
         self.n_predicted = 0
 
@@ -159,6 +159,10 @@ class PredictionCache:
     def from_file(self, path: str | os.PathLike, edge: str) -> CandidateSet:
         """Candidates of an XYZ/SDF/SMILES file; invalid structures are skipped and listed in
         :attr:`CandidateSet.skipped` (an error only when none is left)."""
+        with self._lock:
+            return self._from_file(path, edge)
+
+    def _from_file(self, path: str | os.PathLike, edge: str) -> CandidateSet:
         from xas_bluesky.science.structures import StructureError, read_structures
 
         path = Path(path)
@@ -181,6 +185,10 @@ class PredictionCache:
 
     def from_structures(self, structures: Sequence, edge: str, source: str = "") -> CandidateSet:
         """Predicted spectra of ``structures`` (cached ones are not predicted again)."""
+        with self._lock:
+            return self._from_structures(structures, edge, source)
+
+    def _from_structures(self, structures: Sequence, edge: str, source: str) -> CandidateSet:
         predictor = self.predictor(edge)
         version = str(getattr(predictor, "model_version", None))
         energy = np.asarray(predictor.energy, dtype=float)

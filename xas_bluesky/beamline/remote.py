@@ -34,18 +34,26 @@ READY = "ready"
 
 class ReadyRemoteDispatcher(RemoteDispatcher):
     """bluesky's ``RemoteDispatcher`` that calls ``on_ready()`` once its SUB socket has completed
-    the ZMTP handshake with the proxy (the subscription is then on its way)."""
+    the ZMTP handshake with the proxy (the subscription is then on its way).  No CURVE
+    security (bluesky's own ``RemoteDispatcher`` has it; the worker does not use it)."""
 
     def __init__(self, address, *, on_ready=None, settle_s: float = 0.05, **kwargs):
         super().__init__(address, **kwargs)
         self._on_ready = on_ready
         self._settle_s = settle_s
-        setup = self._RemoteDispatcher__factory  # bluesky builds the socket in start()
 
+        # bluesky builds the socket in start(); ours attaches the monitor *before* connecting,
+        # so the handshake event cannot happen before anyone listens for it
         def factory():
-            setup()
-            mon = self._socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+            from zmq import asyncio as zmq_asyncio
+
+            asyncio.set_event_loop(self.loop)
+            self._context = zmq_asyncio.Context()
+            self._socket = sock = self._context.socket(zmq.SUB)
+            mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
             self.loop.create_task(self._watch(mon))
+            sock.connect(self.address)
+            sock.setsockopt_string(zmq.SUBSCRIBE, "")
 
         self._RemoteDispatcher__factory = factory
 
