@@ -164,3 +164,22 @@ def test_query_data_dir(tmp_path, cand_file):
     assert out.returncode == 0, out.stderr
     names = [e["name"] for e in json.loads(out.stdout)["predictions"]]
     assert sorted(names) == sorted(cands.names)
+
+
+def test_candidates_from_tiled_in_start_document(stored):
+    """``candidates: "tiled:NODE"`` in the start document scores the stored predictions."""
+    from bluesky import RunEngine
+    from live_helpers import xas_md
+
+    client, cands = stored
+    nodes = catalog._prediction_nodes(client, edge="O", model_version=cands.model_version)
+    key = next(k for k, n in nodes if set(n.metadata["structure_keys"]) == set(cands.keys))
+    analysis = LiveXASAnalysis(None, tiled_client=client, cache=PredictionCache(tiled_client=None))
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(analysis)
+    (uid,) = RE(measure_plan(cands, 4, ENERGIES, md=xas_md(candidates=f"tiled:{key}")))
+    analysis.close(60)
+    result = analysis.results[uid]
+    assert result.names == cands.names and not analysis.errors
+    assert cands.names[4] in [n for n, _ in result.top(3)]
+    assert analysis.cache.n_predicted == 0  # nothing predicted: all from tiled
