@@ -72,6 +72,16 @@ def run(args: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from None
+    # the comparator's likelihood temperature belongs to these weights: fit it on the validation
+    # split now and store it in the checkpoint (see xas_bluesky.science.model.calibration)
+    from xas_bluesky.science.model.calibration import calibrate_shipped
+
+    cal = calibrate_shipped(args.edge, args.out)
+    print(
+        f"{args.edge}: comparator calibration T0 {cal['temperature']:.2f} "
+        f"(validation ECE {cal.get('val_ece', float('nan')):.3f})",
+        file=sys.stderr,
+    )
     for split, m in meta["metrics"].items():
         print(
             f"{args.edge} {split}: {m['n_spectra']} molecules, true peaks within 1 eV "
