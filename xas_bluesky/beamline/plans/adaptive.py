@@ -17,7 +17,7 @@ import numpy as np
 from ophyd.utils import StatusTimeoutError, WaitTimeoutError
 
 from xas_bluesky.beamline.devices import mode_fields
-from xas_bluesky.beamline.plans.xanes import measure_point, xas_metadata
+from xas_bluesky.beamline.plans.xanes import _sample_name, measure_point, xas_metadata
 from xas_bluesky.science.adaptive import STOP_NO_ANALYSIS, AdaptivePolicy
 
 __all__ = ["adaptive_xanes_scan"]
@@ -28,7 +28,9 @@ def _wait_scored(scores, run_uid: str, n: int, timeout: float):
     from bluesky.utils import FailedStatus
 
     try:
-        yield from bps.mv(scores.scored, (run_uid, n), timeout=timeout)
+        # the timeout goes to the signal's status (a FailedStatus here), not to the RunEngine's
+        # wait, which would end the plan instead of letting it stop with a reason
+        yield from bps.abs_set(scores.scored, (run_uid, n), timeout=timeout, wait=True)
     except (FailedStatus, StatusTimeoutError, WaitTimeoutError):
         return False
     return True
@@ -86,10 +88,7 @@ def adaptive_xanes_scan(
     first = policy.first_pass()
     if energy_offset is None:
         energy_offset = float((yield from bps.rd(mono.calib_offset)))
-    if sample_changer is not None and sample is not None:
-        yield from bps.mv(sample_changer, sample)
-    if sample is None and sample_changer is not None:
-        sample = str((yield from bps.rd(sample_changer.slot_rb)))
+    sample = yield from _sample_name(sample_changer, sample)
     fields = mode_fields(mono, det, mode)
     read_list = [mono, det, *readables]
     _md = {

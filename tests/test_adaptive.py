@@ -1,0 +1,119 @@
+"""``adaptive_xanes_scan`` on a real RunEngine over the simulated beamline, steered only through
+the score PVs (Channel Access) of a real live analysis; with no analysis it stops with a reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from live_helpers import shared_cache, small_candidates
+
+from xas_bluesky.beamline.sim import PROBE_PV, sim_ioc_args
+from xas_bluesky.resources import heldout_samples
+from xas_bluesky.science.adaptive import coarse_energies
+from xas_bluesky.testing import next_ca_port, unique_prefix
+
+
+@pytest.fixture(scope="module")
+def setup(ca_env, tmp_path_factory):
+    """The sim beamline (clock x200) with a held-out O sample in the beam, and its devices."""
+    from xas_bluesky.beamline.devices import make_devices
+    from xas_bluesky.testing import IOCFactory
+
+    tmp = tmp_path_factory.mktemp("adaptive")
+    _, samples = heldout_samples("O")
+    sample = samples[2]["name"]
+    factory = IOCFactory(tmp / "ioc-logs")
+    try:
+        proc = factory(
+            sim_ioc_args(slots=[f"{sample}=heldout:O:{sample}"], sample=sample, clock=200.0,
+                         seed=3, offset=0.3),
+            probe=PROBE_PV,
+        )  # fmt: skip
+        devs = make_devices(proc.info["prefix"], name_prefix="")
+        cands = small_candidates(tmp / "cands.xyz", n=30, edge="O")
+        yield {"devs": devs, "sample": sample, "cands": cands}
+    finally:
+        factory.stop_all()
+
+
+def _collect(RE):
+    docs: list[tuple[str, dict]] = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    return docs
+
+
+def test_adaptive_scan_follows_the_score_pvs(setup):
+    from bluesky import RunEngine
+
+    from xas_bluesky.beamline.callbacks import subscribe_live_analysis
+    from xas_bluesky.beamline.epics.devices import MatchScores
+    from xas_bluesky.beamline.plans import adaptive_xanes_scan
+
+    devs = setup["devs"]
+    RE = RunEngine({}, context_managers=[])
+    docs = _collect(RE)
+    prefix = unique_prefix("AD")
+    analysis = subscribe_live_analysis(
+        RE, score_prefix=prefix, port=next_ca_port(), candidates=str(setup["cands"]),
+        cache=shared_cache(),
+    )  # fmt: skip
+    try:
+        scores = MatchScores(prefix, name="scores", wait_timeout=60)
+        scores.wait_for_connection(timeout=10)
+        (uid,) = RE(
+            adaptive_xanes_scan(devs.mono, devs.det, scores, edge="O", max_points=20,
+                                sample=setup["sample"], sample_changer=devs.sample_changer),
+        )  # fmt: skip
+    finally:
+        analysis.shutdown()
+    start = next(d for n, d in docs if n == "start")
+    stop = next(d for n, d in docs if n == "stop")
+    assert start["plan_name"] == "adaptive_xanes_scan" and start["xas_element"] == "O"
+    assert stop["exit_status"] == "success"
+    assert stop["reason"].startswith(("confident", "budget")), stop["reason"]
+    streams = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+    primary = [d for n, d in docs if n == "event" and streams[d["descriptor"]] == "primary"]
+    decisions = [d for n, d in docs if n == "event" and streams[d["descriptor"]] == "adaptive"]
+    energies = np.array([e["data"]["mono_energy"] for e in primary])
+    n_coarse = coarse_energies("O").size
+    assert n_coarse < len(primary) <= 20
+    np.testing.assert_allclose(energies[:n_coarse], coarse_energies("O"), atol=0.05)
+    # every point after the coarse pass is where the analysis pointed (or a gap-filling fallback
+    # inside the edge window when its recommendation was already measured)
+    assert len(decisions) == len(primary) - n_coarse + 1
+    for k, dec in enumerate(decisions[:-1]):
+        assert dec["data"]["scores_npoints"] == n_coarse + k  # it waited for that point's score
+        target = dec["data"]["scores_next_energy"]
+        measured_next = energies[n_coarse + k]
+        if abs(measured_next - target) > 0.05:
+            assert 529.0 <= measured_next <= 550.0 and np.min(
+                np.abs(energies[: n_coarse + k] - target)) < 0.06  # fmt: skip
+    assert analysis.results[uid].n_points == len(primary)
+
+
+def test_adaptive_scan_stops_when_no_analysis_answers(setup):
+    """Score PVs up, but nothing analysing: after the coarse pass the scan waits (timeout) and
+    stops with the reason in the stop document; the RunEngine is fine."""
+    from bluesky import RunEngine
+
+    from xas_bluesky.beamline.epics.devices import MatchScores
+    from xas_bluesky.beamline.epics.score_ioc import ScoreServer
+    from xas_bluesky.beamline.plans import adaptive_xanes_scan
+
+    devs = setup["devs"]
+    prefix = unique_prefix("DEAD")
+    server = ScoreServer(prefix, port=next_ca_port()).start()
+    RE = RunEngine({}, context_managers=[])
+    docs = _collect(RE)
+    try:
+        scores = MatchScores(prefix, name="scores")
+        scores.wait_for_connection(timeout=10)
+        RE(adaptive_xanes_scan(devs.mono, devs.det, scores, edge="O", score_timeout=2.0))
+    finally:
+        server.stop()
+    stop = next(d for n, d in docs if n == "stop")
+    assert stop["exit_status"] == "success"
+    assert stop["reason"].startswith("analysis-timeout"), stop["reason"]
+    n_events = sum(1 for n, _ in docs if n == "event")
+    assert n_events == coarse_energies("O").size  # no blind points after the coarse pass
+    assert RE.state == "idle"
