@@ -120,6 +120,11 @@ def test_profile_with_live_analysis(ioc_factory, tiled_server, tmp_path):
             break
         time.sleep(0.5)
     run_uid = epics.caget(score_prefix + "Match:RunUID-I", as_string=True, use_monitor=False)
+    assert npoints == 39 and run_uid == uid
+    # the profile's adaptive plan, steered by the same score PVs, under the ring suspender
+    (auid,) = RE(ns["adaptive"]("O", sample="ref_O", max_points=16))
+    n = epics.caget(score_prefix + "Match:NPoints-I", use_monitor=False, timeout=5)
+    arun = epics.caget(score_prefix + "Match:RunUID-I", as_string=True, use_monitor=False)
     live.shutdown()
     ns["close_tiled_writer"]()
-    assert npoints == 39 and run_uid == uid
+    assert arun == auid and 14 < n <= 16

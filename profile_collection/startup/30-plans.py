@@ -3,13 +3,16 @@
 RE(calibrate("O"))                                     # mono offset -> PV and RE.md
 RE(xanes("O", sample="qm9_011315"))                    # region grids, TEY
 RE(grid_xanes("N", sample="mine", step=0.1))           # the 0.1 eV grid
+RE(adaptive("O", sample="qm9_011315"))                 # steered by the score PVs
 """
 
 from bluesky.suspenders import SuspendFloor
 from ophyd import EpicsSignalRO
 
+from xas_bluesky.beamline.epics.devices import MatchScores
 from xas_bluesky.beamline.plans import (  # noqa: F401  (for the user's namespace)
     Region,
+    adaptive_xanes_scan,
     calibrate_energy,
     default_regions,
     grid_xanes_scan,
@@ -44,6 +47,29 @@ def grid_xanes(edge="O", sample=None, *, step=0.1, dwell=1.0, **kwargs):
             edge=edge,
             step=step,
             dwell=dwell,
+            sample=sample,
+            sample_changer=sample_changer,
+            readables=[ring_current],
+            **kwargs,
+        )
+    )
+
+
+# the live analysis' score PVs, read over Channel Access like any other device
+scores = MatchScores(SCORE_PREFIX, name="scores")
+
+
+def adaptive(edge="O", sample=None, *, threshold=0.99, max_points=49, **kwargs):
+    """:func:`adaptive_xanes_scan`: a coarse pass, then where the score PVs point, until the best
+    candidate reaches ``threshold`` or ``max_points`` are spent."""
+    return (
+        yield from adaptive_xanes_scan(
+            mono,
+            det,
+            scores,
+            edge=edge,
+            threshold=threshold,
+            max_points=max_points,
             sample=sample,
             sample_changer=sample_changer,
             readables=[ring_current],
