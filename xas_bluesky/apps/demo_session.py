@@ -8,6 +8,7 @@ reads it once per process), which is why those imports live inside the functions
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import sys
@@ -86,21 +87,32 @@ def choose_sample(config: DemoConfig) -> tuple[str, str]:
 
 
 class _SignalGuard:
-    """Turn SIGTERM into KeyboardInterrupt so every exit path stops what we started."""
+    """SIGTERM ends the demo like Ctrl-C, so every exit path stops what we started.
+
+    During a scan the RunEngine's own SIGINT handler pauses it (RE() then raises
+    RunEngineInterrupted and the demo aborts the run); SIGTERM is turned into that SIGINT.
+    Outside a scan both end in KeyboardInterrupt in the main thread.
+    """
+
+    run_engine = None  # set while a scan runs
 
     def __enter__(self):
         self._old = None
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._raise)
+            self._old = signal.signal(signal.SIGTERM, self._handle)
         return self
 
-    @staticmethod
-    def _raise(signum, frame):
+    @classmethod
+    def _handle(cls, signum, frame):
+        if cls.run_engine is not None:
+            os.kill(os.getpid(), signal.SIGINT)  # the RunEngine's handler: pause, then abort
+            return
         raise KeyboardInterrupt
 
     def __exit__(self, *exc):
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
+        _SignalGuard.run_engine = None
 
 
 def _start_probe(pvname: str, out: Path, env: dict, log_dir: Path) -> ManagedProcess:
@@ -310,7 +322,7 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
 
     edge = config.edge
     client = tiled.client()
-    RE = RunEngine({}, context_managers=[])  # our own signal handling: Ctrl-C aborts the demo
+    RE = RunEngine({})  # its SIGINT handler pauses a scan on Ctrl-C; we then abort it
     RE.md.update({"beamline_id": "xas-bluesky-sim", "demo": True})
     raw_writer = BufferingWrapper(TiledWriter(client))
     RE.subscribe(raw_writer)
@@ -355,11 +367,14 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
             max_points=config.max_points, **common,
         )  # fmt: skip
     _say(config, f"demo: {config.mode} scan of {sample_name} at the {edge} K edge")
+    _SignalGuard.run_engine = RE
     try:
         uids = RE(plan)
     except RunEngineInterrupted:
         RE.abort("interrupted")
         raise KeyboardInterrupt from None
+    finally:
+        _SignalGuard.run_engine = None
     run_uid = uids[0]
     if not analysis.wait_idle(120):
         raise DemoError("the analysis did not finish scoring within 120 s")
