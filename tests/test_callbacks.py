@@ -79,7 +79,10 @@ def test_identifies_sample_and_publishes(RE_fresh, server, make_analysis, cands)
     result = analysis.results[uid]
     assert_published(p, result, cands.names[TRUTH])
     assert cagets(p + "Match:BestSmiles-Name") == cands.smiles[result.best_index]
-    assert caget(p + "Match:BestProb-I") > 0.3
+    # what the analysis computed, and far above a uniform guess (the value itself depends on the
+    # model's calibrated temperature, which tempers even a perfect model's likelihood)
+    assert caget(p + "Match:BestProb-I") == pytest.approx(result.best_probability, rel=1e-6)
+    assert caget(p + "Match:BestProb-I") > 5.0 / len(cands)
     assert cagets(p + "Match:Status-Sts") == "Done"
     top = cagets(p + "Match:TopNames-Wfm").split("\n")
     assert top[0] == result.best_name and len(top) == 10
