@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 
 import numpy as np
 import pytest
+from live_helpers import wait_for
 
 from xas_bluesky.beamline.epics.score_ioc import PV_SUFFIXES, TOP_K, ScoreServer, ScoreUpdate
 from xas_bluesky.testing import next_ca_port, unique_prefix
@@ -37,18 +37,6 @@ def _update(n: int, uid: str = "run-1", **kw) -> ScoreUpdate:
     return ScoreUpdate(**base)
 
 
-def _wait(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return True
-        except Exception:
-            pass
-        time.sleep(0.02)
-    return False
-
-
 @pytest.fixture
 def score_server(ca_env):
     server = ScoreServer(unique_prefix("S"), port=next_ca_port()).start()
@@ -63,7 +51,7 @@ def test_pvs_served_and_read_only(score_server):
 
     p = score_server.prefix
     score_server.publish(_update(4))
-    assert _wait(lambda: epics.caget(p + "Match:NPoints-I", use_monitor=False) == 4)
+    assert wait_for(lambda: epics.caget(p + "Match:NPoints-I", use_monitor=False) == 4)
     assert epics.caget(p + "Match:Best-Name", as_string=True, use_monitor=False) == LONG_NAME
     assert epics.caget(p + "Match:BestSmiles-Name", as_string=True) == LONG_SMILES
     assert epics.caget(p + "Match:RunUID-I", as_string=True, use_monitor=False) == "run-1"
@@ -89,9 +77,9 @@ def test_heartbeat_and_status(score_server):
 
     p = score_server.prefix
     h0 = epics.caget(p + "Match:Heartbeat-I", use_monitor=False)
-    assert _wait(lambda: epics.caget(p + "Match:Heartbeat-I", use_monitor=False) > h0, 3.0)
+    assert wait_for(lambda: epics.caget(p + "Match:Heartbeat-I", use_monitor=False) > h0, 3.0)
     score_server.set_status("Error", "candidate 'x': bad geometry")
-    assert _wait(
+    assert wait_for(
         lambda: epics.caget(p + "Match:Status-Sts", as_string=True, use_monitor=False) == "Error"
     )
     msg = epics.caget(p + "Match:Message-Name", as_string=True, use_monitor=False)
@@ -107,14 +95,14 @@ def test_restart_serves_last_and_new_updates(score_server):
     pv = epics.PV(p + "Match:NPoints-I", auto_monitor=True)
     pv.add_callback(lambda value=None, **kw: arrivals.append(value))
     score_server.publish(_update(5))
-    assert _wait(lambda: 5 in arrivals)
+    assert wait_for(lambda: 5 in arrivals)
     score_server.stop()
     assert epics.caget(p + "Match:NPoints-I", timeout=0.5, use_monitor=False) is None
     score_server.publish(_update(6))  # published while down: kept for the restart
     score_server.start()
-    assert _wait(lambda: epics.caget(p + "Match:NPoints-I", use_monitor=False) == 6, 25)
+    assert wait_for(lambda: epics.caget(p + "Match:NPoints-I", use_monitor=False) == 6, 25)
     score_server.publish(_update(7))
-    assert _wait(lambda: 7 in arrivals, 25)  # the old monitor reconnected and sees new updates
+    assert wait_for(lambda: 7 in arrivals, 25)  # the old monitor reconnected and sees new updates
 
 
 def test_match_scores_device(score_server):
