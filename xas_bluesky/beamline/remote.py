@@ -145,13 +145,7 @@ def run_zmq_worker(
 
     dispatcher = ReadyRemoteDispatcher(address, prefix=zmq_prefix, on_ready=ready)
     dispatcher.subscribe(analysis)
-    try:
-        dispatcher.start()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        analysis.shutdown(30)
-        server.stop()
+    _serve(dispatcher, analysis, server)
 
 
 def run_kafka_worker(
@@ -191,6 +185,11 @@ def run_kafka_worker(
     # Kafka keeps what was published before the consumer joined (within retention): with a
     # committed group offset nothing is lost to a slow join; say so once the consumer is built
     server.set_status("Idle", f"{READY}: consuming {','.join(topics)} from {bootstrap_servers}")
+    _serve(dispatcher, analysis, server)
+
+
+def _serve(dispatcher, analysis, server) -> None:
+    """Run ``dispatcher`` until Ctrl-C, then drain the analysis and stop the score IOC."""
     try:
         dispatcher.start()
     except KeyboardInterrupt:
