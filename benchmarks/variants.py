@@ -39,9 +39,10 @@ from xas_bluesky.science.model.training import (  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "site": {},
-    "molecule": {"readout": "molecule"},
+    "site_no_env": {"env": False},
+    "molecule": {"readout": "molecule", "env": False},
     "site_dim64": {"dim": 64},
-    "molecule_dim64": {"readout": "molecule", "dim": 64},
+    "molecule_dim64": {"readout": "molecule", "dim": 64, "env": False},
     "site_mse_only": {"deriv_weight": 0.0},
     "site_deriv3": {"deriv_weight": 3.0},
     "site_no_jitter": {"jitter": 0.0},
@@ -92,36 +93,51 @@ def load_saved(path: str, edge: str) -> list[Example]:
 
 
 def _run(job: tuple) -> dict:
-    edge, name, source, epochs, device, out, save_predictions = job
+    edge, name, seed, source, epochs, device = job
     torch.set_num_threads(1)
     examples = load_saved(source, edge) if source else load_examples(edge)
     parts = {s: [e for e in examples if e.split == s] for s in ("train", "val", "test")}
-    cfg = TrainConfig(**{"epochs": epochs, **VARIANTS[name]})
+    cfg = TrainConfig(**{"epochs": epochs, "seed": seed, **VARIANTS[name]})
     t0 = time.perf_counter()
     model, hist = train_member(parts["train"], parts["val"], cfg, len(energy_grid(edge)), device)
-    result = {"edge": edge, "variant": name, "config": cfg.__dict__, **hist}
+    result = {"edge": edge, "variant": name, "seed": seed, "config": cfg.__dict__, **hist}
     result["seconds"] = time.perf_counter() - t0
-    preds = {s: predict_examples([model], parts[s]) for s in ("val", "test")}
-    truth = {s: np.stack([e.spectrum for e in parts[s]]) for s in ("val", "test")}
-    if out and save_predictions:
-        np.savez_compressed(
-            Path(out) / f"{edge}_{name}.npz",
-            **{f"{s}_pred": preds[s] for s in preds},
-            **{f"{s}_true": truth[s] for s in truth},
-        )
+    result["pred"] = {s: predict_examples([model], parts[s]) for s in ("val", "test")}
+    result["true"] = {s: np.stack([e.spectrum for e in parts[s]]) for s in ("val", "test")}
+    _score(result)
+    return result
+
+
+def _score(result: dict) -> None:
     try:
         from xas_bluesky.science.model.metrics import evaluate
-
-        for s in ("val", "test"):
-            result[s] = evaluate(energy_grid(edge), truth[s], preds[s])
     except ImportError:  # no scipy on this machine: score the saved predictions elsewhere
-        pass
-    return result
+        return
+    for s in ("val", "test"):
+        result[s] = evaluate(energy_grid(result["edge"]), result["true"][s], result["pred"][s])
+
+
+def _ensembles(results: list[dict]) -> list[dict]:
+    """Each variant trained with several seeds, scored as the ensemble of its members."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["edge"], r["variant"]), []).append(r)
+    out = []
+    for (edge, name), rs in groups.items():
+        if len(rs) < 2:
+            continue
+        e = {"edge": edge, "variant": f"{name} x{len(rs)}", "best_epoch": -1, "true": rs[0]["true"]}
+        e["seconds"] = sum(r["seconds"] for r in rs)
+        e["pred"] = {s: np.mean([r["pred"][s] for r in rs], axis=0) for s in ("val", "test")}
+        _score(e)
+        out.append(e)
+    return out
 
 
 def _line(r: dict) -> str:
     parts = [
-        f"{r['edge']} {r['variant']:<18} best epoch {r['best_epoch']:4d} {r['seconds']:6.0f} s"
+        f"{r['edge']} {r['variant']:<18} seed {r.get('seed', '-')!s:>3} "
+        f"best epoch {r['best_epoch']:4d} {r['seconds']:6.0f} s"
     ]
     for s in ("val", "test"):
         if s in r:
@@ -137,6 +153,13 @@ def main() -> None:
     ap.add_argument("--edge", nargs="+", default=["O", "N"], choices=["O", "N"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--epochs", type=int, default=TrainConfig().epochs)
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="train each variant with these seeds; with several, also score their ensemble",
+    )
     ap.add_argument("--jobs", type=int, default=1, help="variants trained at once (processes)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--examples", help="examples saved by --save-examples (no RDKit needed)")
@@ -153,7 +176,8 @@ def main() -> None:
     if args.out:
         os.makedirs(args.out, exist_ok=True)
     jobs = [
-        (edge, name, args.examples, args.epochs, args.device, args.out, args.save_predictions)
+        (edge, name, seed, args.examples, args.epochs, args.device)
+        for seed in args.seeds
         for name in args.variants
         for edge in args.edge
     ]
@@ -163,9 +187,26 @@ def main() -> None:
             r = fut.result()
             results.append(r)
             print(_line(r), flush=True)
-            if args.out:
-                Path(args.out, "results.json").write_text(
-                    json.dumps(results, indent=1, default=str)
+    ensembles = _ensembles(results)
+    for r in ensembles:
+        print(_line(r), flush=True)
+    if args.out:
+        keep = [{k: v for k, v in r.items() if k not in ("pred", "true")} for r in results]
+        Path(args.out, "results.json").write_text(
+            json.dumps(
+                keep
+                + [{k: v for k, v in r.items() if k not in ("pred", "true")} for r in ensembles],
+                indent=1,
+                default=str,
+            )
+        )
+        if args.save_predictions:
+            for r in results + ensembles:
+                np.savez_compressed(
+                    Path(args.out)
+                    / f"{r['edge']}_{r['variant'].replace(' ', '_')}_s{r.get('seed', 'ens')}.npz",
+                    **{f"{s}_pred": r["pred"][s] for s in r["pred"]},
+                    **{f"{s}_true": r["true"][s] for s in r["true"]},
                 )
 
 

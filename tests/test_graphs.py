@@ -27,7 +27,11 @@ def _canonical(g) -> tuple:
             *g.edge_index.tolist(), g.edge_type.tolist(), g.edge_len.tolist(), strict=True
         )
     )
-    return nodes, edges
+    sites = [atom[k] for k, row in enumerate(g.x.tolist()) if row[4]]
+    env = sorted(
+        (a, tuple(np.round(row, 4))) for a, row in zip(sites, g.site_env.tolist(), strict=True)
+    )
+    return nodes, edges, env
 
 
 def test_acetamide_graph_features():
@@ -40,6 +44,22 @@ def test_acetamide_graph_features():
     assert {g.edge_index[0, double].item(), g.edge_index[1, double].item()} == {1, 2}
     assert 1.18 < g.edge_len[double].item() < 1.30
     assert molecule_graph(s, "N").x[:, 4].tolist() == [0, 0, 0, 1]
+
+
+def test_site_environment_sees_the_neighbours_in_space():
+    from xas_bluesky.science.graphs import ENV_CENTRES, ENV_ELEMENTS
+
+    s = structure_from_smiles("CO", "methanol")
+    g = molecule_graph(s, "O")
+    env = g.site_env.numpy().reshape(1, len(ENV_ELEMENTS), len(ENV_CENTRES))[0]
+    r_co = float(g.edge_len[0])
+    # the O sees its C at the C-O bond length and no N, O or F; its own H at ~0.96 A, and the
+    # three CH3 hydrogens ~2 A away (beyond every bond the graph has) as three times as much
+    assert abs(ENV_CENTRES[np.argmax(env[1])] - r_co) <= 0.1
+    assert env[2:].max() == 0.0
+    own_h = env[0][np.argmin(np.abs(ENV_CENTRES - 1.0))]
+    methyl_h = env[0][np.abs(ENV_CENTRES - 2.0) < 0.25].max()
+    assert own_h > 0.5 and 2.0 < methyl_h / own_h < 4.0
 
 
 def test_aromatic_graph():
@@ -61,7 +81,7 @@ def test_invariant_to_rotation_translation_and_atom_order():
     assert inv.shape == perm.shape
     # and so the same prediction
     torch.manual_seed(0)
-    model = XasMPNN(50, dim=16).eval()
+    model = XasMPNN(50, dim=16, env=True).eval()
     with torch.inference_mode():
         y0 = model(collate([g0]))[0]
         y1 = model(collate([g1]))[0]

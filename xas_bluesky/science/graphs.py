@@ -4,9 +4,11 @@ Nodes are the heavy atoms (C, N, O, F); hydrogens enter as each atom's hydrogen 
 molecular graphs of Carbone et al. (2020).  Every node carries five integer codes -- element,
 hybridisation, aromaticity, number of hydrogens, absorber flag (an atom of the edge's element) --
 that the network embeds; every bond is two directed edges with its type (single, double, triple,
-aromatic) and its length in Angstrom, which the network expands in a radial basis.  Nothing here
-depends on atom positions other than through bond lengths, so a graph is invariant to rotation and
-translation of the molecule, and renumbering the atoms only renumbers the nodes.
+aromatic) and its length in Angstrom, which the network expands in a radial basis.  Every
+absorbing atom also carries its 3D surroundings, an element-resolved radial distribution of all
+atoms within 6 A (:func:`site_environment`).  Nothing here depends on atom positions other than
+through distances, so a graph is invariant to rotation and translation of the molecule, and
+renumbering the atoms only renumbers the nodes.
 
 The features come from the bonds with their (Kekule) orders alone, by the rules below, in plain
 Python -- the same code for training and prediction, for XYZ input (bonds perceived from the
@@ -41,6 +43,8 @@ __all__ = [
     "N_HYBRID",
     "MAX_H",
     "BOND_TYPES",
+    "ENV_DIM",
+    "site_environment",
     "GraphArrays",
     "graph_from_bonds",
     "molecule_graph",
@@ -61,7 +65,16 @@ MAX_H = 4
 #: bond type codes
 BOND_TYPES = ("single", "double", "triple", "aromatic")
 
+#: absorber environment: element-resolved radial distribution of all atoms (hydrogens included)
+#: within ``ENV_CUTOFF`` of each absorbing atom, in Gaussians ``ENV_WIDTH`` wide
+ENV_ELEMENTS = ("H", "C", "N", "O", "F")
+ENV_CENTRES = np.linspace(0.8, 6.0, 27)
+ENV_WIDTH = 0.2
+ENV_CUTOFF = 6.0
+ENV_DIM = len(ENV_ELEMENTS) * len(ENV_CENTRES)
+
 _ELEMENT_CODE = {e: k for k, e in enumerate(ELEMENTS)}
+_ENV_CODE = {e: k for k, e in enumerate(ENV_ELEMENTS)}
 _VALENCE_ELECTRONS = {"C": 4, "N": 5, "O": 6, "F": 7}
 _STERIC_HYBRID = {2: 1, 3: 2, 4: 3}
 
@@ -71,7 +84,8 @@ class GraphArrays(NamedTuple):
 
     ``x`` (n_heavy, 5) integer codes: element, hybridisation, aromatic, H count, absorber;
     ``edge_index`` (2, 2 n_bonds); ``edge_type`` (2 n_bonds,); ``edge_len`` (2 n_bonds,) in
-    Angstrom; ``atom_index`` (n_heavy,): each node's atom index in the structure.
+    Angstrom; ``atom_index`` (n_heavy,): each node's atom index in the structure; ``site_env``
+    (n_absorbers, ENV_DIM): :func:`site_environment` of the absorbing atoms, in node order.
     """
 
     x: np.ndarray
@@ -79,6 +93,7 @@ class GraphArrays(NamedTuple):
     edge_type: np.ndarray
     edge_len: np.ndarray
     atom_index: np.ndarray
+    site_env: np.ndarray
 
     @property
     def num_nodes(self) -> int:
@@ -162,7 +177,31 @@ def graph_from_bonds(
     diff = pos[ei[0]] - pos[ei[1]]
     lengths = np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32)
     x = np.array(rows, dtype=np.int64).reshape(n, 5)
-    return GraphArrays(x, ei, np.array(btype, dtype=np.int64), lengths, heavy_idx)
+    env = site_environment(symbols, xyz, heavy_idx[x[:, 4] == 1])
+    return GraphArrays(x, ei, np.array(btype, dtype=np.int64), lengths, heavy_idx, env)
+
+
+def site_environment(symbols: list[str], xyz: np.ndarray, sites) -> np.ndarray:
+    """The 3D surroundings of absorbing atoms, shape (n_sites, ENV_DIM), float32.
+
+    For each site and each element (H, C, N, O, F), the sum over that element's atoms within
+    6 A of ``exp(-((r - r_k) / 0.2)^2)`` at 27 radii ``r_k`` from 0.8 to 6 A, smoothly cut off:
+    the element-resolved radial distribution that XANES descriptors such as XANESNET's use
+    (Rankine, Madkhali, Penfold, J. Phys. Chem. A 124, 4263 (2020)).  The bond graph alone does
+    not see hydrogens' positions or atoms that are close in space but far along the bonds, both
+    of which FEFF's multiple-scattering cluster does.  Distances only: invariant to rotation,
+    translation and atom order.
+    """
+    pos = np.asarray(xyz, dtype=np.float64)
+    sites = np.asarray(sites, dtype=np.int64)
+    if not len(sites):
+        return np.zeros((0, ENV_DIM), dtype=np.float32)
+    onehot = np.zeros((len(symbols), len(ENV_ELEMENTS)))
+    onehot[np.arange(len(symbols)), [_ENV_CODE[s] for s in symbols]] = 1.0
+    d = np.linalg.norm(pos[sites][:, None, :] - pos[None, :, :], axis=-1)
+    cut = np.where((d > 0.1) & (d < ENV_CUTOFF), 0.5 * (np.cos(np.pi * d / ENV_CUTOFF) + 1), 0.0)
+    g = np.exp(-(((d[..., None] - ENV_CENTRES) / ENV_WIDTH) ** 2)) * cut[..., None]
+    return np.einsum("snk,ne->sek", g, onehot).reshape(len(sites), ENV_DIM).astype(np.float32)
 
 
 def _tolist(a) -> list:
@@ -285,6 +324,7 @@ def graph_from_arrays(
     edge_type: np.ndarray,
     edge_len: np.ndarray,
     atom_index: np.ndarray,
+    site_env: np.ndarray,
 ) -> Data:
     """A ``Data`` from a graph's arrays (see :class:`GraphArrays`)."""
     return Data(
@@ -293,6 +333,7 @@ def graph_from_arrays(
         edge_type=torch.as_tensor(edge_type, dtype=torch.long),
         edge_len=torch.as_tensor(edge_len, dtype=torch.float32),
         atom_index=torch.as_tensor(atom_index, dtype=torch.long),
+        site_env=torch.as_tensor(site_env, dtype=torch.float32).reshape(-1, ENV_DIM),
         num_nodes=len(x),
     )
 
@@ -316,6 +357,7 @@ def collate(graphs: list) -> Data:
         edge_type=torch.cat([g.edge_type for g in graphs]),
         edge_len=torch.cat([g.edge_len for g in graphs]),
         atom_index=torch.cat([g.atom_index for g in graphs]),
+        site_env=torch.cat([g.site_env for g in graphs]),
         batch=torch.repeat_interleave(torch.arange(len(graphs)), sizes),
         num_nodes=int(sizes.sum()),
     )
@@ -336,6 +378,7 @@ def _collate_arrays(graphs: list[GraphArrays]) -> Data:
         edge_type=torch.from_numpy(np.concatenate([g.edge_type for g in graphs])),
         edge_len=torch.from_numpy(np.concatenate([g.edge_len for g in graphs]).astype(np.float32)),
         atom_index=torch.from_numpy(np.concatenate([g.atom_index for g in graphs])),
+        site_env=torch.from_numpy(np.concatenate([g.site_env for g in graphs])),
         batch=torch.from_numpy(np.repeat(np.arange(len(graphs)), sizes)),
         num_nodes=int(sizes.sum()),
     )

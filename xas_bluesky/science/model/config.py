@@ -15,6 +15,7 @@ class TrainConfig:
     dim: int = 32
     steps: int = 3
     edge_hidden: int = 32
+    env: bool = True
     epochs: int = 200
     batch_size: int = 32
     lr: float = 2e-3

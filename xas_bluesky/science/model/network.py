@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch_geometric.nn.aggr import Set2Set
 
-from xas_bluesky.science.graphs import BOND_TYPES, ELEMENTS, MAX_H, N_HYBRID
+from xas_bluesky.science.graphs import BOND_TYPES, ELEMENTS, ENV_DIM, MAX_H, N_HYBRID
 
 __all__ = ["XasMPNN", "EdgeConv", "rbf", "molecular_from_sites"]
 
@@ -99,6 +99,9 @@ class XasMPNN(nn.Module):
     edge_hidden : int
         Hidden width of the edge network (its output, a dim x dim matrix per bond, dominates the
         cost of a forward pass).
+    env : bool
+        Site readout only: also feed the head each absorber's 3D surroundings
+        (:func:`xas_bluesky.science.graphs.site_environment`, through one dense layer).
     """
 
     def __init__(
@@ -108,12 +111,15 @@ class XasMPNN(nn.Module):
         steps: int = 3,
         readout: str = "site",
         edge_hidden: int = 128,
+        env: bool = False,
     ):
         super().__init__()
         if readout not in ("site", "molecule"):
             raise ValueError(f"readout must be 'site' or 'molecule', not {readout!r}")
+        if env and readout != "site":
+            raise ValueError("the absorber environment (env=True) needs the site readout")
         self.n_out, self.dim, self.steps, self.readout = n_out, dim, steps, readout
-        self.edge_hidden = edge_hidden
+        self.edge_hidden, self.env = edge_hidden, env
         self.sizes = (len(ELEMENTS), N_HYBRID, 2, MAX_H + 1, 2)
         self.embed = nn.ModuleList(nn.Embedding(s, dim) for s in self.sizes)
         n_edge = len(BOND_TYPES) + len(RBF_CENTRES)
@@ -124,6 +130,9 @@ class XasMPNN(nn.Module):
         self.gru = nn.GRU(dim, dim)
         self.set2set = Set2Set(dim, processing_steps=3)
         n_in = 3 * dim if readout == "site" else 2 * dim
+        if env:
+            self.env_net = nn.Sequential(nn.Linear(ENV_DIM, dim), nn.ReLU())
+            n_in += dim
         self.head = nn.Sequential(
             nn.Linear(n_in, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, n_out)
         )
@@ -135,6 +144,7 @@ class XasMPNN(nn.Module):
             "steps": self.steps,
             "readout": self.readout,
             "edge_hidden": self.edge_hidden,
+            "env": self.env,
         }
 
     def edge_features(self, edge_type: torch.Tensor, edge_len: torch.Tensor) -> torch.Tensor:
@@ -177,5 +187,8 @@ class XasMPNN(nn.Module):
             return nn.functional.softplus(self.head(summary)), None, None
         sites = torch.nonzero(g.x[:, 4] == 1).squeeze(1)
         site_graph = g.batch[sites]
-        site = nn.functional.softplus(self.head(torch.cat([h[sites], summary[site_graph]], dim=1)))
+        parts = [h[sites], summary[site_graph]]
+        if self.env:
+            parts.append(self.env_net(g.site_env))
+        site = nn.functional.softplus(self.head(torch.cat(parts, dim=1)))
         return molecular_from_sites(site, site_graph, n_graphs), site, site_graph

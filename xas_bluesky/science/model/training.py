@@ -104,7 +104,12 @@ def train_member(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = XasMPNN(
-        n_out, dim=cfg.dim, steps=cfg.steps, readout=cfg.readout, edge_hidden=cfg.edge_hidden
+        n_out,
+        dim=cfg.dim,
+        steps=cfg.steps,
+        readout=cfg.readout,
+        edge_hidden=cfg.edge_hidden,
+        env=cfg.env,
     ).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(
