@@ -134,41 +134,46 @@ def feff_seconds(edge: str, n_sites: int = 2) -> None:
     )
 
 
-def command_throughput(edge: str, small: int = 1, large: int = 6, repeats: int = 2) -> None:
-    """Marginal spectra/s of ``xas-bluesky predict`` between two input sizes."""
+def command_throughput(edge: str, small: int = 4, large: int = 24, repeats: int = 2) -> None:
+    """Marginal spectra/s of ``xas-bluesky predict`` between two input sizes (2,400 and 14,400
+    structures), as shipped (the network in a worker process) and with the worker switched off
+    (everything in one process: the baseline)."""
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {}
+        paths, per_copy = {}, _distinct_frames(edge, 1).count("_r0\n")
         for copies in (small, large):
             path = Path(tmp) / f"mols_{copies}.xyz"
             path.write_text(_distinct_frames(edge, copies))
-            n = sum(
-                1
-                for ln in path.read_text().splitlines()
-                if ln.endswith(tuple(f"_r{c}" for c in range(copies)))
-            )
-            best, best_cpu = np.inf, np.inf
-            for _ in range(repeats):
-                c0 = _children_cpu()
-                t0 = time.perf_counter()
-                subprocess.run(
-                    [sys.executable, "-m", "xas_bluesky.apps.cli", "predict", "--edge", edge,
-                     "--structures", str(path), "--out", str(Path(tmp) / "out.csv")],
-                    check=True, capture_output=True, cwd=ROOT,
-                )  # fmt: skip
-                best = min(best, time.perf_counter() - t0)
-                best_cpu = min(best_cpu, _children_cpu() - c0)
-            runs[copies] = (n, best, best_cpu)
+            paths[copies] = path
+        for mode, threshold in (("worker process", None), ("one process", str(2**62))):
+            env = dict(os.environ)
+            if threshold:
+                env["XAS_BLUESKY_PREDICT_WORKER_MIN_BYTES"] = threshold
+            runs = {}
+            for copies, path in paths.items():
+                n = copies * per_copy
+                best, best_cpu = np.inf, np.inf
+                for _ in range(repeats):
+                    c0 = _children_cpu()
+                    t0 = time.perf_counter()
+                    subprocess.run(
+                        [sys.executable, "-m", "xas_bluesky.apps.cli", "predict", "--edge", edge,
+                         "--structures", str(path), "--out", str(Path(tmp) / "out.csv")],
+                        check=True, capture_output=True, cwd=ROOT, env=env,
+                    )  # fmt: skip
+                    best = min(best, time.perf_counter() - t0)
+                    best_cpu = min(best_cpu, _children_cpu() - c0)
+                runs[copies] = (n, best, best_cpu)
+                print(
+                    f"predict command ({mode}): {n} structures in {best:.2f} s, "
+                    f"{best_cpu:.2f} CPU-s (best of {repeats})"
+                )
+            (n1, t1, c1), (n2, t2, c2) = runs[small], runs[large]
             print(
-                f"predict command: {n} structures in {best:.2f} s, {best_cpu:.2f} CPU-s "
-                f"(best of {repeats})"
+                f"predict command ({mode}): marginal throughput {(n2 - n1) / (t2 - t1):.0f} "
+                f"spectra/s (full ensemble, distinct structures, {os.cpu_count()} CPU cores), "
+                f"fixed start-up {t1 - n1 * (t2 - t1) / (n2 - n1):.2f} s; "
+                f"{1e6 * (c2 - c1) / (n2 - n1):.0f} CPU-us per extra spectrum"
             )
-        (n1, t1, c1), (n2, t2, c2) = runs[small], runs[large]
-        print(
-            f"predict command: marginal throughput {(n2 - n1) / (t2 - t1):.0f} spectra/s "
-            f"(full ensemble, distinct structures, {os.cpu_count()} CPU cores), "
-            f"fixed start-up {t1 - n1 * (t2 - t1) / (n2 - n1):.2f} s; "
-            f"{1e6 * (c2 - c1) / (n2 - n1):.0f} CPU-us per extra spectrum"
-        )
 
 
 def _children_cpu() -> float:

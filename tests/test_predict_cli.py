@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 
@@ -50,6 +51,35 @@ def test_predict_command(tmp_path):
     np.testing.assert_allclose(table[:, 1:].T, p.predict(structs).values, rtol=1e-4, atol=1e-4)
     std_header, spread = _read_csv(std)
     assert std_header == header and spread.shape == table.shape and (spread[:, 1:] >= 0).all()
+
+
+def test_predict_command_with_its_network_worker(tmp_path):
+    """A large input runs the network in a worker process (forced here by a zero threshold):
+    same spectra and spread, in the input's order, as the Python API; a bad structure in a later
+    chunk is still one line and exit 1."""
+    xyz = tmp_path / "mols.xyz"
+    xyz.write_text(_frames("O", 600))  # two chunks of the pipeline
+    out, std = tmp_path / "mu.csv", tmp_path / "std.csv"
+    env = {**os.environ, "XAS_BLUESKY_PREDICT_WORKER_MIN_BYTES": "0"}
+    cmd = [sys.executable, "-m", "xas_bluesky.apps.cli", "predict", "--edge", "O",
+           "--structures", str(xyz), "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(
+        [*cmd, "--std", str(std)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    header, table = _read_csv(out)
+    structs = read_structures(xyz, edge="O")
+    assert header == ["energy_eV", *[s.name for s in structs]] and len(structs) == 600
+    mu, spread = Predictor.load("O", device="cpu").predict(structs, return_std=True)
+    np.testing.assert_allclose(table[:, 1:].T, mu.values, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_read_csv(std)[1][:, 1:].T, spread.values, rtol=1e-3, atol=1e-4)
+
+    xyz.write_text(_frames("O", 600) + "3\nchlorine_thing\nO 0 0 0\nCl 1.6 0 0\nH -0.9 0.3 0\n")
+    out.unlink()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1 and not out.exists()
+    err = [ln for ln in proc.stderr.splitlines() if "outside the training domain" not in ln]
+    assert len(err) == 1 and "chlorine_thing" in err[0] and "Traceback" not in proc.stderr
 
 
 def test_invalid_structure_fails_with_one_line(tmp_path, capsys):

@@ -45,6 +45,7 @@ __all__ = [
     "BOND_TYPES",
     "ENV_DIM",
     "site_environment",
+    "site_environments",
     "GraphArrays",
     "graph_from_bonds",
     "molecule_graph",
@@ -52,6 +53,8 @@ __all__ = [
     "graph_arrays",
     "graph_from_arrays",
     "collate",
+    "batch_to_arrays",
+    "batch_from_arrays",
     "save_graphs",
     "load_graphs",
 ]
@@ -110,6 +113,7 @@ def graph_from_bonds(
     orders,
     edge: str,
     charges: list[int] | None = None,
+    env: bool = True,
 ) -> GraphArrays:
     """The graph of a molecule given its bonds.
 
@@ -123,6 +127,8 @@ def graph_from_bonds(
         ``"O"`` or ``"N"``: its atoms get the absorber flag.
     charges
         Formal charges of the atoms (default all 0).
+    env
+        Compute ``site_env`` (else left empty, for :func:`graph_arrays` to fill in bulk).
     """
     heavy = [i for i, s in enumerate(symbols) if s != "H"]
     node_of = {a: k for k, a in enumerate(heavy)}
@@ -177,8 +183,9 @@ def graph_from_bonds(
     diff = pos[ei[0]] - pos[ei[1]]
     lengths = np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32)
     x = np.array(rows, dtype=np.int64).reshape(n, 5)
-    env = site_environment(symbols, xyz, heavy_idx[x[:, 4] == 1])
-    return GraphArrays(x, ei, np.array(btype, dtype=np.int64), lengths, heavy_idx, env)
+    sites = heavy_idx[x[:, 4] == 1]
+    site_env = site_environment(symbols, xyz, sites) if env else np.zeros((len(sites), ENV_DIM))
+    return GraphArrays(x, ei, np.array(btype, dtype=np.int64), lengths, heavy_idx, site_env)
 
 
 def site_environment(symbols: list[str], xyz: np.ndarray, sites) -> np.ndarray:
@@ -192,16 +199,32 @@ def site_environment(symbols: list[str], xyz: np.ndarray, sites) -> np.ndarray:
     of which FEFF's multiple-scattering cluster does.  Distances only: invariant to rotation,
     translation and atom order.
     """
-    pos = np.asarray(xyz, dtype=np.float64)
-    sites = np.asarray(sites, dtype=np.int64)
-    if not len(sites):
-        return np.zeros((0, ENV_DIM), dtype=np.float32)
-    onehot = np.zeros((len(symbols), len(ENV_ELEMENTS)))
-    onehot[np.arange(len(symbols)), [_ENV_CODE[s] for s in symbols]] = 1.0
-    d = np.linalg.norm(pos[sites][:, None, :] - pos[None, :, :], axis=-1)
+    return site_environments([(symbols, xyz, sites)])[0]
+
+
+def site_environments(molecules) -> list[np.ndarray]:
+    """:func:`site_environment` of many ``(symbols, xyz, sites)`` at once (padded arrays: the
+    per-call cost of NumPy, not the arithmetic, dominates for QM9-size molecules)."""
+    n_atoms = [len(sym) for sym, _, _ in molecules]
+    n_sites = [len(sites) for _, _, sites in molecules]
+    total = sum(n_sites)
+    if not total:
+        return [np.zeros((0, ENV_DIM), dtype=np.float32) for _ in molecules]
+    width = max(n_atoms)
+    pos = np.full((len(molecules), width, 3), 1e6)  # padding: far beyond the cut-off
+    code = np.zeros((len(molecules), width), dtype=np.int64)
+    for m, (sym, xyz, _) in enumerate(molecules):
+        pos[m, : len(sym)] = xyz
+        code[m, : len(sym)] = [_ENV_CODE[e] for e in sym]
+    mol = np.repeat(np.arange(len(molecules)), n_sites)
+    site = np.concatenate([np.asarray(s, dtype=np.int64) for _, _, s in molecules if len(s)])
+    diff = pos[mol] - pos[mol, site][:, None, :]  # (total, width, 3)
+    d = np.sqrt(np.einsum("saj,saj->sa", diff, diff))
     cut = np.where((d > 0.1) & (d < ENV_CUTOFF), 0.5 * (np.cos(np.pi * d / ENV_CUTOFF) + 1), 0.0)
     g = np.exp(-(((d[..., None] - ENV_CENTRES) / ENV_WIDTH) ** 2)) * cut[..., None]
-    return np.einsum("snk,ne->sek", g, onehot).reshape(len(sites), ENV_DIM).astype(np.float32)
+    onehot = (code[mol][:, None, :] == np.arange(len(ENV_ELEMENTS))[None, :, None]).astype(float)
+    env = np.matmul(onehot, g).reshape(total, ENV_DIM).astype(np.float32)
+    return np.split(env, np.cumsum(n_sites)[:-1])
 
 
 def _tolist(a) -> list:
@@ -292,10 +315,10 @@ def molecule_graph(structure, edge: str) -> Data:
     return _graph(structure, edge).to_data()
 
 
-def _graph(structure, edge: str) -> GraphArrays:
+def _graph(structure, edge: str, env: bool = True) -> GraphArrays:
     bonds = getattr(structure, "bonds", None)
     if bonds is not None:
-        return graph_from_bonds(structure.symbols, structure.xyz, bonds[0], bonds[1], edge)
+        return graph_from_bonds(structure.symbols, structure.xyz, bonds[0], bonds[1], edge, env=env)
     from rdkit import Chem
 
     mol = Chem.Mol(structure.mol)
@@ -305,7 +328,7 @@ def _graph(structure, edge: str) -> GraphArrays:
         pairs.append((b.GetBeginAtomIdx(), b.GetEndAtomIdx()))
         orders.append(int(round(b.GetBondTypeAsDouble())))
     charges = [a.GetFormalCharge() for a in mol.GetAtoms()]
-    return graph_from_bonds(structure.symbols, structure.xyz, pairs, orders, edge, charges)
+    return graph_from_bonds(structure.symbols, structure.xyz, pairs, orders, edge, charges, env)
 
 
 def molecule_graphs(structures, edge: str) -> list[Data]:
@@ -315,7 +338,14 @@ def molecule_graphs(structures, edge: str) -> list[Data]:
 
 def graph_arrays(structures, edge: str) -> list[GraphArrays]:
     """The graphs of ``structures`` as :class:`GraphArrays` (cheaper than ``Data`` to batch)."""
-    return [_graph(s, edge) for s in structures]
+    graphs = [_graph(s, edge, env=False) for s in structures]
+    envs = site_environments(
+        [
+            (s.symbols, s.xyz, g.atom_index[g.x[:, 4] == 1])
+            for s, g in zip(structures, graphs, strict=True)
+        ]
+    )
+    return [g._replace(site_env=e) for g, e in zip(graphs, envs, strict=True)]
 
 
 def graph_from_arrays(
@@ -383,6 +413,27 @@ def _collate_arrays(graphs: list[GraphArrays]) -> Data:
         num_nodes=int(sizes.sum()),
     )
     out.num_graphs = len(graphs)
+    return out
+
+
+_BATCH_KEYS = (*GraphArrays._fields, "batch")
+
+
+def batch_to_arrays(batch: Data) -> dict[str, np.ndarray]:
+    """A collated batch as a dict of NumPy arrays: a few large arrays that pickle fast, to hand a
+    batch to another process."""
+    out = {k: batch[k].numpy() for k in _BATCH_KEYS}
+    out["num_graphs"] = np.int64(batch.num_graphs)
+    return out
+
+
+def batch_from_arrays(arrays: dict[str, np.ndarray]) -> Data:
+    """The inverse of :func:`batch_to_arrays`."""
+    out = Data(
+        **{k: torch.from_numpy(arrays[k]) for k in _BATCH_KEYS},
+        num_nodes=len(arrays["x"]),
+    )
+    out.num_graphs = int(arrays["num_graphs"])
     return out
 
 

@@ -51,6 +51,7 @@ class Predictor:
         self.edge: str = metadata["edge"]
         self.energy = np.asarray(metadata["energy"], dtype=float)
         self.model_version: str = metadata["model_version"]
+        self.directory = None  # where load() found the checkpoint (None: the shipped one)
 
     @classmethod
     def load(cls, edge: str, device: str | None = None, directory=None) -> Predictor:
@@ -64,7 +65,9 @@ class Predictor:
             raise ValueError(f"unknown edge {edge!r}: expected one of {', '.join(EDGES)}")
         device = device or best_device()
         models, meta = load_ensemble(directory or model_dir(edge), device)
-        return cls(models, meta, device)
+        out = cls(models, meta, device)
+        out.directory = directory
+        return out
 
     @property
     def default_batch_size(self) -> int:
@@ -76,16 +79,22 @@ class Predictor:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Ensemble mean and standard deviation of prebuilt graphs, each (n, n_energy)."""
         batch_size = batch_size or self.default_batch_size
-        n = len(graphs)
-        mean = np.empty((n, len(self.energy)), dtype=np.float32)
-        std = np.empty_like(mean)
+        parts = [
+            self.predict_batch(collate(list(graphs[k : k + batch_size])))
+            for k in range(0, len(graphs), batch_size)
+        ]
+        if not parts:
+            empty = np.empty((0, len(self.energy)), dtype=np.float32)
+            return empty, empty.copy()
+        return np.concatenate([m for m, _ in parts]), np.concatenate([s for _, s in parts])
+
+    def predict_batch(self, batch) -> tuple[np.ndarray, np.ndarray]:
+        """Ensemble mean and standard deviation of one collated batch
+        (:func:`xas_bluesky.science.graphs.collate`), each (n_graphs, n_energy)."""
         with torch.inference_mode():
-            for k in range(0, n, batch_size):
-                g = collate(list(graphs[k : k + batch_size])).to(self.device)
-                ys = torch.stack([m(g)[0] for m in self.models])
-                mean[k : k + batch_size] = ys.mean(0).cpu().numpy()
-                std[k : k + batch_size] = ys.std(0, unbiased=False).cpu().numpy()
-        return mean, std
+            g = batch.to(self.device)
+            ys = torch.stack([m(g)[0] for m in self.models])
+            return ys.mean(0).cpu().numpy(), ys.std(0, unbiased=False).cpu().numpy()
 
     def graphs(self, structures: Sequence) -> list:
         """Graphs of ``structures`` for this edge; a structure without an absorbing atom is an error."""
