@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from xas_bluesky.science import spectra
 from xas_bluesky.science.grids import ONSET_EV
 
 __all__ = [
@@ -31,21 +32,10 @@ class NormalisationError(ValueError):
 def mu_from_channels(i0, signal, mode: str = "TEY") -> np.ndarray:
     """mu from counts: ``signal / i0`` (TEY, PFY) or ``ln(i0 / signal)`` (TRANS).
 
-    Points with ``i0 <= 0``, non-finite counts or (TRANS) ``signal <= 0`` are NaN.
+    Points with ``i0 <= 0``, non-finite counts or (TRANS) ``signal <= 0`` are NaN
+    (:func:`xas_bluesky.science.spectra.mu_from_channels` with ``strict=False``).
     """
-    i0 = np.asarray(i0, dtype=float)
-    sig = np.asarray(signal, dtype=float)
-    mode = mode.upper()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ok = np.isfinite(i0) & np.isfinite(sig) & (i0 > 0)
-        if mode in ("TEY", "PFY"):
-            mu = np.where(ok, sig / np.where(ok, i0, 1.0), np.nan)
-        elif mode == "TRANS":
-            ok &= sig > 0
-            mu = np.where(ok, np.log(np.where(ok, i0, 1.0) / np.where(ok, sig, 1.0)), np.nan)
-        else:
-            raise ValueError(f"unknown measurement mode {mode!r}")
-    return mu
+    return spectra.mu_from_channels(mode, i0, signal, strict=False).mu
 
 
 def normalise(
