@@ -93,14 +93,19 @@ def load_saved(path: str, edge: str) -> list[Example]:
 
 
 def _run(job: tuple) -> dict:
-    edge, name, seed, source, epochs, device = job
+    edge, name, seed, source, epochs, device, fraction = job
     torch.set_num_threads(1)
     examples = load_saved(source, edge) if source else load_examples(edge)
     parts = {s: [e for e in examples if e.split == s] for s in ("train", "val", "test")}
-    cfg = TrainConfig(**{"epochs": epochs, "seed": seed, **VARIANTS[name]})
+    if fraction < 1.0:  # a learning curve: the same val/test, a seeded subset of train
+        keep = np.random.default_rng(1000 + seed).permutation(len(parts["train"]))
+        parts["train"] = [parts["train"][i] for i in keep[: round(fraction * len(keep))]]
+        name = f"{name}@{fraction:g}"
+    cfg = TrainConfig(**{"epochs": epochs, "seed": seed, **VARIANTS[name.split("@")[0]]})
     t0 = time.perf_counter()
     model, hist = train_member(parts["train"], parts["val"], cfg, len(energy_grid(edge)), device)
     result = {"edge": edge, "variant": name, "seed": seed, "config": cfg.__dict__, **hist}
+    result["n_train_molecules"] = len(parts["train"])
     result["seconds"] = time.perf_counter() - t0
     result["pred"] = {s: predict_examples([model], parts[s]) for s in ("val", "test")}
     result["true"] = {s: np.stack([e.spectrum for e in parts[s]]) for s in ("val", "test")}
@@ -128,6 +133,7 @@ def _ensembles(results: list[dict]) -> list[dict]:
             continue
         e = {"edge": edge, "variant": f"{name} x{len(rs)}", "best_epoch": -1, "true": rs[0]["true"]}
         e["seconds"] = sum(r["seconds"] for r in rs)
+        e["n_train_molecules"] = rs[0].get("n_train_molecules")
         e["pred"] = {s: np.mean([r["pred"][s] for r in rs], axis=0) for s in ("val", "test")}
         _score(e)
         out.append(e)
@@ -137,6 +143,7 @@ def _ensembles(results: list[dict]) -> list[dict]:
 def _line(r: dict) -> str:
     parts = [
         f"{r['edge']} {r['variant']:<18} seed {r.get('seed', '-')!s:>3} "
+        f"train {r.get('n_train_molecules', '-')!s:>4} "
         f"best epoch {r['best_epoch']:4d} {r['seconds']:6.0f} s"
     ]
     for s in ("val", "test"):
@@ -160,6 +167,13 @@ def main() -> None:
         default=[0],
         help="train each variant with these seeds; with several, also score their ensemble",
     )
+    ap.add_argument(
+        "--train-fractions",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="train on these fractions of the training molecules (a learning curve)",
+    )
     ap.add_argument("--jobs", type=int, default=1, help="variants trained at once (processes)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--examples", help="examples saved by --save-examples (no RDKit needed)")
@@ -176,8 +190,9 @@ def main() -> None:
     if args.out:
         os.makedirs(args.out, exist_ok=True)
     jobs = [
-        (edge, name, seed, args.examples, args.epochs, args.device)
+        (edge, name, seed, args.examples, args.epochs, args.device, fraction)
         for seed in args.seeds
+        for fraction in args.train_fractions
         for name in args.variants
         for edge in args.edge
     ]
