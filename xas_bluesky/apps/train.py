@@ -34,6 +34,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--edge-hidden", type=int, default=d.edge_hidden, help="hidden width of the edge network"
     )
+    p.add_argument(
+        "--no-env",
+        action="store_true",
+        help="bond graph only: no 3D surroundings of the absorbing atoms (site readout)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument(
@@ -57,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         readout=args.readout,
         dim=args.dim,
         edge_hidden=args.edge_hidden,
+        env=args.readout == "site" and not args.no_env,
         epochs=args.epochs,
         seed=args.seed,
     )
