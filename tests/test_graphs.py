@@ -89,17 +89,27 @@ def test_invariant_to_rotation_translation_and_atom_order():
 
 
 def test_batching_matches_single_graphs():
-    graphs = [
-        molecule_graph(structure_from_smiles(smi, smi), "O")
-        for smi in ("CO", "CC(=O)OC", "O=C1CCC1", "OC1=CC=CC=C1")
+    from xas_bluesky.science.graphs import graph_arrays
+
+    structures = [
+        structure_from_smiles(smi, smi)
+        for smi in ("CO", "CC(=O)OC", "CN", "O=C1CCC1", "OC1=CC=CC=C1")  # CN: no O to absorb
     ]
+    graphs = [molecule_graph(s, "O") for s in structures]
+    # the bulk path (absorber surroundings for a whole chunk at once) gives the same graphs
+    bulk = graph_arrays(structures, "O")
+    for g, b in zip(graphs, bulk, strict=True):
+        assert b.site_env.dtype == np.float32 and b.site_env.shape == tuple(g.site_env.shape)
+        np.testing.assert_array_equal(b.site_env, g.site_env.numpy())
     torch.manual_seed(1)
-    for readout in ("site", "molecule"):
-        model = XasMPNN(30, dim=16, readout=readout).eval()
+    for readout, env in (("site", True), ("site", False), ("molecule", False)):
+        model = XasMPNN(30, dim=16, readout=readout, env=env).eval()
         with torch.inference_mode():
             joint = model(collate(graphs))[0]
             alone = torch.cat([model(collate([g]))[0] for g in graphs])
+            from_bulk = model(collate(bulk))[0]
         torch.testing.assert_close(joint, alone, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(from_bulk, joint, rtol=1e-5, atol=1e-5)
 
 
 def test_edge_conv_equals_pyg_nnconv():

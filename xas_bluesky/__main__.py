@@ -4,5 +4,5 @@ import sys
 
 from xas_bluesky.apps.cli import main
 
-if __name__ == "__main__":  # not when a spawned worker process imports this module
+if __name__ == "__main__":
     sys.exit(main())

@@ -55,11 +55,14 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     # on the CPU, a large input gets a worker process for the network, started before anything
     # heavy is imported here, so that both import torch and load the weights at the same time
+    from xas_bluesky.apps.cli import CLIError
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise CLIError("--batch-size must be >= 1")
     worker = _start_worker(args) if _wants_worker(args) else None
 
     import numpy as np
 
-    from xas_bluesky.apps.cli import CLIError
     from xas_bluesky.science.model.predictor import Predictor
     from xas_bluesky.science.structures import StructureError, iter_structures
 
@@ -248,14 +251,31 @@ class _Network:
 
 
 def _worker_main(edge: str, tasks, results) -> None:
-    import numpy as np
-    import torch
+    import multiprocessing
+    import os
+    import signal
+    import threading
 
-    from xas_bluesky.science.graphs import batch_from_arrays
-    from xas_bluesky.science.model.predictor import Predictor
+    # Ctrl-C is the parent's to handle (it terminates this process); a traceback from here would
+    # break the one-line error contract
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import numpy as np
+        import torch
 
-    torch.set_num_threads(1)
-    predictor = Predictor.load(edge, device="cpu")
+        from xas_bluesky.science.graphs import batch_from_arrays
+        from xas_bluesky.science.model.predictor import Predictor
+
+        torch.set_num_threads(1)
+        predictor = Predictor.load(edge, device="cpu")
+    except Exception as exc:
+        results.put((False, f"{type(exc).__name__}: {exc}"))
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        # a parent killed without closing us (SIGKILL, OOM) may leave this process blocked on a
+        # half-written queue: watch it and leave with it
+        threading.Thread(target=lambda: (parent.join(), os._exit(0)), daemon=True).start()
     while True:
         batches = tasks.get()
         try:

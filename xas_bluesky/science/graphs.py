@@ -128,7 +128,7 @@ def graph_from_bonds(
     charges
         Formal charges of the atoms (default all 0).
     env
-        Compute ``site_env`` (else left empty, for :func:`graph_arrays` to fill in bulk).
+        Compute ``site_env`` (else zeros, for :func:`graph_arrays` to fill in bulk).
     """
     heavy = [i for i, s in enumerate(symbols) if s != "H"]
     node_of = {a: k for k, a in enumerate(heavy)}
@@ -184,7 +184,11 @@ def graph_from_bonds(
     lengths = np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32)
     x = np.array(rows, dtype=np.int64).reshape(n, 5)
     sites = heavy_idx[x[:, 4] == 1]
-    site_env = site_environment(symbols, xyz, sites) if env else np.zeros((len(sites), ENV_DIM))
+    site_env = (
+        site_environment(symbols, xyz, sites)
+        if env
+        else np.zeros((len(sites), ENV_DIM), dtype=np.float32)
+    )
     return GraphArrays(x, ei, np.array(btype, dtype=np.int64), lengths, heavy_idx, site_env)
 
 
@@ -202,9 +206,15 @@ def site_environment(symbols: list[str], xyz: np.ndarray, sites) -> np.ndarray:
     return site_environments([(symbols, xyz, sites)])[0]
 
 
-def site_environments(molecules) -> list[np.ndarray]:
+def site_environments(molecules, block: int = 512) -> list[np.ndarray]:
     """:func:`site_environment` of many ``(symbols, xyz, sites)`` at once (padded arrays: the
-    per-call cost of NumPy, not the arithmetic, dominates for QM9-size molecules)."""
+    per-call cost of NumPy, not the arithmetic, dominates for QM9-size molecules), ``block``
+    molecules at a time so that one large molecule does not pad a whole GPU-size chunk."""
+    if len(molecules) > block:
+        out: list[np.ndarray] = []
+        for k in range(0, len(molecules), block):
+            out += site_environments(molecules[k : k + block], block)
+        return out
     n_atoms = [len(sym) for sym, _, _ in molecules]
     n_sites = [len(sites) for _, _, sites in molecules]
     total = sum(n_sites)
@@ -309,7 +319,7 @@ def molecule_graph(structure, edge: str) -> Data:
     Returns
     -------
     torch_geometric.data.Data
-        ``x``, ``edge_index``, ``edge_type``, ``edge_len``, ``atom_index`` as in
+        ``x``, ``edge_index``, ``edge_type``, ``edge_len``, ``atom_index``, ``site_env`` as in
         :class:`GraphArrays`.
     """
     return _graph(structure, edge).to_data()
@@ -408,7 +418,9 @@ def _collate_arrays(graphs: list[GraphArrays]) -> Data:
         edge_type=torch.from_numpy(np.concatenate([g.edge_type for g in graphs])),
         edge_len=torch.from_numpy(np.concatenate([g.edge_len for g in graphs]).astype(np.float32)),
         atom_index=torch.from_numpy(np.concatenate([g.atom_index for g in graphs])),
-        site_env=torch.from_numpy(np.concatenate([g.site_env for g in graphs])),
+        site_env=torch.from_numpy(
+            np.concatenate([g.site_env for g in graphs]).astype(np.float32, copy=False)
+        ),
         batch=torch.from_numpy(np.repeat(np.arange(len(graphs)), sizes)),
         num_nodes=int(sizes.sum()),
     )
@@ -455,5 +467,11 @@ def save_graphs(path: str | os.PathLike, graphs: list, names: list[str], edge: s
 def load_graphs(path: str | os.PathLike) -> tuple[list[GraphArrays], list[str], str]:
     """Graphs (as :class:`GraphArrays`), names and edge saved by :func:`save_graphs`."""
     blob = torch.load(path, weights_only=True)
+    missing = [k for k in GraphArrays._fields if k not in blob]
+    if missing:
+        raise ValueError(
+            f"{path}: graph file without {', '.join(missing)} (saved by an older version): "
+            "rebuild it with save_graphs (benchmarks/inference.py --save-graphs)"
+        )
     cols = [[t.numpy() for t in blob[k]] for k in GraphArrays._fields]
     return [GraphArrays(*row) for row in zip(*cols, strict=True)], blob["names"], blob["edge"]

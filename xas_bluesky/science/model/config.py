@@ -23,3 +23,7 @@ class TrainConfig:
     deriv_weight: float = 1.0
     jitter: float = 0.01  # Angstrom, on bond lengths
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.readout != "site":  # the absorber's surroundings feed the site head only
+            self.env = False

@@ -11,7 +11,9 @@ Two heads share this trunk (``readout``):
 
 ``"site"``
     one spectrum per absorbing atom, from that atom's state joined to the molecule's Set2Set
-    summary; the molecular spectrum is the mean over the sites, as FEFF's is.
+    summary and (``env=True``, shipped) to the atom's 3D surroundings
+    (:func:`~xas_bluesky.science.graphs.site_environment`, through one dense layer); the
+    molecular spectrum is the mean over the sites, as FEFF's is.
 ``"molecule"``
     the molecular spectrum straight from the Set2Set summary.
 

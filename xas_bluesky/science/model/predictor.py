@@ -78,7 +78,7 @@ class Predictor:
         self, graphs: Sequence, batch_size: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Ensemble mean and standard deviation of prebuilt graphs, each (n, n_energy)."""
-        batch_size = batch_size or self.default_batch_size
+        batch_size = max(1, batch_size or self.default_batch_size)
         parts = [
             self.predict_batch(collate(list(graphs[k : k + batch_size])))
             for k in range(0, len(graphs), batch_size)
