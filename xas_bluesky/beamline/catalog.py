@@ -158,8 +158,8 @@ def store_predictions(
     return paths
 
 
-def _prediction_nodes(client, *, edge=None, model_version=None, inchikey=None):
-    from tiled.queries import Contains, Key
+def _prediction_nodes(client, *, edge=None, model_version=None):
+    from tiled.queries import Key
 
     if PREDICTIONS not in client:
         return []
@@ -168,9 +168,6 @@ def _prediction_nodes(client, *, edge=None, model_version=None, inchikey=None):
         results = results.search(Key("edge") == edge)
     if model_version is not None:
         results = results.search(Key("model_version") == str(model_version))
-    if inchikey:
-        # a prefilter only (a substring test on the stored list): rows are compared exactly later
-        results = results.search(Contains("inchikeys", inchikey))
     return list(results.items())
 
 
@@ -267,19 +264,24 @@ def query_predictions(
 
     Entries: ``name``, ``smiles``, ``inchikey``, ``formula``, ``edge``, ``model_version``,
     ``structure_key`` and ``tiled`` (``path`` of the array node, ``row`` in it, ``std_path``).
-    ``smiles`` matches the same molecule however it is written (compared as InChIKey).
+    ``smiles`` matches the same molecule however it is written, stereoisomers included (compared
+    by the connectivity block of the InChIKey: a structure from 3D coordinates has its
+    stereocentres assigned, a SMILES usually not).
     """
     ikey = canon = None
     if smiles:
         canon, ikey = _ids_of_smiles(smiles)
     out: list[dict] = []
     seen: set[tuple[str, str]] = set()
-    for node_key, node in _prediction_nodes(
-        client, edge=edge, model_version=model_version, inchikey=ikey
-    ):
+    skeleton = ikey.split("-")[0] if ikey else None
+    for node_key, node in _prediction_nodes(client, edge=edge, model_version=model_version):
         md = node.metadata
         for i, skey in enumerate(md.get("structure_keys", [])):
-            if ikey is not None and md["inchikeys"][i] != ikey and md["smiles"][i] != canon:
+            if (
+                skeleton is not None
+                and md["inchikeys"][i].split("-")[0] != skeleton
+                and md["smiles"][i] != canon
+            ):
                 continue
             ident = (md["model_version"], skey)
             if ident in seen:
