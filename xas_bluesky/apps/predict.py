@@ -53,17 +53,15 @@ def write_csv(path: str, energy, names: list[str], values) -> None:
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    # on the CPU, a large input gets a worker process for the network, started before anything
-    # heavy is imported here, so that both import torch and load the weights at the same time
     from xas_bluesky.apps.cli import CLIError
 
     if args.batch_size is not None and args.batch_size < 1:
         raise CLIError("--batch-size must be >= 1")
-    worker = _start_worker(args) if _wants_worker(args) else None
+    # on the CPU, a large input gets a worker process for the network, started before anything
+    # heavy is imported here, so that both import torch and load the weights at the same time
+    worker = _Worker(args.edge) if _wants_worker(args) else None
 
-    import numpy as np
-
-    from xas_bluesky.science.model.predictor import Predictor
+    from xas_bluesky.science.model.predictor import Predictor, join_predictions
     from xas_bluesky.science.structures import StructureError, iter_structures
 
     try:
@@ -118,9 +116,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.skip_invalid:
             raise CLIError(f"{args.structures}: no structures in the file")
         print("xas-bluesky predict: warning: no valid structures to predict", file=sys.stderr)
-    n_e = len(predictor.energy)
-    mean = np.concatenate([m for m, _ in parts]) if parts else np.zeros((0, n_e))
-    std = np.concatenate([s for _, s in parts]) if parts else np.zeros((0, n_e))
+    mean, std = join_predictions(parts, len(predictor.energy))
     write_csv(args.out, predictor.energy, names, mean)
     if args.std:
         write_csv(args.std, predictor.energy, names, std)
@@ -172,11 +168,9 @@ class _Worker:
             target=_worker_main, args=(edge, self.tasks, self.results), daemon=True
         )
         self.process.start()
-        self.pending = 0
 
     def submit(self, batches: list[dict]) -> _Pending:
         self.tasks.put(batches)
-        self.pending += 1
         return _Pending(self)
 
     def next_result(self):
@@ -189,7 +183,6 @@ class _Worker:
                     raise RuntimeError(
                         f"the network worker died (exit code {self.process.exitcode})"
                     ) from None
-        self.pending -= 1
         if not ok:
             raise RuntimeError(f"the network worker failed: {value}")
         return value
@@ -211,10 +204,6 @@ class _Pending:
 
     def result(self):
         return self.worker.next_result()
-
-
-def _start_worker(args: argparse.Namespace) -> _Worker:
-    return _Worker(args.edge)
 
 
 class _Network:
@@ -260,7 +249,6 @@ def _worker_main(edge: str, tasks, results) -> None:
     # break the one-line error contract
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        import numpy as np
         import torch
 
         from xas_bluesky.science.graphs import batch_from_arrays
@@ -279,8 +267,7 @@ def _worker_main(edge: str, tasks, results) -> None:
     while True:
         batches = tasks.get()
         try:
-            parts = [predictor.predict_batch(batch_from_arrays(b)) for b in batches]
-            value = (np.concatenate([m for m, _ in parts]), np.concatenate([s for _, s in parts]))
+            value = predictor.predict_batches(batch_from_arrays(b) for b in batches)
             results.put((True, value))
         except Exception as exc:  # reported in the parent, which stops
             results.put((False, f"{type(exc).__name__}: {exc}"))

@@ -343,7 +343,7 @@ def _graph(structure, edge: str, env: bool = True) -> GraphArrays:
 
 def molecule_graphs(structures, edge: str) -> list[Data]:
     """:func:`molecule_graph` of every structure."""
-    return [_graph(s, edge).to_data() for s in structures]
+    return [g.to_data() for g in graph_arrays(structures, edge)]
 
 
 def graph_arrays(structures, edge: str) -> list[GraphArrays]:

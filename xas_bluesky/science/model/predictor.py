@@ -13,7 +13,7 @@ works from prebuilt graphs on a machine without RDKit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -21,12 +21,20 @@ import torch
 from xas_bluesky.science.graphs import collate, graph_arrays
 from xas_bluesky.science.model.checkpoint import load_ensemble, model_dir
 
-__all__ = ["Predictor", "best_device"]
+__all__ = ["Predictor", "best_device", "join_predictions"]
 
 
 def best_device() -> str:
     """``"cuda"`` when PyTorch sees a GPU, else ``"cpu"``."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def join_predictions(parts: list, n_energy: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) pairs of consecutive batches joined into one (mean, std), each (n, n_energy)."""
+    if not parts:
+        empty = np.empty((0, n_energy), dtype=np.float32)
+        return empty, empty.copy()
+    return np.concatenate([m for m, _ in parts]), np.concatenate([s for _, s in parts])
 
 
 class Predictor:
@@ -51,7 +59,6 @@ class Predictor:
         self.edge: str = metadata["edge"]
         self.energy = np.asarray(metadata["energy"], dtype=float)
         self.model_version: str = metadata["model_version"]
-        self.directory = None  # where load() found the checkpoint (None: the shipped one)
 
     @classmethod
     def load(cls, edge: str, device: str | None = None, directory=None) -> Predictor:
@@ -65,9 +72,7 @@ class Predictor:
             raise ValueError(f"unknown edge {edge!r}: expected one of {', '.join(EDGES)}")
         device = device or best_device()
         models, meta = load_ensemble(directory or model_dir(edge), device)
-        out = cls(models, meta, device)
-        out.directory = directory
-        return out
+        return cls(models, meta, device)
 
     @property
     def default_batch_size(self) -> int:
@@ -79,14 +84,13 @@ class Predictor:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Ensemble mean and standard deviation of prebuilt graphs, each (n, n_energy)."""
         batch_size = max(1, batch_size or self.default_batch_size)
-        parts = [
-            self.predict_batch(collate(list(graphs[k : k + batch_size])))
-            for k in range(0, len(graphs), batch_size)
-        ]
-        if not parts:
-            empty = np.empty((0, len(self.energy)), dtype=np.float32)
-            return empty, empty.copy()
-        return np.concatenate([m for m, _ in parts]), np.concatenate([s for _, s in parts])
+        return self.predict_batches(
+            collate(list(graphs[k : k + batch_size])) for k in range(0, len(graphs), batch_size)
+        )
+
+    def predict_batches(self, batches: Iterable) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_batch` of each collated batch, joined: mean and std, each (n, n_energy)."""
+        return join_predictions([self.predict_batch(b) for b in batches], len(self.energy))
 
     def predict_batch(self, batch) -> tuple[np.ndarray, np.ndarray]:
         """Ensemble mean and standard deviation of one collated batch
