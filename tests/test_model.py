@@ -90,3 +90,33 @@ def test_training_is_seeded_and_reproducible():
     assert ha["val_loss"] == hb["val_loss"]
     for (k, ta), tb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(ta, tb), k
+
+
+def test_bondless_molecules_do_not_depend_on_their_batch():
+    # water alone has no bond (hydrogens are node features): the message-passing rounds must
+    # still run, as they did in training, whatever else is in the batch
+    p = Predictor.load("O", device="cpu")
+    water = structure_from_xyz(
+        "water", ["O", "H", "H"], np.array([[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0.0]]), "O"
+    )
+    ethanol = structure_from_xyz(
+        "ethanol",
+        ["C", "C", "O", "H", "H", "H", "H", "H", "H"],
+        np.array(
+            [
+                [-0.05, -0.47, 0.0],
+                [1.29, 0.26, 0.0],
+                [2.31, -0.73, 0.0],
+                [-0.88, 0.24, 0.0],
+                [-0.13, -1.11, 0.88],
+                [-0.13, -1.11, -0.88],
+                [1.37, 0.9, 0.89],
+                [1.37, 0.9, -0.89],
+                [3.16, -0.27, 0.0],
+            ]
+        ),
+        "O",
+    )
+    alone = p.predict([water], batch_size=1).values[0]
+    mixed = p.predict([ethanol, water, ethanol], batch_size=3).values[1]
+    np.testing.assert_allclose(alone, mixed, rtol=1e-4, atol=1e-5)

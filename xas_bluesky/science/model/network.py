@@ -158,16 +158,18 @@ class XasMPNN(nn.Module):
         h = sum(emb(g.x[:, k]) for k, emb in enumerate(self.embed))
         h = torch.relu(h)
         n_graphs = int(g.num_graphs)
-        if g.edge_index.shape[1]:
-            first, last = self.edge_net[0], self.edge_net[2]
-            z = torch.relu(first(self.edge_features(g.edge_type, g.edge_len)))
-            w = torch.mm(z, last.weight.t()).view(-1, self.dim, self.dim)
-            w0 = last.bias.view(self.dim, self.dim)
-            state = h.unsqueeze(0)
-            for _ in range(self.steps):
-                m = torch.relu(self.conv(h, g.edge_index, w, w0))
-                h, state = self.gru(m.unsqueeze(0), state)
-                h = h.squeeze(0)
+        # the rounds run even when the batch has no bond (water, ammonia alone): the root term
+        # and the GRU still transform the states, and skipping them would make a molecule's
+        # spectrum depend on what else is in its batch
+        first, last = self.edge_net[0], self.edge_net[2]
+        z = torch.relu(first(self.edge_features(g.edge_type, g.edge_len)))
+        w = torch.mm(z, last.weight.t()).view(-1, self.dim, self.dim)
+        w0 = last.bias.view(self.dim, self.dim)
+        state = h.unsqueeze(0)
+        for _ in range(self.steps):
+            m = torch.relu(self.conv(h, g.edge_index, w, w0))
+            h, state = self.gru(m.unsqueeze(0), state)
+            h = h.squeeze(0)
         summary = self.set2set(h, g.batch, dim_size=n_graphs)
         return h, summary
 
