@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the contract: one line, no traceback, unless --debug
         if args.debug:
             raise
-        print(f"xas-bluesky {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        first = next(iter(str(exc).strip().splitlines()), "")  # one line, even for torch's
+        print(f"xas-bluesky {args.command}: {type(exc).__name__}: {first}", file=sys.stderr)
         return 1
 
 

@@ -46,6 +46,14 @@ def run(args: argparse.Namespace) -> int:
         from xas_bluesky.apps.cli import CLIError
 
         raise CLIError("feff10-rs is not installed (pip install 'xas-bluesky[simulate]')", 2)
+    if str(args.out).endswith(".gz"):
+        from xas_bluesky.apps.cli import CLIError
+
+        raise CLIError(
+            f"--out {args.out}: appended a line at a time, so plain JSONL, not .gz "
+            "(compress the batch when it is finished)",
+            2,
+        )
     elements = tuple(e.strip() for e in args.elements.split(",") if e.strip())
     done = completed_keys([args.out, *args.skip])
     done_mols = {k[0] for k in completed_keys(args.skip)}

@@ -13,9 +13,10 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,10 +174,21 @@ def completed_keys(paths: Iterable[str | os.PathLike]) -> set[tuple[int, str, in
 
 
 def _quiet_worker() -> None:
-    """Send FEFF's chatter on file descriptor 1 to /dev/null in pool workers (stdout stays clean)."""
+    """Pool worker set-up: FEFF's chatter on file descriptor 1 goes to /dev/null (stdout stays
+    clean), and Ctrl-C is left to the parent, which stops the workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
+
+
+def _end_line(path: Path) -> None:
+    """Terminate a last line cut short by a killed run, so the next record starts a line."""
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb+") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
 
 
 def run_sites(
@@ -186,25 +198,52 @@ def run_sites(
     done: set[tuple[int, str, int]] | None = None,
     workroot: str | None = None,
     progress=None,
+    runner: Callable[[SiteJob, str | None], dict] = run_site,
 ) -> int:
     """Run the jobs not in ``done`` in parallel, appending each record to ``out`` as it finishes.
 
     Returns the number of sites run.  Appending line by line makes the batch resumable: a killed
-    run loses at most the sites in flight.
+    run loses at most the sites in flight.  ``out`` is plain JSONL (a gzip stream cut short by a
+    killed run could not be read back); compress a batch once it is finished.  On Ctrl-C the
+    queued sites are dropped and the ones in flight stopped at once (``runner``, a picklable
+    function, is for tests).
     """
+    out = Path(out)
+    if out.suffix == ".gz":
+        raise ValueError(
+            f"{out}: the output is appended a line at a time and must be plain JSONL, not .gz "
+            "(compress the batch when it is finished)"
+        )
     done = done or set()
     todo = [j for j in jobs if j.key not in done]
+    _end_line(out)
+    # every work directory lives under one per-run folder, removed at the end even when
+    # workers were stopped mid-run (their own clean-up never ran)
+    root = tempfile.mkdtemp(prefix="feff_run_", dir=workroot)
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_quiet_worker)
     n = 0
-    with (
-        open(out, "a") as fh,
-        ProcessPoolExecutor(max_workers=workers, initializer=_quiet_worker) as pool,
-    ):
-        futures = [pool.submit(run_site, j, workroot) for j in todo]
-        for fut in as_completed(futures):
-            rec = fut.result()
-            fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
-            fh.flush()
-            n += 1
-            if progress is not None:
-                progress(n, len(todo), rec)
+    try:
+        with open(out, "a") as fh:
+            futures = [pool.submit(runner, j, root) for j in todo]
+            for fut in as_completed(futures):
+                rec = fut.result()
+                fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
+                fh.flush()
+                n += 1
+                if progress is not None:
+                    progress(n, len(todo), rec)
+    except BaseException:
+        # shutdown(wait=True), what the context manager does, would first run every queued
+        # site (~12 s each); they are rerun on resume instead
+        procs = list((getattr(pool, "_processes", None) or {}).values())  # no public API < 3.14
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.join(timeout=5)
+        raise
+    else:
+        pool.shutdown()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     return n
