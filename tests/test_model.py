@@ -120,3 +120,44 @@ def test_bondless_molecules_do_not_depend_on_their_batch():
     alone = p.predict([water], batch_size=1).values[0]
     mixed = p.predict([ethanol, water, ethanol], batch_size=3).values[1]
     np.testing.assert_allclose(alone, mixed, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("edge", ["O", "N"])
+def test_committed_data_still_hold_what_the_shipped_model_saw(edge):
+    # `xas-bluesky train --reproduce` retrains from exactly these files: none may have changed
+    from xas_bluesky.apps.train import _shipped_recipe
+
+    paths, settings, members, version = _shipped_recipe(edge)
+    assert paths and members >= 3 and version == Predictor.load(edge, "cpu").model_version
+    assert settings["seed"] == 0 and settings["epochs"] >= 1
+
+
+def test_train_cli_writes_beside_not_over_the_shipped_model(tmp_path):
+    import gzip
+    import json
+    import subprocess
+    import sys
+
+    # a small data set: the N sites of the first 60 molecules of the first committed file
+    src = dataset.default_data_files()[0]
+    keep, rows = set(), []
+    with gzip.open(src, "rt") as fh:
+        for line in fh:
+            r = json.loads(line)
+            if r["element"] == "N" and (r["qm9_index"] in keep or len(keep) < 60):
+                keep.add(r["qm9_index"])
+                rows.append(line)
+    data = tmp_path / "small.jsonl.gz"
+    with gzip.open(data, "wt") as fh:
+        fh.writelines(rows)
+    shipped = model_dir("N") / "ensemble.pt"
+    before = shipped.read_bytes()
+    cmd = [sys.executable, "-m", "xas_bluesky.apps.cli", "train", "--edge", "N"]
+    cmd += ["--members", "1", "--epochs", "2", "--dim", "8", "--data", str(data)]
+    run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "models" / "N" / "ensemble.pt").is_file()
+    meta = json.loads((tmp_path / "models" / "N" / "metadata.json").read_text())
+    assert meta["data_files"] == ["small.jsonl.gz"] and meta["members"] == 1
+    assert shipped.read_bytes() == before
+    assert "in models/N" in run.stdout

@@ -1,14 +1,19 @@
 """``xas-bluesky train``: train the GNN ensemble of one edge from the committed FEFF data.
 
 Seeded and on the CPU, so it reproduces the shipped weights (same data, same thread count, same
-library versions); the wall time is reported.
+library versions); the wall time is reported.  ``--reproduce`` retrains the shipped ensemble from
+exactly the data files and settings in its metadata and says whether the weights came out the
+same; ``--ship`` replaces the package's shipped ensemble (the maintainers' step after new data);
+otherwise the ensemble goes to ``--out`` (default ``./models/<edge>``), never over the shipped one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 __all__ = ["add_parser", "run"]
 
@@ -23,7 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train the structure-to-spectrum ensemble of one edge on data/feff/*.jsonl.gz (split "
             "by molecule: train / val / test), evaluate it on the held-out test molecules and "
-            "write it to the package's resources/models/<edge>/ (or --out)."
+            "write it to --out (default ./models/<edge>), or with --ship over the package's "
+            "shipped model.  --reproduce retrains the shipped model from the data files and "
+            "settings in its metadata and checks that the weights are the same (exit 1 if not)."
         ),
     )
     p.add_argument("--edge", required=True, choices=("O", "N"))
@@ -44,36 +51,71 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data", nargs="*", help="FEFF JSONL(.gz) files (default: data/feff/*.jsonl.gz)"
     )
-    p.add_argument("--out", help="output directory (default: the package's models/<edge>)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", help="output directory (default: ./models/<edge>)")
+    where.add_argument(
+        "--ship", action="store_true", help="write over the package's shipped model of the edge"
+    )
+    p.add_argument(
+        "--reproduce",
+        action="store_true",
+        help="retrain the shipped model from its metadata's data files and settings and compare",
+    )
     p.set_defaults(func=run)
+
+
+def _shipped_recipe(edge: str) -> tuple[list[Path], dict, int, str]:
+    """Data files, training settings, members and version of the shipped ensemble of ``edge``."""
+    from xas_bluesky.apps.cli import CLIError
+    from xas_bluesky.science import dataset
+    from xas_bluesky.science.model.checkpoint import METADATA_FILE, model_dir
+
+    meta = json.loads((model_dir(edge) / METADATA_FILE).read_text())
+    committed = {p.name: p for p in dataset.default_data_files()}
+    missing = [name for name in meta["data_files"] if name not in committed]
+    if missing:
+        raise CLIError(f"--reproduce: data files of the shipped model not found: {missing}")
+    paths = [committed[name] for name in meta["data_files"]]
+    if dataset.data_hash(paths) != meta["data_hash"]:
+        raise CLIError("--reproduce: the data files differ from those the shipped model saw")
+    return paths, meta["train_config"], int(meta["members"]), meta["model_version"]
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from xas_bluesky.apps.cli import CLIError
+    from xas_bluesky.science.model.checkpoint import model_dir
     from xas_bluesky.science.model.config import TrainConfig
     from xas_bluesky.science.model.training import train_ensemble
 
     if args.members < 1 or args.epochs < 1:
         raise CLIError("--members and --epochs must be >= 1")
     torch.set_num_threads(max(1, args.threads))
-    cfg = TrainConfig(
-        readout=args.readout,
-        dim=args.dim,
-        edge_hidden=args.edge_hidden,
-        env=args.readout == "site" and not args.no_env,
-        epochs=args.epochs,
-        seed=args.seed,
-    )
+    paths, members, shipped_version = args.data, args.members, None
+    if args.reproduce:
+        if args.ship:
+            raise CLIError("--reproduce writes to --out, not over the shipped model")
+        paths, settings, members, shipped_version = _shipped_recipe(args.edge)
+        cfg = TrainConfig(**settings)
+    else:
+        cfg = TrainConfig(
+            readout=args.readout,
+            dim=args.dim,
+            edge_hidden=args.edge_hidden,
+            env=args.readout == "site" and not args.no_env,
+            epochs=args.epochs,
+            seed=args.seed,
+        )
+    out = model_dir(args.edge) if args.ship else Path(args.out or Path("models") / args.edge)
     t0 = time.perf_counter()
     try:
         meta = train_ensemble(
             args.edge,
-            members=args.members,
+            members=members,
             cfg=cfg,
-            paths=args.data,
-            out_dir=args.out,
+            paths=paths,
+            out_dir=out,
             progress=lambda line: print(f"xas-bluesky train: {line}", file=sys.stderr, flush=True),
         )
     except (FileNotFoundError, ValueError) as exc:
@@ -82,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     # split now and store it in the checkpoint (see xas_bluesky.science.model.calibration)
     from xas_bluesky.science.model.calibration import calibrate_shipped
 
-    cal = calibrate_shipped(args.edge, args.out)
+    cal = calibrate_shipped(args.edge, out, paths=paths)
     print(
         f"{args.edge}: comparator calibration T0 {cal['temperature']:.2f} "
         f"(validation ECE {cal.get('val_ece', float('nan')):.3f})",
@@ -96,6 +138,13 @@ def run(args: argparse.Namespace) -> int:
         )
     print(
         f"{args.edge}: model {meta['model_version']}, {meta['n_train_molecules']} train molecules "
-        f"({meta['n_train_sites']} sites), wall time {time.perf_counter() - t0:.0f} s"
+        f"({meta['n_train_sites']} sites), wall time {time.perf_counter() - t0:.0f} s, in {out}"
     )
+    if shipped_version is not None:
+        same = meta["model_version"] == shipped_version
+        print(
+            f"{args.edge}: {'reproduces' if same else 'does NOT reproduce'} the shipped weights "
+            f"(shipped {shipped_version}, retrained {meta['model_version']})"
+        )
+        return 0 if same else 1
     return 0

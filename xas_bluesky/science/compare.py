@@ -1037,6 +1037,7 @@ def calibrate(
     rounds: int = 2,
     std_scales: Sequence[float] = (1.0,),
     exponents: Sequence[float] = (0.0, 0.5, 1.0),
+    paths: Sequence | None = None,
     **kwargs,
 ) -> dict:
     """Fit the likelihood temperature, its growth with the points and the spread's scale on a
@@ -1047,7 +1048,7 @@ def calibrate(
     :func:`perturbed_model` of them.  For every ``std_scales`` value the scans run at the
     temperature being fitted (the next-energy choice depends on it), ``rounds`` times, and T0 is
     fitted for every exponent of ``exponents``; the combination with the lowest mean negative log
-    probability of the truth wins.
+    probability of the truth wins.  ``paths``: the FEFF data files (default: the committed ones).
 
     Returns a dict with ``temperature`` (T0), ``temperature_exponent``, ``std_scale``, ``nll``
     (per T0 at the chosen values), ``scan`` (per scale), ``reliability`` at the fitted values and
@@ -1057,7 +1058,8 @@ def calibrate(
     from xas_bluesky.science.grids import energy_grid
 
     energy = energy_grid(edge)
-    mols = [m for m in load_molecules(default_data_files(), edge) if m.split == split]
+    paths = default_data_files() if paths is None else paths
+    mols = [m for m in load_molecules(paths, edge) if m.split == split]
     truth = np.array([m.spectrum() for m in mols])
     rng = np.random.default_rng(seed)
     if predictions is None:

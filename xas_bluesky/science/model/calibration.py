@@ -35,8 +35,11 @@ def store_calibration(directory: str | Path, calibration: dict) -> None:
     (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
-def calibrate_shipped(edge: str, directory: str | Path | None = None, seed: int = 0) -> dict:
-    """Fit the comparator's calibration for the ensemble of ``edge`` and store it; returns it."""
+def calibrate_shipped(
+    edge: str, directory: str | Path | None = None, seed: int = 0, paths=None
+) -> dict:
+    """Fit the comparator's calibration for the ensemble of ``edge`` on the validation molecules
+    of ``paths`` (default: the committed data) and store it; returns it."""
     from xas_bluesky.science.compare import calibrate
     from xas_bluesky.science.dataset import default_data_files, load_molecules
     from xas_bluesky.science.model.checkpoint import model_dir
@@ -45,10 +48,13 @@ def calibrate_shipped(edge: str, directory: str | Path | None = None, seed: int 
 
     directory = Path(directory) if directory else model_dir(edge)
     predictor = Predictor.load(edge, device="cpu", directory=directory)
-    mols = [m for m in load_molecules(default_data_files(), edge) if m.split == "val"]
+    paths = default_data_files() if paths is None else paths
+    mols = [m for m in load_molecules(paths, edge) if m.split == "val"]
     structs = [structure_from_xyz(m.name, m.symbols, m.xyz, edge) for m in mols]
     mean, std = predictor.predict(structs, return_std=True)
-    result = calibrate(edge, predictions=(np.asarray(mean), np.asarray(std)), seed=seed)
+    result = calibrate(
+        edge, predictions=(np.asarray(mean), np.asarray(std)), seed=seed, paths=paths
+    )
     summary = {
         k: result[k]
         for k in ("temperature", "temperature_exponent", "std_scale", "n_molecules", "n_trials")
