@@ -8,10 +8,12 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 from xas_bluesky.resources import candidates_file
+from xas_bluesky.science.graphs import molecule_graph
 from xas_bluesky.science.structures import (
     StructureError,
     perceive_bonds,
     read_structures,
+    structure_from_mol,
     structure_from_smiles,
 )
 
@@ -87,6 +89,87 @@ def test_invalid_xyz(tmp_path, text, needle):
     assert "\n" not in str(err.value)
 
 
+WATER = "3\n{}\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n"
+
+
+def test_xyz_frame_with_too_many_atom_lines_is_one_bad_structure(tmp_path):
+    """A frame announcing 2 atoms with 3 atom lines fails on its own, named, and reading goes on
+    at the next frame; an earlier bad frame's error still comes first."""
+    bad = "2\nbadcount\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n"
+    path = tmp_path / "count.xyz"
+    path.write_text(WATER.format("water_a") + bad + "\n" + WATER.format("water_b"))
+    with pytest.raises(StructureError) as err:
+        read_structures(path, edge="O")
+    msg = str(err.value)
+    assert "'badcount'" in msg and "frame 2" in msg and "line 6" in msg and "\n" not in msg
+    assert "3 atom lines where 2 were announced" in msg
+    skipped = []
+    structs = read_structures(path, edge="O", skip_invalid=True, on_skip=skipped.append)
+    assert [s.name for s in structs] == ["water_a", "water_b"]
+    assert [str(e) for e in skipped] == [msg]
+    # the errors come in file order: the bad frame after a too-close one does not hide it
+    too_close = "3\ntoo_close\nO 0 0 0\nH 0.2 0 0\nH -0.9 0.3 0\n"
+    path.write_text(WATER.format("water_a") + too_close + bad + WATER.format("water_b"))
+    with pytest.raises(StructureError, match="'too_close': atoms 1 and 2"):
+        read_structures(path, edge="O")
+    skipped.clear()
+    structs = read_structures(path, edge="O", skip_invalid=True, on_skip=skipped.append)
+    assert [s.name for s in structs] == ["water_a", "water_b"] and len(skipped) == 2
+
+
+def test_xyz_junk_between_frames_is_skipped_alone(tmp_path):
+    path = tmp_path / "junk.xyz"
+    junk, footer = "some words that are not a frame\n", "end of the file here\n"
+    path.write_text(WATER.format("water_a") + junk + WATER.format("water_b") + footer)
+    skipped = []
+    structs = read_structures(path, edge="O", skip_invalid=True, on_skip=skipped.append)
+    assert [s.name for s in structs] == ["water_a", "water_b"]
+    assert len(skipped) == 2 and all("expected an atom count" in str(e) for e in skipped)
+    assert "line 6" in str(skipped[0]) and "frame 2" in str(skipped[0])
+
+
+def _water_cluster(n: int) -> str:
+    """``n`` water molecules 3.1 A apart on a cubic grid, as one XYZ frame."""
+    side = int(np.ceil(n ** (1 / 3)))
+    lines = [str(3 * n), f"cluster_{n}"]
+    for i, j, k in list(np.ndindex(side, side, side))[:n]:
+        x, y, z = 3.1 * i, 3.1 * j, 3.1 * k
+        lines += [f"O {x} {y} {z}", f"H {x + 0.96} {y} {z}", f"H {x - 0.24} {y + 0.93} {z}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_one_large_xyz_frame_costs_only_its_own_work(tmp_path):
+    """A 300-atom frame among QM9-size ones is read on its own: flagged out of domain, the
+    others as read without it, and no padding of them to 300 atoms (hundreds of MB before)."""
+    import tracemalloc
+
+    lines = candidates_file("O").read_text().splitlines()
+    frames, k = [], 0
+    for _ in range(200):
+        n = int(lines[k])
+        frames.append("\n".join(lines[k : k + 2 + n]) + "\n")
+        k += 2 + n
+    small, big = tmp_path / "small.xyz", tmp_path / "big.xyz"
+    small.write_text("".join(frames))
+    big.write_text("".join(frames[:100]) + _water_cluster(100) + "".join(frames[100:]))
+    tracemalloc.start()
+    try:
+        structs = read_structures(big, edge="O")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    cluster = structs.pop(100)
+    assert cluster.name == "cluster_100" and len(cluster.symbols) == 300
+    assert not cluster.in_domain
+    assert cluster.domain_notes == ["100 heavy atoms (trained on <= 9)", "100 fragments"]
+    assert len(cluster.bonds[0]) == 200 and (cluster.bonds[1] == 1).all()
+    alone = read_structures(small, edge="O")
+    assert [s.name for s in structs] == [s.name for s in alone]
+    for a, b in zip(structs, alone, strict=True):
+        assert (a.in_domain, a.domain_notes, a.smiles) == (b.in_domain, b.domain_notes, b.smiles)
+    assert peak < 100e6
+
+
 def test_smiles_file(tmp_path):
     path = tmp_path / "mols.smi"
     path.write_text("CC(=O)N acetamide\n\nOCC\nnot_a_smiles broken\n")
@@ -129,6 +212,67 @@ def test_out_of_domain_is_flagged_not_rejected():
     assert not charged.in_domain and any("charged" in n for n in charged.domain_notes)
     ok = structure_from_smiles("CC(=O)O", "acetic acid", edge="O")
     assert ok.in_domain
+
+
+def test_smiles_fragments_are_embedded_apart_and_flagged():
+    s = structure_from_smiles("CCO.O", "ethanol water", edge="O")
+    assert not s.in_domain and "2 fragments" in s.domain_notes
+    assert s.symbols == [a.GetSymbol() for a in s.mol.GetAtoms()]
+    assert s.symbols[:4] == ["C", "C", "O", "O"]
+    frag_of = np.zeros(len(s.symbols), dtype=int)
+    for f, atoms in enumerate(Chem.GetMolFrags(s.mol)):
+        frag_of[list(atoms)] = f
+    d = np.linalg.norm(s.xyz[:, None] - s.xyz[None], axis=-1)
+    assert d[frag_of[:, None] != frag_of[None, :]].min() > 8.0  # beyond the 6 A surroundings
+    assert 1.35 < d[1, 2] < 1.50  # each fragment a real geometry
+    # the graph: ethanol's nodes and a water's, as for the molecules on their own
+    x = molecule_graph(s, "O").x.tolist()
+    assert x == molecule_graph(structure_from_smiles("CCO"), "O").x.tolist() + [[2, 3, 0, 2, 1]]
+    pair = structure_from_smiles("O.O", edge="O")
+    assert not pair.in_domain and len(pair.symbols) == 6
+
+
+def test_dative_bond_is_read_charge_separated_and_flagged():
+    dative = structure_from_smiles("C[N](C)(C)->O", "TMAO", edge="O")
+    charged = structure_from_smiles("C[N+](C)(C)[O-]", "TMAO", edge="O")
+    assert not dative.in_domain and any("dative bond" in n for n in dative.domain_notes)
+    assert dative.smiles == "C[N+](C)(C)[O-]" and len(dative.symbols) == 14  # no H on the O
+    assert molecule_graph(dative, "O").x.tolist() == molecule_graph(charged, "O").x.tolist()
+
+
+def test_zero_order_bond_is_left_out_and_flagged():
+    mol = Chem.RWMol(Chem.MolFromSmiles("O.O"))
+    mol.AddBond(0, 1, Chem.BondType.ZERO)
+    s = structure_from_mol("water dimer", mol.GetMol(), edge="O")
+    assert not s.in_domain and "zero-order bond 1-2 (left out)" in s.domain_notes
+    assert s.mol.GetNumBonds() == 4 and len(s.symbols) == 6
+
+
+@pytest.mark.parametrize(("smiles", "kind"), [("C$C", "QUADRUPLE"), ("C~C", "UNSPECIFIED")])
+def test_unsupported_smiles_bond_is_an_error(smiles, kind):
+    with pytest.raises(StructureError, match=f"bond 1-2 has a query or unsupported.*{kind}"):
+        structure_from_smiles(smiles)
+
+
+def test_sdf_query_bond_is_named(tmp_path):
+    """An SDF 'any' bond (type 8) gets no hydrogens stacked on its atoms: a clear error."""
+    path = tmp_path / "mols.sdf"
+    blocks = []
+    for smi, name in (("CC(=O)OC", "querybond"), ("CCO", "ethanol")):
+        mol = Chem.MolFromSmiles(smi)  # hydrogens implicit, as in many SDF files
+        AllChem.EmbedMolecule(mol, randomSeed=1)
+        mol.SetProp("_Name", name)
+        lines = Chem.MolToMolBlock(mol).splitlines()
+        if name == "querybond":
+            row = 4 + mol.GetNumAtoms() + mol.GetBondBetweenAtoms(1, 3).GetIdx()
+            lines[row] = lines[row][:6] + "  8" + lines[row][9:]
+        blocks.append("\n".join(lines) + "\n$$$$\n")
+    path.write_text("".join(blocks))
+    with pytest.raises(StructureError) as err:
+        read_structures(path, edge="O")
+    msg = str(err.value)
+    assert "'querybond'" in msg and "bond 2-4" in msg and "SDF bond type 8" in msg
+    assert [s.name for s in read_structures(path, edge="O", skip_invalid=True)] == ["ethanol"]
 
 
 def test_bond_perception_matches_qm9_smiles():

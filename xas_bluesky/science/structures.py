@@ -9,10 +9,12 @@ coordinates from RDKit's ETKDG and the MMFF force field, seeded, so a file alway
 structures.
 
 Input the model cannot handle (an element it was not trained on, atoms on top of each other, NaN
-coordinates, a cut-off frame, an unparsable SMILES, no atom of the requested edge) raises
-:class:`StructureError` with a one-line message naming the structure.  Input it can handle but was
-not trained for (more than nine heavy atoms, charged atoms, unusual valences, several fragments) is
-kept and flagged: ``in_domain`` is False and ``domain_notes`` says why.
+coordinates, a cut-off frame or one with more atom lines than announced, an unparsable SMILES, a
+query bond, no atom of the requested edge) raises :class:`StructureError` with a one-line message
+naming the structure; an XYZ file is read on from the next frame after a bad one.  Input it can
+handle but was not trained for (more than nine heavy atoms, charged atoms, unusual valences,
+several fragments, dative or zero-order bonds) is kept and flagged: ``in_domain`` is False and
+``domain_notes`` says why.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ MAX_HEAVY_ATOMS = 9
 MIN_DISTANCE = 0.5
 #: seed of the ETKDG embedding of SMILES, so a file always gives the same geometry
 EMBED_SEED = 20200415
+#: gap (Angstrom) between the bounding boxes of the fragments of an embedded SMILES such as
+#: ``CCO.O``: beyond the 6 A surroundings of the absorbers in the graphs
+_FRAGMENT_GAP = 8.0
 
 _VALENCE = {"H": 1, "C": 4, "N": 3, "O": 2, "F": 1}
 # single-bond covalent radii (Cordero et al., Dalton Trans. 2008, 2832), Angstrom
@@ -56,6 +61,10 @@ _RADII = np.array([_RADIUS[s] for s in TRAINED_ELEMENTS])
 _VALENCES = np.array([_VALENCE[s] for s in TRAINED_ELEMENTS])
 _BOND_LIMIT = _BOND_FACTOR * (_RADII[:, None] + _RADII[None, :])
 _BOND_LIMIT[0, 0] = 0.0  # no H-H bonds in molecules of more than two atoms
+# the batched perception pads the frames of a chunk to the largest: frames of more atoms than
+# this go one at a time, and a chunk holds at most this many padded atom pairs (2,048 QM9 frames)
+_BATCH_MAX_ATOMS = 64
+_CHUNK_PAIRS = 2048 * 32 * 32
 # the same with a padding code (no bonds, no valence) for the batched arrays
 _BOND_LIMIT_PADDED = np.zeros((len(TRAINED_ELEMENTS) + 1,) * 2)
 _BOND_LIMIT_PADDED[:-1, :-1] = _BOND_LIMIT
@@ -391,15 +400,21 @@ def _mol_from_geometry(symbols: list[str], xyz: np.ndarray, pairs: np.ndarray):
 
 
 def _n_fragments(n: int, pairs: np.ndarray) -> int:
-    """Number of connected pieces (reachability by repeated squaring of the adjacency)."""
-    reach = np.eye(n, dtype=bool)
-    reach[pairs[:, 0], pairs[:, 1]] = reach[pairs[:, 1], pairs[:, 0]] = True
-    r = reach.astype(np.float32)
-    for _ in range(max(1, int(np.ceil(np.log2(max(n, 2)))))):
-        r = np.minimum(r @ r, 1.0)
-    if r[0].all():
-        return 1
-    return len({row.tobytes() for row in r > 0})
+    """Number of connected pieces (union-find: linear in the bonds, for molecules of any size)."""
+    root = list(range(n))
+
+    def find(a: int) -> int:
+        while root[a] != a:
+            root[a] = a = root[root[a]]
+        return a
+
+    pieces = n
+    for a, b in pairs.tolist():
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            root[ra] = rb
+            pieces -= 1
+    return pieces
 
 
 def _smiles_of(mol) -> str:
@@ -453,8 +468,9 @@ def structures_from_frames(
     """Validate and perceive the bonds of many XYZ frames at once.
 
     The distance checks, connectivity and fragment counts are done on all frames together as
-    padded arrays (one NumPy call for all instead of a dozen per molecule); only bond orders of
-    unsaturated molecules, and the rare molecules with over-bonded atoms, take per-molecule Python.
+    padded arrays (one NumPy call for all instead of a dozen per molecule), in chunks of frames of
+    similar size; only bond orders of unsaturated molecules, the rare molecules with over-bonded
+    atoms, and molecules of more than 64 atoms take per-molecule Python.
     Gives exactly what :func:`structure_from_xyz` gives each frame (a test checks it).
 
     Returns
@@ -470,8 +486,15 @@ def structures_from_frames(
             codes = [_CODE[s] for s in symbols]
         except KeyError:
             codes = None
-        if codes is None or len(symbols) <= 2 or not np.isfinite(xyz).all():
-            try:  # errors and tiny molecules: the one-at-a-time path says what is wrong
+        if (
+            codes is None
+            or len(symbols) <= 2
+            or len(symbols) > _BATCH_MAX_ATOMS
+            or not np.isfinite(xyz).all()
+        ):
+            # errors, tiny and large molecules: the one-at-a-time path (says what is wrong, and
+            # costs a large molecule only its own work, not the padding of a whole chunk)
+            try:
                 out[k] = _structure_one(name, symbols, xyz, edge)
             except StructureError as exc:
                 out[k] = exc
@@ -482,8 +505,15 @@ def structures_from_frames(
             )
             continue
         batch.append((k, codes, xyz))
-    for c in range(0, len(batch), 2048):
-        _perceive_chunk(frames, batch[c : c + 2048], edge, out)
+    # by size, so that a chunk pads its frames to about their own atom count
+    batch.sort(key=lambda item: len(item[1]))
+    lo = 0
+    while lo < len(batch):
+        hi = lo + 1
+        while hi < len(batch) and (hi + 1 - lo) * len(batch[hi][1]) ** 2 <= _CHUNK_PAIRS:
+            hi += 1
+        _perceive_chunk(frames, batch[lo:hi], edge, out)
+        lo = hi
     return out
 
 
@@ -543,17 +573,103 @@ def structure_from_mol(name: str, mol, edge: str | None = None) -> Structure:
 
     if any(a.GetSymbol() not in _VALENCE for a in mol.GetAtoms()):
         _check_atoms(name, [a.GetSymbol() for a in mol.GetAtoms()], np.zeros((0, 3)), edge)
+    mol, bond_notes = _plain_bonds(name, mol)
     mol = Chem.AddHs(mol, addCoords=mol.GetNumConformers() > 0)
     if mol.GetNumConformers() == 0 or not mol.GetConformer().Is3D():
         mol = _embed(name, mol)
     symbols = [a.GetSymbol() for a in mol.GetAtoms()]
     xyz = np.asarray(mol.GetConformer().GetPositions(), dtype=float)
     _check_atoms(name, symbols, xyz, edge)
-    notes = _domain_notes(mol, symbols)
+    notes = _domain_notes(mol, symbols) + bond_notes
     return Structure(name, symbols, xyz, None, mol, not notes, notes)
 
 
+def _plain_bonds(name: str, mol):
+    """The molecule with single, double, triple and aromatic bonds only, and notes on the rest.
+
+    The graphs know those four types.  A dative bond ``A->B`` becomes the charge-separated
+    ``[A+]-[B-]`` (``C[N](C)(C)->O`` is trimethylamine N-oxide, ``C[N+](C)(C)[O-]``, and its O
+    gets no hydrogen); zero-order, ionic and hydrogen bonds are dropped.  Both are noted, so the
+    structure is flagged.  Query bonds (SDF types 5-8) and other types raise
+    :class:`StructureError`: RDKit would add hydrogens for the valence they leave unfilled.
+    """
+    from rdkit import Chem, rdBase
+
+    bt = Chem.BondType
+    plain = (bt.SINGLE, bt.DOUBLE, bt.TRIPLE, bt.AROMATIC)
+    odd = [b for b in mol.GetBonds() if b.HasQuery() or b.GetBondType() not in plain]
+    if not odd:
+        return mol, []
+    rw = Chem.RWMol(mol)
+    dative, dropped = [], []
+    for b in odd:
+        i, j, kind = b.GetBeginAtomIdx(), b.GetEndAtomIdx(), b.GetBondType()
+        if not b.HasQuery() and kind == bt.DATIVE:
+            rw.GetBondBetweenAtoms(i, j).SetBondType(bt.SINGLE)
+            for k, dq in ((i, 1), (j, -1)):
+                atom = rw.GetAtomWithIdx(k)
+                atom.SetFormalCharge(atom.GetFormalCharge() + dq)
+            dative.append(f"{i + 1}->{j + 1}")
+        elif not b.HasQuery() and kind in (bt.ZERO, bt.IONIC, bt.HYDROGEN):
+            rw.RemoveBond(i, j)
+            dropped.append(f"{i + 1}-{j + 1}")
+        else:
+            what = b.GetPropsAsDict().get("_MolFileBondType")
+            what = f"SDF bond type {what}" if what is not None else str(kind)
+            raise StructureError(
+                f"structure {name!r}: bond {i + 1}-{j + 1} has a query or unsupported bond type "
+                f"({what}); only single, double, triple, aromatic and dative bonds are read"
+            )
+    mol = rw.GetMol()
+    try:
+        with rdBase.BlockLogs():  # the error below says it in one line
+            Chem.SanitizeMol(mol)
+    except Exception:  # noqa: BLE001 -- RDKit raises several types
+        raise StructureError(
+            f"structure {name!r}: RDKit rejects its valences with bonds "
+            f"{', '.join(dative + dropped)} read as plain (dative ones as charge-separated)"
+        ) from None
+    notes = []
+    if dative:
+        notes.append(f"{_plural('dative bond', dative)} (read as charge-separated)")
+    if dropped:
+        notes.append(f"{_plural('zero-order bond', dropped)} (left out)")
+    return mol, notes
+
+
+def _plural(what: str, items: list[str]) -> str:
+    return f"{what}{'s' if len(items) > 1 else ''} {', '.join(items)}"
+
+
 def _embed(name: str, mol):
+    """3D coordinates by ETKDG + MMFF, each fragment on its own and 8 A from the previous one.
+
+    Embedded together, fragments would land on top of each other; 8 A apart, each is beyond the
+    6 A reach of the other's absorber surroundings, as for separate molecules.
+    """
+    from rdkit import Chem
+
+    mapping: list = []
+    frags = Chem.GetMolFrags(mol, asMols=True, fragsMolAtomMapping=mapping)
+    if len(frags) == 1:
+        return _embed_one(name, mol)
+    pos = np.zeros((mol.GetNumAtoms(), 3))
+    x0 = 0.0
+    for frag, atoms in zip(frags, mapping, strict=True):
+        xyz = np.asarray(_embed_one(name, frag).GetConformer().GetPositions(), dtype=float)
+        xyz[:, 0] += x0 - xyz[:, 0].min()
+        pos[list(atoms)] = xyz
+        x0 = xyz[:, 0].max() + _FRAGMENT_GAP
+    conf = Chem.Conformer(mol.GetNumAtoms())
+    conf.Set3D(True)
+    for k, p in enumerate(pos.tolist()):
+        conf.SetAtomPosition(k, p)
+    mol.RemoveAllConformers()
+    mol.AddConformer(conf, assignId=True)
+    return mol
+
+
+def _embed_one(name: str, mol):
     from rdkit.Chem import AllChem
 
     params = AllChem.ETKDGv3()
@@ -604,7 +720,53 @@ def _symbol(text: str) -> str:
     return text[:1].upper() + text[1:].lower()
 
 
-def _iter_xyz(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], Structure]]]:
+def _atom_count(line: str) -> int | None:
+    """The atom count that starts a frame (a positive integer, maybe a comment), else None."""
+    head = line.split()
+    if not head or len(head) > 1 and not head[1].startswith(("#", "!")):
+        return None
+    try:
+        n = int(head[0])
+    except ValueError:
+        return None
+    return n if n >= 1 else None
+
+
+def _is_atom_line(line: str) -> bool:
+    """Whether ``line`` reads as an atom: a symbol and three coordinates (maybe more columns)."""
+    parts = line.split()
+    if len(parts) < 4:
+        return False
+    try:
+        for v in parts[1:4]:
+            _float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _next_frame(lines: list[str], k: int) -> int:
+    """The first line from ``k`` on that starts a plausible frame (a count, a title, an atom)."""
+    while k < len(lines):
+        if _atom_count(lines[k]) is not None and k + 2 < len(lines) and _is_atom_line(lines[k + 2]):
+            return k
+        k += 1
+    return k
+
+
+def _failing(message: str) -> Callable[[], tuple]:
+    def build() -> tuple:
+        raise StructureError(message)
+
+    return build
+
+
+def _iter_xyz(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], tuple]]]:
+    """Frames of an XYZ file, each a name and a ``build()`` that parses it or raises.
+
+    A frame that cannot be read is one failing ``build()`` and reading goes on at the next line
+    that starts a plausible frame, so that ``skip_invalid`` keeps the frames after it.
+    """
     with open(path, errors="replace") as fh:
         lines = fh.read().splitlines()
     k, frame = 0, 0
@@ -613,16 +775,15 @@ def _iter_xyz(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], 
             k += 1
             continue
         frame += 1
-        head = lines[k].split()
-        try:
-            n = int(head[0])
-            if n < 1 or len(head) > 1 and not head[1].startswith(("#", "!")):
-                raise ValueError
-        except ValueError:
-            raise StructureError(
+        n = _atom_count(lines[k])
+        if n is None:
+            msg = (
                 f"{path.name} line {k + 1}: expected an atom count to start frame {frame}, "
                 f"found {lines[k].strip()[:40]!r}"
-            ) from None
+            )
+            yield f"{path.stem}_{frame}", _failing(msg)
+            k = _next_frame(lines, k + 1)
+            continue
         name = lines[k + 1].strip() if k + 1 < len(lines) else ""
         name = name or f"{path.stem}_{frame}"
         rows = []
@@ -633,6 +794,22 @@ def _iter_xyz(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], 
             rows.append(parts)
         start = k
         k += 2 + len(rows)
+        if len(rows) == n:
+            j = k
+            while j < len(lines) and not lines[j].strip():
+                j += 1
+            if j < len(lines) and _atom_count(lines[j]) is None and _is_atom_line(lines[j]):
+                # more atom lines than announced: which atoms belong to the frame is unknown
+                extra = 0
+                while j + extra < len(lines) and _is_atom_line(lines[j + extra]):
+                    extra += 1
+                msg = (
+                    f"structure {name!r} ({path.name} line {start + 1}, frame {frame}): "
+                    f"{n + extra} atom lines where {n} were announced"
+                )
+                yield name, _failing(msg)
+                k = _next_frame(lines, j + extra)
+                continue
 
         def build(rows=rows, name=name, n=n, start=start) -> tuple:
             if len(rows) < n:
