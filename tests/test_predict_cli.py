@@ -124,8 +124,73 @@ def test_smiles_names_and_domain_warning(tmp_path, capsys):
     assert table.shape[1] == 3 and (table[:, 1:] >= 0).all()
 
 
+def test_duplicate_names_are_kept_in_order_and_warned(tmp_path, capsys):
+    smi = tmp_path / "mols.smi"
+    smi.write_text("CCO x\nCC(=O)O x\nCCO y\n")
+    out = tmp_path / "mu.csv"
+    assert main(["predict", "--edge", "O", "--structures", str(smi), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "1 structure names occur more than once ('x')" in err
+    header, table = _read_csv(out)
+    assert header == ["energy_eV", "x", "x", "y"]
+    np.testing.assert_allclose(table[:, 1], table[:, 3])  # ethanol twice, acetic acid between
+    assert not np.allclose(table[:, 1], table[:, 2])
+
+
 @pytest.mark.parametrize("bad", ["missing.xyz", "mols.pdb"])
 def test_bad_file(tmp_path, capsys, bad):
     code = main(["predict", "--edge", "O", "--structures", str(tmp_path / bad), "--out", "x.csv"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and bad in err
+
+
+WATER = "3\n{}\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n"
+
+
+def test_frame_with_too_many_atom_lines(tmp_path, capsys):
+    """A frame announcing 2 atoms with 3 atom lines is one bad structure, named: skipped with
+    --skip-invalid (the frames after it kept), else one line and exit 1."""
+    xyz = tmp_path / "count.xyz"
+    bad = "2\nbadcount\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n"
+    xyz.write_text(WATER.format("water_a") + bad + WATER.format("water_b"))
+    out = tmp_path / "mu.csv"
+    cmd = ["predict", "--edge", "O", "--structures", str(xyz), "--out", str(out)]
+    assert main([*cmd, "--skip-invalid"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped: structure 'badcount'" in err and "3 atom lines where 2" in err
+    header, table = _read_csv(out)
+    assert header == ["energy_eV", "water_a", "water_b"] and np.isfinite(table).all()
+    out.unlink()
+    assert main(cmd) == 1 and not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'badcount'" in err and "frame 2" in err
+    assert "Traceback" not in err
+
+
+def test_fragments_dative_bonds_and_a_large_structure_are_predicted_flagged(tmp_path, capsys):
+    smi = tmp_path / "mols.smi"
+    smi.write_text("CCO.O ethanol_water\nC[N](C)(C)->O tmao\nC[N+](C)(C)[O-] tmao_charged\n")
+    out = tmp_path / "mu.csv"
+    assert main(["predict", "--edge", "O", "--structures", str(smi), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "'ethanol_water' is outside the training domain (2 fragments)" in err
+    assert "'tmao' is outside the training domain" in err and "dative bond" in err
+    header, table = _read_csv(out)
+    assert header == ["energy_eV", "ethanol_water", "tmao", "tmao_charged"]
+    assert np.isfinite(table).all()
+    np.testing.assert_allclose(table[:, 2], table[:, 3])  # the dative bond read as N+-O-
+
+    # 100 waters in one 300-atom frame among QM9 molecules
+    side = [(i, j, k) for i in range(5) for j in range(5) for k in range(4)]
+    cluster = ["300", "cluster"] + [
+        f"{e} {3.1 * i + dx} {3.1 * j + dy} {3.1 * k}"
+        for i, j, k in side
+        for e, dx, dy in (("O", 0, 0), ("H", 0.96, 0), ("H", -0.24, 0.93))
+    ]
+    frames = _frames("O", 4).split("\n\n")[:4]
+    xyz = tmp_path / "mols.xyz"
+    xyz.write_text("\n\n".join([*frames[:2], "\n".join(cluster), *frames[2:]]) + "\n")
+    assert main(["predict", "--edge", "O", "--structures", str(xyz), "--out", str(out)]) == 0
+    assert "'cluster' is outside the training domain (100 heavy atoms" in capsys.readouterr().err
+    header, table = _read_csv(out)
+    assert len(header) == 6 and header[3] == "cluster" and np.isfinite(table).all()
