@@ -208,13 +208,32 @@ def site_environment(symbols: list[str], xyz: np.ndarray, sites) -> np.ndarray:
 
 def site_environments(molecules, block: int = 512) -> list[np.ndarray]:
     """:func:`site_environment` of many ``(symbols, xyz, sites)`` at once (padded arrays: the
-    per-call cost of NumPy, not the arithmetic, dominates for QM9-size molecules), ``block``
-    molecules at a time so that one large molecule does not pad a whole GPU-size chunk."""
-    if len(molecules) > block:
-        out: list[np.ndarray] = []
-        for k in range(0, len(molecules), block):
-            out += site_environments(molecules[k : k + block], block)
-        return out
+    per-call cost of NumPy, not the arithmetic, dominates for QM9-size molecules).
+
+    Molecules go by size, at most ``block`` at a time and at most ``_ENV_PAIRS`` (site, atom)
+    pairs of padded work, so that one large molecule pads only molecules of about its size."""
+    order = sorted(range(len(molecules)), key=lambda m: len(molecules[m][0]))
+    out: list[np.ndarray] = [np.zeros((0, ENV_DIM), dtype=np.float32)] * len(molecules)
+    k = 0
+    while k < len(order):
+        j, sites = k, 0
+        while j < len(order) and j - k < block:
+            more = sites + len(molecules[order[j]][2])
+            if j > k and more * len(molecules[order[j]][0]) > _ENV_PAIRS:
+                break
+            sites, j = more, j + 1
+        part = order[k:j]
+        for i, env in zip(part, _site_environments([molecules[i] for i in part]), strict=True):
+            out[i] = env
+        k = j
+    return out
+
+
+#: (site, atom) pairs of one padded block of :func:`site_environments`: ~15 MB of Gaussians
+_ENV_PAIRS = 65536
+
+
+def _site_environments(molecules) -> list[np.ndarray]:
     n_atoms = [len(sym) for sym, _, _ in molecules]
     n_sites = [len(sites) for _, _, sites in molecules]
     total = sum(n_sites)
