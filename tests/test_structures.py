@@ -15,6 +15,7 @@ from xas_bluesky.science.structures import (
     read_structures,
     structure_from_mol,
     structure_from_smiles,
+    structure_from_xyz,
 )
 
 ETHANOL = """9
@@ -309,3 +310,26 @@ def test_perceive_bonds_kekule_and_strained_rings():
     s = structure_from_smiles("C[N+](=O)[O-]", "nitromethane")
     _, orders = perceive_bonds(s.symbols, s.xyz)
     assert orders is None
+
+
+def test_a_conjugated_system_deeper_than_the_recursion_limit_is_flagged_not_fatal():
+    # the bond-order search recurses once per double bond: a polyene of ~2,000 carbons passed
+    # Python's limit; the limit is set here 120 frames above the caller's to reach it with 401
+    import inspect
+    import sys
+
+    n = 401  # C0H2=C1H-...=C399H-C400H=O
+    symbols, xyz = [], []
+    for k in range(n):
+        x, y = k * 1.21, 0.0 if k % 2 == 0 else 0.70
+        symbols += ["C", "H"]
+        xyz += [[x, y, 0.0], [x, y - 1.09 if k % 2 == 0 else y + 1.09, 0.0]]
+    symbols += ["H", "O"]
+    xyz += [[-0.95, 0.55, 0.0], [n * 1.21 - 0.1, 0.70, 0.0]]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack(0)) + 120)
+    try:
+        s = structure_from_xyz("polyene", symbols, np.array(xyz), "O")
+    finally:
+        sys.setrecursionlimit(limit)
+    assert not s.in_domain and "402 heavy atoms" in s.domain_notes[0]

@@ -287,7 +287,10 @@ def _bond_orders(pairs: np.ndarray, free: np.ndarray, lengths: np.ndarray) -> np
     # bonds that can take extra order, shortest (most multiple) first
     cand = sorted((ll[k], k) for k, (a, b) in enumerate(pl) if fl[a] > 0 and fl[b] > 0)
     orders = [1] * len(pl)
-    ok = _fill_valences(fl, [(pl[k][0], pl[k][1], k) for _, k in cand], orders)
+    try:
+        ok = _fill_valences(fl, [(pl[k][0], pl[k][1], k) for _, k in cand], orders)
+    except RecursionError:  # a conjugated system of ~1,000+ bonds: as if no assignment was found
+        ok = False
     return np.array(orders, dtype=np.int64) if ok else None
 
 
