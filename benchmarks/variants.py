@@ -57,12 +57,8 @@ VARIANTS: dict[str, dict] = {
     "site_edge32": {"edge_hidden": 32},
     "site_edge64": {"edge_hidden": 64},
     "site_dim24_edge32": {"dim": 24, "edge_hidden": 32},
-    "site_joint": {},
+    "site_joint": {"joint": True},
 }
-#: variants that also train on the other edge's training molecules (one network for both edges:
-#: the grids have the same length and the absorber's element is in its node features; the split
-#: is by molecule, so no validation or test molecule of either edge is seen)
-JOINT = {"site_joint"}
 
 
 def save_examples(path: str, edges=("O", "N")) -> None:
@@ -109,11 +105,11 @@ def _run(job: tuple) -> dict:
         keep = np.random.default_rng(1000 + seed).permutation(len(parts["train"]))
         parts["train"] = [parts["train"][i] for i in keep[: max(1, round(fraction * len(keep)))]]
         name = f"{name}@{fraction:g}"
-    if name.split("@")[0] in JOINT:
+    cfg = TrainConfig(**{"epochs": epochs, "seed": seed, **VARIANTS[name.split("@")[0]]})
+    if cfg.joint:  # the other edge's training molecules too (the split is by molecule)
         other = {"O": "N", "N": "O"}[edge]
         extra = load_saved(source, other) if source else load_examples(other)
         parts["train"] = parts["train"] + [e for e in extra if e.split == "train"]
-    cfg = TrainConfig(**{"epochs": epochs, "seed": seed, **VARIANTS[name.split("@")[0]]})
     t0 = time.perf_counter()
     model, hist = train_member(parts["train"], parts["val"], cfg, len(energy_grid(edge)), device)
     result = {"edge": edge, "variant": name, "seed": seed, "config": cfg.__dict__, **hist}

@@ -132,19 +132,19 @@ def test_committed_data_still_hold_what_the_shipped_model_saw(edge):
     assert settings["seed"] == 0 and settings["epochs"] >= 1
 
 
-def test_train_cli_writes_beside_not_over_the_shipped_model(tmp_path):
+def test_train_cli_writes_beside_not_over_the_shipped_model_and_trains_jointly(tmp_path):
     import gzip
     import json
     import subprocess
     import sys
 
-    # a small data set: the N sites of the first 60 molecules of the first committed file
+    # a small data set: the sites of the first 60 N molecules of the first committed file
     src = dataset.default_data_files()[0]
     keep, rows = set(), []
     with gzip.open(src, "rt") as fh:
         for line in fh:
             r = json.loads(line)
-            if r["element"] == "N" and (r["qm9_index"] in keep or len(keep) < 60):
+            if r["qm9_index"] in keep or (r["element"] == "N" and len(keep) < 60):
                 keep.add(r["qm9_index"])
                 rows.append(line)
     data = tmp_path / "small.jsonl.gz"
@@ -153,11 +153,12 @@ def test_train_cli_writes_beside_not_over_the_shipped_model(tmp_path):
     shipped = model_dir("N") / "ensemble.pt"
     before = shipped.read_bytes()
     cmd = [sys.executable, "-m", "xas_bluesky.apps.cli", "train", "--edge", "N"]
-    cmd += ["--members", "1", "--epochs", "2", "--dim", "8", "--data", str(data)]
+    cmd += ["--members", "1", "--epochs", "2", "--dim", "8", "--data", str(data), "--joint"]
     run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "models" / "N" / "ensemble.pt").is_file()
     meta = json.loads((tmp_path / "models" / "N" / "metadata.json").read_text())
     assert meta["data_files"] == ["small.jsonl.gz"] and meta["members"] == 1
+    assert meta["train_config"]["joint"] and meta["n_train_other_edge"]["sites"] > 0
     assert shipped.read_bytes() == before
     assert "in models/N" in run.stdout

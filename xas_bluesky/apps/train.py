@@ -46,6 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="bond graph only: no 3D surroundings of the absorbing atoms (site readout)",
     )
+    p.add_argument(
+        "--joint",
+        action="store_true",
+        help="also train on the other edge's training molecules (one network for both edges)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument(
@@ -106,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             env=args.readout == "site" and not args.no_env,
             epochs=args.epochs,
             seed=args.seed,
+            joint=args.joint,
         )
     out = model_dir(args.edge) if args.ship else Path(args.out or Path("models") / args.edge)
     t0 = time.perf_counter()

@@ -23,6 +23,9 @@ class TrainConfig:
     deriv_weight: float = 1.0
     jitter: float = 0.01  # Angstrom, on bond lengths
     seed: int = 0
+    #: also train on the other edge's training molecules (one network for O and N: the grids
+    #: have the same length and the absorber's element is among its node features)
+    joint: bool = False
 
     def __post_init__(self) -> None:
         if self.readout != "site":  # the absorber's surroundings feed the site head only

@@ -214,10 +214,16 @@ def train_ensemble(
     parts = {s: [e for e in examples if e.split == s] for s in ("train", "val", "test")}
     if not parts["train"] or not parts["val"]:
         raise ValueError(f"too little {edge} data to train: {len(examples)} molecules")
+    train = parts["train"]
+    if cfg.joint:  # the split is by molecule: no val or test molecule of either edge gets in
+        other = {"O": "N", "N": "O"}[edge]
+        if len(energy_grid(other)) != len(grid):
+            raise ValueError(f"joint training needs grids of one length ({edge}, {other})")
+        train = train + [e for e in load_examples(other, paths) if e.split == "train"]
     models, history = [], []
     for k in range(members):
         member_cfg = TrainConfig(**{**cfg.__dict__, "seed": cfg.seed + k})
-        model, hist = train_member(parts["train"], parts["val"], member_cfg, len(grid))
+        model, hist = train_member(train, parts["val"], member_cfg, len(grid))
         models.append(round_to_shipped(model))
         history.append(hist)
         if progress:
@@ -241,6 +247,10 @@ def train_ensemble(
         "n_molecules": {s: len(v) for s, v in parts.items()},
         "n_train_molecules": len(parts["train"]),
         "n_train_sites": int(sum(int(e.graph.site_mask.sum()) for e in parts["train"])),
+        "n_train_other_edge": {
+            "molecules": len(train) - len(parts["train"]),
+            "sites": int(sum(int(e.graph.site_mask.sum()) for e in train[len(parts["train"]) :])),
+        },
         "members": members,
         "train_config": dict(cfg.__dict__),
         "member_history": history,
