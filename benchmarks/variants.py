@@ -141,6 +141,9 @@ def _ensembles(results: list[dict]) -> list[dict]:
     for (edge, name), rs in groups.items():
         if len(rs) < 2:
             continue
+        if len({r["true"]["val"].shape for r in rs}) > 1:  # the data grew during the run
+            print(f"{edge} {name}: members saw different data, no ensemble", flush=True)
+            continue
         e = {"edge": edge, "variant": f"{name} x{len(rs)}", "best_epoch": -1, "true": rs[0]["true"]}
         e["seconds"] = sum(r["seconds"] for r in rs)
         e["n_train_molecules"] = rs[0].get("n_train_molecules")
