@@ -31,10 +31,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xas_bluesky.science.graphs import GraphArrays  # noqa: E402
-from xas_bluesky.science.grids import energy_grid  # noqa: E402
+from xas_bluesky.science.grids import energy_grid, other_edge  # noqa: E402
 from xas_bluesky.science.model.training import (  # noqa: E402
     Example,
     TrainConfig,
+    is_complete,
     load_examples,
     predict_examples,
     train_member,
@@ -107,7 +108,7 @@ def _run(job: tuple) -> dict:
         name = f"{name}@{fraction:g}"
     cfg = TrainConfig(**{"epochs": epochs, "seed": seed, **VARIANTS[name.split("@")[0]]})
     if cfg.joint:  # the other edge's training molecules too (the split is by molecule)
-        other = {"O": "N", "N": "O"}[edge]
+        other = other_edge(edge)
         extra = load_saved(source, other) if source else load_examples(other)
         parts["train"] = parts["train"] + [e for e in extra if e.split == "train"]
     t0 = time.perf_counter()
@@ -116,7 +117,7 @@ def _run(job: tuple) -> dict:
     result["n_train_molecules"] = len(parts["train"])
     result["seconds"] = time.perf_counter() - t0
     # scored on complete molecules (every site finished), as benchmarks/accuracy.py
-    scored = {s: [e for e in parts[s] if bool(e.graph.site_mask.all())] for s in ("val", "test")}
+    scored = {s: [e for e in parts[s] if is_complete(e)] for s in ("val", "test")}
     result["pred"] = {s: predict_examples([model], scored[s]) for s in scored}
     result["true"] = {s: np.stack([e.spectrum for e in scored[s]]) for s in scored}
     _score(result)

@@ -32,6 +32,14 @@ def _read_csv(path):
     return rows[0], np.array(rows[1:], dtype=float)
 
 
+def _predict_smiles(tmp_path, capsys, text: str, edge: str = "O"):
+    """``predict`` on a .smi file of ``text``: exit 0 asserted; (stderr, CSV header, CSV table)."""
+    smi, out = tmp_path / "mols.smi", tmp_path / "mu.csv"
+    smi.write_text(text)
+    assert main(["predict", "--edge", edge, "--structures", str(smi), "--out", str(out)]) == 0
+    return (capsys.readouterr().err, *_read_csv(out))
+
+
 def test_predict_command(tmp_path):
     xyz = tmp_path / "mols.xyz"
     xyz.write_text(_frames("O", 4).replace(" ", "\t"))
@@ -113,25 +121,15 @@ def test_skip_invalid(tmp_path, capsys):
 
 
 def test_smiles_names_and_domain_warning(tmp_path, capsys):
-    smi = tmp_path / "mols.smi"
-    smi.write_text("CC(=O)NC\nCCCCCCCCCCCCO dodecanol\n")
-    out = tmp_path / "mu.csv"
-    assert main(["predict", "--edge", "O", "--structures", str(smi), "--out", str(out)]) == 0
-    err = capsys.readouterr().err
+    err, header, table = _predict_smiles(tmp_path, capsys, "CC(=O)NC\nCCCCCCCCCCCCO dodecanol\n")
     assert "'dodecanol' is outside the training domain" in err
-    header, table = _read_csv(out)
     assert header == ["energy_eV", "smi_1", "dodecanol"]
     assert table.shape[1] == 3 and (table[:, 1:] >= 0).all()
 
 
 def test_duplicate_names_are_kept_in_order_and_warned(tmp_path, capsys):
-    smi = tmp_path / "mols.smi"
-    smi.write_text("CCO x\nCC(=O)O x\nCCO y\n")
-    out = tmp_path / "mu.csv"
-    assert main(["predict", "--edge", "O", "--structures", str(smi), "--out", str(out)]) == 0
-    err = capsys.readouterr().err
+    err, header, table = _predict_smiles(tmp_path, capsys, "CCO x\nCC(=O)O x\nCCO y\n")
     assert "1 structure names occur more than once ('x')" in err
-    header, table = _read_csv(out)
     assert header == ["energy_eV", "x", "x", "y"]
     np.testing.assert_allclose(table[:, 1], table[:, 3])  # ethanol twice, acetic acid between
     assert not np.allclose(table[:, 1], table[:, 2])
@@ -168,14 +166,13 @@ def test_frame_with_too_many_atom_lines(tmp_path, capsys):
 
 
 def test_fragments_dative_bonds_and_a_large_structure_are_predicted_flagged(tmp_path, capsys):
-    smi = tmp_path / "mols.smi"
-    smi.write_text("CCO.O ethanol_water\nC[N](C)(C)->O tmao\nC[N+](C)(C)[O-] tmao_charged\n")
-    out = tmp_path / "mu.csv"
-    assert main(["predict", "--edge", "O", "--structures", str(smi), "--out", str(out)]) == 0
-    err = capsys.readouterr().err
+    err, header, table = _predict_smiles(
+        tmp_path,
+        capsys,
+        "CCO.O ethanol_water\nC[N](C)(C)->O tmao\nC[N+](C)(C)[O-] tmao_charged\n",
+    )
     assert "'ethanol_water' is outside the training domain (2 fragments)" in err
     assert "'tmao' is outside the training domain" in err and "dative bond" in err
-    header, table = _read_csv(out)
     assert header == ["energy_eV", "ethanol_water", "tmao", "tmao_charged"]
     assert np.isfinite(table).all()
     np.testing.assert_allclose(table[:, 2], table[:, 3])  # the dative bond read as N+-O-
@@ -188,7 +185,7 @@ def test_fragments_dative_bonds_and_a_large_structure_are_predicted_flagged(tmp_
         for e, dx, dy in (("O", 0, 0), ("H", 0.96, 0), ("H", -0.24, 0.93))
     ]
     frames = _frames("O", 4).split("\n\n")[:4]
-    xyz = tmp_path / "mols.xyz"
+    xyz, out = tmp_path / "mols.xyz", tmp_path / "mu.csv"
     xyz.write_text("\n\n".join([*frames[:2], "\n".join(cluster), *frames[2:]]) + "\n")
     assert main(["predict", "--edge", "O", "--structures", str(xyz), "--out", str(out)]) == 0
     assert "'cluster' is outside the training domain (100 heavy atoms" in capsys.readouterr().err

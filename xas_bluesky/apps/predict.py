@@ -13,6 +13,7 @@ import csv
 import queue
 import sys
 import time
+from collections import Counter
 
 __all__ = ["add_parser", "run", "write_csv"]
 
@@ -116,10 +117,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.skip_invalid:
             raise CLIError(f"{args.structures}: no structures in the file")
         print("xas-bluesky predict: warning: no valid structures to predict", file=sys.stderr)
-    seen: dict[str, int] = {}
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-    twice = [n for n, k in seen.items() if k > 1]
+    twice = [n for n, k in Counter(names).items() if k > 1]
     if twice:  # columns stay in input order; a reader keyed by name would see only one
         shown = ", ".join(repr(n) for n in twice[:5]) + (" ..." if len(twice) > 5 else "")
         print(

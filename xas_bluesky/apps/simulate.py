@@ -40,20 +40,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xas_bluesky.science.feff import completed_keys, feff_available, run_sites, site_jobs
+    from xas_bluesky.science.feff import (
+        check_output,
+        completed_keys,
+        feff_available,
+        run_sites,
+        site_jobs,
+    )
 
     if not feff_available():
         from xas_bluesky.apps.cli import CLIError
 
         raise CLIError("feff10-rs is not installed (pip install 'xas-bluesky[simulate]')", 2)
-    if str(args.out).endswith(".gz"):
+    try:  # before the QM9 draw, which takes a while
+        check_output(args.out)
+    except ValueError as exc:
         from xas_bluesky.apps.cli import CLIError
 
-        raise CLIError(
-            f"--out {args.out}: appended a line at a time, so plain JSONL, not .gz "
-            "(compress the batch when it is finished)",
-            2,
-        )
+        raise CLIError(f"--out {exc}", 2) from None
     elements = tuple(e.strip() for e in args.elements.split(",") if e.strip())
     done = completed_keys([args.out, *args.skip])
     done_mols = {k[0] for k in completed_keys(args.skip)}

@@ -30,6 +30,7 @@ __all__ = [
     "run_sites",
     "site_jobs",
     "completed_keys",
+    "check_output",
     "feff_available",
 ]
 
@@ -182,6 +183,16 @@ def _quiet_worker() -> None:
     os.close(devnull)
 
 
+def check_output(out: str | os.PathLike) -> None:
+    """Refuse a ``.gz`` output: records are appended a line at a time, and a gzip stream cut short
+    by a killed run could not be read back."""
+    if Path(out).suffix == ".gz":
+        raise ValueError(
+            f"{out}: the output is appended a line at a time and must be plain JSONL, not .gz "
+            "(compress the batch when it is finished)"
+        )
+
+
 def _end_line(path: Path) -> None:
     """Terminate a last line cut short by a killed run, so the next record starts a line."""
     if path.exists() and path.stat().st_size:
@@ -208,12 +219,8 @@ def run_sites(
     queued sites are dropped and the ones in flight stopped at once (``runner``, a picklable
     function, is for tests).
     """
+    check_output(out)
     out = Path(out)
-    if out.suffix == ".gz":
-        raise ValueError(
-            f"{out}: the output is appended a line at a time and must be plain JSONL, not .gz "
-            "(compress the batch when it is finished)"
-        )
     done = done or set()
     todo = [j for j in jobs if j.key not in done]
     _end_line(out)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EDGES", "GRID_SPECS", "ONSET_EV", "energy_grid", "to_grid"]
+__all__ = ["EDGES", "GRID_SPECS", "ONSET_EV", "energy_grid", "other_edge", "to_grid"]
 
 EDGES = ("O", "N")
 
@@ -20,6 +20,13 @@ GRID_SPECS: dict[str, tuple[float, float, float]] = {
 
 #: approximate absorption onset of each K edge on FEFF10's axis (eV)
 ONSET_EV: dict[str, float] = {"O": 530.0, "N": 399.0}
+
+
+def other_edge(edge: str) -> str:
+    """The other K edge of the two (``"O"`` -> ``"N"``), for training on both."""
+    if edge not in EDGES:
+        raise ValueError(f"unknown edge {edge!r}: expected one of {', '.join(EDGES)}")
+    return EDGES[1 - EDGES.index(edge)]
 
 
 def energy_grid(edge: str) -> np.ndarray:

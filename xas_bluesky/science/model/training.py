@@ -24,12 +24,19 @@ import torch
 
 from xas_bluesky.science import dataset
 from xas_bluesky.science.graphs import collate, molecule_graph
-from xas_bluesky.science.grids import energy_grid
+from xas_bluesky.science.grids import energy_grid, other_edge
 from xas_bluesky.science.model.config import TrainConfig
 from xas_bluesky.science.model.network import XasMPNN
 from xas_bluesky.science.structures import StructureError, structure_from_xyz
 
-__all__ = ["Example", "load_examples", "TrainConfig", "train_member", "predict_examples"]
+__all__ = [
+    "Example",
+    "load_examples",
+    "TrainConfig",
+    "train_member",
+    "predict_examples",
+    "is_complete",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +85,7 @@ def _collate(examples: list[Example]):
     return g
 
 
-def _complete(e: Example) -> bool:
+def is_complete(e: Example) -> bool:
     """FEFF finished every absorbing site of the molecule."""
     return bool(e.graph.site_mask.all())
 
@@ -110,9 +117,9 @@ def train_member(
     # a molecule's FEFF spectrum is the mean of the sites FEFF finished, the network's the mean
     # of all its sites: where a site failed they differ, so molecular comparisons (validation,
     # the metrics, the molecule readout's loss) take complete molecules; the site loss masks
-    val = [e for e in val if _complete(e)]
+    val = [e for e in val if is_complete(e)]
     if cfg.readout == "molecule":
-        train = [e for e in train if _complete(e)]
+        train = [e for e in train if is_complete(e)]
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = XasMPNN(
@@ -216,7 +223,7 @@ def train_ensemble(
         raise ValueError(f"too little {edge} data to train: {len(examples)} molecules")
     train = parts["train"]
     if cfg.joint:  # the split is by molecule: no val or test molecule of either edge gets in
-        other = {"O": "N", "N": "O"}[edge]
+        other = other_edge(edge)
         if len(energy_grid(other)) != len(grid):
             raise ValueError(f"joint training needs grids of one length ({edge}, {other})")
         train = train + [e for e in load_examples(other, paths) if e.split == "train"]
@@ -233,7 +240,7 @@ def train_ensemble(
             )
     metrics = {}
     for split in ("val", "test"):
-        ex = [e for e in parts[split] if _complete(e)]  # as benchmarks/accuracy.py
+        ex = [e for e in parts[split] if is_complete(e)]  # as benchmarks/accuracy.py
         if ex:
             pred = predict_examples(models, ex)
             metrics[split] = evaluate(grid, np.stack([e.spectrum for e in ex]), pred)
