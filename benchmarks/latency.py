@@ -37,8 +37,8 @@ def _env():
 
 
 def candidate_set(n: int, edge: str = "O", seed: int = 0):
-    from xas_bluesky.beamline.callbacks import CandidateSet, PredictionCache
     from xas_bluesky.resources import candidates_file
+    from xas_bluesky.science.candidates import CandidateSet, PredictionCache
 
     base = PredictionCache().from_file(candidates_file(edge), edge)
     rng = np.random.default_rng(seed)
@@ -74,14 +74,14 @@ def measure(n: int, points: int, interval: float, env: dict, port: int) -> dict:
     from bluesky import RunEngine
     from ophyd import Signal
 
-    from xas_bluesky.beamline.callbacks import LiveXASAnalysis
+    from xas_bluesky.beamline.analysis import AnalysisSession
     from xas_bluesky.beamline.epics.probe import pair_latencies
     from xas_bluesky.beamline.epics.score_ioc import ScoreServer
 
     cands, base = candidate_set(n)
     prefix = f"LAT{n}:"
     server = ScoreServer(prefix, port=port).start()
-    analysis = LiveXASAnalysis(server, candidates=cands)
+    analysis = AnalysisSession(score_server=server, candidates=cands)
     out = Path(tempfile.mkdtemp(prefix="xas-latency-")) / "arrivals.jsonl"
     probe = subprocess.Popen(
         [sys.executable, "-m", "xas_bluesky.beamline.epics.probe", "--pv",
@@ -135,7 +135,7 @@ def measure(n: int, points: int, interval: float, env: dict, port: int) -> dict:
         lines = [json.loads(x) for x in out.read_text().splitlines()[n_before:]]
         # the first update of a run shows 0 points ("Predicting"); keep this run's updates
         arrivals = [a for a in lines if "value" in a]
-        lat = pair_latencies(analysis.event_times[uid], arrivals)
+        lat = pair_latencies(analysis.engine.event_times[uid], arrivals)
         lat_ms = sorted(1e3 * x for x in lat)
         result = analysis.results[uid]
         return {
@@ -151,7 +151,7 @@ def measure(n: int, points: int, interval: float, env: dict, port: int) -> dict:
     finally:
         probe.terminate()
         probe.wait(10)
-        analysis.close(30)
+        analysis.shutdown(30)
         server.stop()
 
 

@@ -31,7 +31,7 @@ def small_candidates(path: Path, n: int = 24, edge: str = "O", skip: int = 0) ->
 @functools.lru_cache(maxsize=2)
 def shared_cache():
     """One PredictionCache (the real GNN) for the session: each structure is predicted once."""
-    from xas_bluesky.beamline.callbacks import PredictionCache
+    from xas_bluesky.science.candidates import PredictionCache
 
     return PredictionCache()
 

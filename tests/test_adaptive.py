@@ -45,7 +45,7 @@ def _collect(RE):
 def test_adaptive_scan_follows_the_score_pvs(setup):
     from bluesky import RunEngine
 
-    from xas_bluesky.beamline.callbacks import subscribe_live_analysis
+    from xas_bluesky.beamline.analysis import subscribe_live_analysis
     from xas_bluesky.beamline.epics.devices import MatchScores
     from xas_bluesky.beamline.plans import adaptive_xanes_scan
 

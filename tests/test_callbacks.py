@@ -18,7 +18,7 @@ from live_helpers import (
     xas_md,
 )
 
-from xas_bluesky.beamline.callbacks import LiveXASAnalysis, xas_run_router
+from xas_bluesky.beamline.analysis import AnalysisSession, xas_run_router
 from xas_bluesky.beamline.epics.score_ioc import ScoreServer
 from xas_bluesky.testing import next_ca_port, unique_prefix
 
@@ -53,14 +53,16 @@ def make_analysis(server, cand_file):
         docs = []
         kw.setdefault("candidates", str(cand_file))
         kw.setdefault("cache", shared_cache())
-        a = LiveXASAnalysis(server, analysis_callbacks=[lambda n, d: docs.append((n, d))], **kw)
+        a = AnalysisSession(
+            score_server=server, analysis_callbacks=[lambda n, d: docs.append((n, d))], **kw
+        )
         a.docs = docs
         made.append(a)
         return a
 
     yield make
     for a in made:
-        a.close(10)
+        a.shutdown(10)
 
 
 def _run(RE, plan):

@@ -11,7 +11,14 @@ import pytest
 from live_helpers import measure_plan, shared_cache, small_candidates
 
 from xas_bluesky.beamline import catalog
-from xas_bluesky.beamline.callbacks import LiveXASAnalysis, PredictionCache
+from xas_bluesky.beamline.analysis import (
+    AnalysisEngine,
+    AnalysisRunSink,
+    LiveXASAnalysis,
+    TiledMatchSink,
+)
+from xas_bluesky.beamline.catalog import TiledPredictionStore
+from xas_bluesky.science.candidates import PredictionCache
 
 ENERGIES = np.arange(527.0, 560.0, 0.5)
 
@@ -25,7 +32,7 @@ def cand_file(tmp_path_factory):
 def stored(tiled_server, cand_file):
     """The candidates predicted once and stored in tiled through a PredictionCache."""
     client = tiled_server.client()
-    cache = PredictionCache(predictor_factory=shared_cache().predictor, tiled_client=client)
+    cache = PredictionCache(shared_cache().predictor, store=TiledPredictionStore(client))
     cands = cache.from_file(cand_file, "O")
     assert cache.n_predicted == len(cands)
     return client, cands
@@ -54,7 +61,7 @@ def test_predictions_stored_in_one_batch_and_reused(stored, cand_file):
     np.testing.assert_allclose(node.read(), cands.mean, rtol=1e-6)
 
     # a fresh cache (a new process, say) finds them in tiled instead of predicting again
-    fresh = PredictionCache(predictor_factory=shared_cache().predictor, tiled_client=client)
+    fresh = PredictionCache(shared_cache().predictor, store=TiledPredictionStore(client))
     again = fresh.from_file(cand_file, "O")
     assert fresh.n_predicted == 0
     np.testing.assert_allclose(again.mean, cands.mean, rtol=1e-6)
@@ -103,13 +110,13 @@ def test_match_results_and_analysis_run_in_tiled(stored, tiled_server, cand_file
     client, cands = stored
     writer = BufferingWrapper(TiledWriter(client))
     tiled_server.drains.append(lambda: writer.shutdown(wait=True))
-    analysis = LiveXASAnalysis(
-        None,
+    engine = AnalysisEngine(
+        [TiledMatchSink(client), AnalysisRunSink([writer])],
         candidates=str(cand_file),
-        cache=PredictionCache(predictor_factory=shared_cache().predictor, tiled_client=client),
+        cache=PredictionCache(shared_cache().predictor, store=TiledPredictionStore(client)),
         tiled_client=client,
-        analysis_callbacks=[writer],
     )
+    analysis = LiveXASAnalysis(engine)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(analysis)
     (uid,) = RE(measure_plan(cands, 2, ENERGIES))
@@ -117,18 +124,18 @@ def test_match_results_and_analysis_run_in_tiled(stored, tiled_server, cand_file
     writer.shutdown(wait=True)
 
     match = catalog.get_match(client, uid)
-    result = analysis.results[uid]
+    result = engine.results[uid]
     assert match["ranking"][0]["name"] == result.best_name
     assert cands.names[2] in [r["name"] for r in match["ranking"][:3]]
     assert len(match["ranking"]) == len(cands)
     probs = [r["probability"] for r in match["ranking"]]
     assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-6
     md = match["metadata"]
-    assert md["analysis_run_uid"] == analysis.analysis_uids[uid]
+    assert md["analysis_run_uid"] == engine.analysis_uids[uid]
     assert md["n_points"] == len(ENERGIES) and len(md["measured_energy_eV"]) == len(ENERGIES)
 
     runs = client.search(Key("start.original_run_uid") == uid)
-    assert list(runs) == [analysis.analysis_uids[uid]]
+    assert list(runs) == [engine.analysis_uids[uid]]
     arun = runs.values().first()
     assert arun.metadata["stop"]["exit_status"] == "success"
     table = arun["primary"].read()
@@ -155,7 +162,7 @@ def test_query_data_dir(tmp_path, cand_file):
     data_dir = tmp_path / "data"
     with start_tiled(data_dir) as server:
         client = server.client()
-        cache = PredictionCache(predictor_factory=shared_cache().predictor, tiled_client=client)
+        cache = PredictionCache(shared_cache().predictor, store=TiledPredictionStore(client))
         cands = cache.from_file(cand_file, "O")
     out = subprocess.run(
         [sys.executable, "-m", "xas_bluesky.apps.cli", "query", "--data-dir", str(data_dir)],
@@ -174,12 +181,15 @@ def test_candidates_from_tiled_in_start_document(stored):
     client, cands = stored
     nodes = catalog._prediction_nodes(client, edge="O", model_version=cands.model_version)
     key = next(k for k, n in nodes if set(n.metadata["structure_keys"]) == set(cands.keys))
-    analysis = LiveXASAnalysis(None, tiled_client=client, cache=PredictionCache(tiled_client=None))
+    engine = AnalysisEngine(tiled_client=client, cache=PredictionCache())
     RE = RunEngine({}, call_returns_result=False)
-    RE.subscribe(analysis)
+    RE.subscribe(engine)  # synchronous on the RunEngine's thread: fine for a test
     (uid,) = RE(measure_plan(cands, 4, ENERGIES, md=xas_md(candidates=f"tiled:{key}")))
-    analysis.close(60)
-    result = analysis.results[uid]
-    assert result.names == cands.names and not analysis.errors
+    result = engine.results[uid]
+    assert result.names == cands.names and not engine.errors
     assert cands.names[4] in [n for n, _ in result.top(3)]
-    assert analysis.cache.n_predicted == 0  # nothing predicted: all from tiled
+    assert engine.cache.n_predicted == 0  # nothing predicted: all from tiled
+    # the stored set carries the model's own calibration, as a freshly predicted one does
+    assert engine.comparator_for(cands).temperature == pytest.approx(
+        cands.calibration["temperature"]
+    )

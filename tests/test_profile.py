@@ -77,7 +77,7 @@ def test_analysis_file_is_optional(ioc_factory, capsys):
     env = {"XAS_BEAMLINE_PREFIX": proc.info["prefix"], "XAS_TILED_URI": "", "XAS_ANALYSIS": "0"}
     ns = load_profile(env)
     assert ns["live_analysis"] is None and ns["tiled_client"] is None
-    if importlib.util.find_spec("xas_bluesky.beamline.callbacks") is None:
+    if importlib.util.find_spec("xas_bluesky.beamline.analysis") is None:
         ns = load_profile({**env, "XAS_ANALYSIS": "1"})
         assert ns["live_analysis"] is None
         assert "live analysis not available" in capsys.readouterr().out
@@ -88,7 +88,7 @@ def test_profile_with_live_analysis(ioc_factory, tiled_server, tmp_path):
     """The whole profile, live analysis included: the score PVs follow the profile's scan."""
     import importlib.util
 
-    if importlib.util.find_spec("xas_bluesky.beamline.callbacks") is None:
+    if importlib.util.find_spec("xas_bluesky.beamline.analysis") is None:
         pytest.skip("the live-analysis callbacks are not installed")
     import epics
     from live_helpers import small_candidates

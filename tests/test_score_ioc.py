@@ -9,32 +9,33 @@ import numpy as np
 import pytest
 from live_helpers import wait_for
 
-from xas_bluesky.beamline.epics.score_ioc import PV_SUFFIXES, TOP_K, ScoreServer, ScoreUpdate
+from xas_bluesky.beamline.epics.score_ioc import ScoreServer
+from xas_bluesky.contracts import PV_SUFFIXES, TOP_K, MatchSummary
 from xas_bluesky.testing import next_ca_port, unique_prefix
 
 LONG_NAME = "dsgdb9nsd_" + "x" * 80  # longer than a DBR_STRING's 39 characters
 LONG_SMILES = "O=C1NC(=O)C2=C1C=CC=C2" * 4
 
 
-def _update(n: int, uid: str = "run-1", **kw) -> ScoreUpdate:
+def _update(n: int, uid: str = "run-1", **kw) -> MatchSummary:
     base = dict(
         run_uid=uid,
-        npoints=n,
+        n_events=n,
         best_name=LONG_NAME,
         best_smiles=LONG_SMILES,
-        best_prob=0.5 + 0.01 * n,
+        best_probability=0.5 + 0.01 * n,
         entropy=1.25,
         next_energy=531.5,
-        offset=-0.3,
+        offset_ev=-0.3,
         last_energy=530.0 + n,
-        ncandidates=3,
+        n_candidates=3,
         top_names=[LONG_NAME, "b", "c"],
-        top_scores=[0.6, 0.3, 0.1],
+        top_probabilities=[0.6, 0.3, 0.1],
         status="Running",
         message="ok",
     )
     base.update(kw)
-    return ScoreUpdate(**base)
+    return MatchSummary(**base)
 
 
 @pytest.fixture

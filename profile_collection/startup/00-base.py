@@ -21,8 +21,10 @@ import os
 from bluesky import RunEngine
 from bluesky.callbacks.buffer import BufferingWrapper
 
+from xas_bluesky.contracts import DEFAULT_PREFIX
+
 BEAMLINE_PREFIX = os.environ.get("XAS_BEAMLINE_PREFIX", "SIM:")
-SCORE_PREFIX = os.environ.get("XAS_SCORE_PREFIX", "XAS:")
+SCORE_PREFIX = os.environ.get("XAS_SCORE_PREFIX", DEFAULT_PREFIX)
 TILED_URI = os.environ.get("XAS_TILED_URI") or None
 TILED_API_KEY = os.environ.get("XAS_TILED_API_KEY") or None
 

@@ -1,10 +1,10 @@
 """The live XANES analysis: follows XAS runs, scores candidates, publishes the score PVs.
 
-:func:`xas_bluesky.beamline.callbacks.subscribe_live_analysis` hosts the score IOC in this
+:func:`xas_bluesky.beamline.analysis.subscribe_live_analysis` hosts the score IOC in this
 process (``XAS_SCORE_PREFIX``, CA port ``XAS_SCORE_PORT`` or a free one) and subscribes the
 analysis; ``XAS_CANDIDATES`` (a structure file) is the default candidate set of runs that name
 none (else the shipped library of the run's edge).  ``XAS_ANALYSIS=0`` leaves it out; without
-the callbacks module the profile still loads.
+the analysis package the profile still loads.
 """
 
 import atexit
@@ -13,7 +13,7 @@ import os
 live_analysis = None
 if os.environ.get("XAS_ANALYSIS", "1") != "0":
     try:
-        from xas_bluesky.beamline.callbacks import subscribe_live_analysis
+        from xas_bluesky.beamline.analysis import subscribe_live_analysis
     except ImportError as _exc:
         print(f"20-analysis: live analysis not available ({_exc})")
     else:

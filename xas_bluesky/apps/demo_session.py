@@ -22,6 +22,7 @@ from typing import TextIO
 
 import numpy as np
 
+from xas_bluesky.contracts import DEFAULT_PREFIX
 from xas_bluesky.services import (
     ManagedProcess,
     apply_ca_env,
@@ -34,7 +35,7 @@ from xas_bluesky.services import (
 __all__ = ["DemoConfig", "DemoError", "run_demo"]
 
 #: prefix of the score PVs in the demo (CLI.md names follow it)
-SCORE_PREFIX = "XAS:"
+SCORE_PREFIX = DEFAULT_PREFIX
 
 
 class DemoError(RuntimeError):
@@ -245,7 +246,7 @@ class _Progress:
                 best = upd.best_name or "-"
                 print(
                     f"  point {n:3d}  E={data[f['energy']]:8.2f} eV   best {best:<12} "
-                    f"p={upd.best_prob:5.3f}  (scored {upd.npoints})",
+                    f"p={upd.best_probability:5.3f}  (scored {upd.n_events})",
                     file=self.config.progress,
                     flush=True,
                 )
@@ -267,20 +268,6 @@ def _read_pvs(server) -> dict:
         out[pvname] = value
         pv.disconnect()
     return out
-
-
-def _ranking(result, cands) -> list[dict]:
-    """Every candidate, best first; ties broken by name (never by input order)."""
-    smiles = dict(zip(cands.names, cands.smiles, strict=True))
-    order = result.top_indices(len(result.names))
-    return [
-        {
-            "name": result.names[i],
-            "smiles": smiles.get(result.names[i], ""),
-            "probability": float(result.probabilities[i]),
-        }
-        for i in order
-    ]
 
 
 def _measured(rows, mode: str, edge: str) -> dict:
@@ -314,7 +301,8 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     from bluesky.utils import RunEngineInterrupted
     from bluesky_tiled_plugins import TiledWriter
 
-    from xas_bluesky.beamline.callbacks import subscribe_live_analysis
+    from xas_bluesky.beamline.analysis import subscribe_live_analysis
+    from xas_bluesky.beamline.catalog import final_ranking
     from xas_bluesky.beamline.epics.devices import MatchScores
     from xas_bluesky.beamline.epics.probe import pair_latencies
     from xas_bluesky.beamline.plans import adaptive_xanes_scan, grid_xanes_scan
@@ -379,6 +367,7 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     if not analysis.wait_idle(120):
         raise DemoError("the analysis did not finish scoring within 120 s")
     result = analysis.results.get(run_uid)
+    ranking = final_ranking(result, cands) if result is not None else []
     if result is None:
         raise DemoError(f"the analysis produced no result: {'; '.join(analysis.errors[-3:])}")
     pv = _read_pvs(analysis.server)
@@ -392,7 +381,7 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
         "mode": config.mode,
         "seed": config.seed,
         "points": len(progress.times),
-        "ranking": _ranking(result, cands),
+        "ranking": ranking,
         "pv": pv,
         "latency_ms": {
             "median": float(np.median(lat)) if lat.size else None,
@@ -415,6 +404,6 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
                 cands.std[i] if cands.std is not None else np.zeros_like(cands.mean[i]),
             )
             for i, name in enumerate(cands.names)
-            if name in {r["name"] for r in _ranking(result, cands)[:3]}
+            if name in {r["name"] for r in ranking[:3]}
         },
     }

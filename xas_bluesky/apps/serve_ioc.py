@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from xas_bluesky.contracts import DEFAULT_PREFIX
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -18,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="Serve the structure-match score PVs (caproto IOC)",
         description=__doc__.splitlines()[0],
     )
-    p.add_argument("--prefix", default="XAS:", help="PV prefix (default XAS:)")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"PV prefix (default {DEFAULT_PREFIX})")
     p.add_argument("--port", type=int, help="Channel Access server port (default: environment)")
     p.add_argument(
         "--interfaces",

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from xas_bluesky.contracts import DEFAULT_PREFIX
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,7 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers")
     p.add_argument("--topic", action="append", default=[], help="Kafka topic (repeatable)")
     p.add_argument("--zmq-prefix", default="", help="the Publisher's 0MQ prefix (default: all)")
-    p.add_argument("--prefix", default="XAS:", help="score PV prefix (default XAS:)")
+    p.add_argument(
+        "--prefix", default=DEFAULT_PREFIX, help=f"score PV prefix (default {DEFAULT_PREFIX})"
+    )
     p.add_argument("--port", type=int, help="Channel Access server port (default: environment)")
     p.add_argument("--candidates", help="default candidates (.xyz, .sdf, .smi)")
     p.add_argument(

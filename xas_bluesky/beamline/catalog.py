@@ -27,9 +27,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from xas_bluesky.contracts import RANKING_KEYS, TILED_KEYS, MatchSummary, ranking
+from xas_bluesky.science.candidates import CandidateSet, model_calibration, structure_key
+
 __all__ = [
     "PREDICTIONS",
     "MATCHES",
+    "TiledPredictionStore",
     "molecule_ids",
     "store_predictions",
     "load_predictions",
@@ -98,6 +102,7 @@ def store_predictions(
     edge: str,
     model_version: str,
     keys: Sequence[str] | None = None,
+    calibration: dict | None = None,
 ) -> list[str]:
     """Store predicted spectra of ``structures`` in batches; returns the nodes' paths.
 
@@ -112,11 +117,13 @@ def store_predictions(
     energy
         (E,) the model's grid (eV).
     keys
-        Structure keys (:func:`~xas_bluesky.beamline.callbacks.structure_key`); computed when None.
+        Structure keys (:func:`~xas_bluesky.science.candidates.structure_key`); computed when
+        None.
+    calibration
+        The model's comparator calibration, stored with the predictions so that a candidate
+        set loaded back (:func:`load_candidate_set`) is scored as the model's own would be.
     """
     if keys is None:
-        from xas_bluesky.beamline.callbacks import structure_key
-
         keys = [structure_key(s) for s in structures]
     mean = np.asarray(mean, dtype=np.float32)
     root = _container(client, PREDICTIONS)
@@ -143,6 +150,8 @@ def store_predictions(
             "structure_keys": chunk_keys,
             "has_std": std is not None,
         }
+        if calibration:
+            md["calibration"] = {str(k): float(v) for k, v in calibration.items()}
         root.write_array(mean[a:b], key=node, metadata=md)
         if std is not None:
             root.write_array(
@@ -196,14 +205,28 @@ def load_predictions(
     return found
 
 
-def load_candidate_set(client, spec: str):
-    """A :class:`~xas_bluesky.beamline.callbacks.CandidateSet` from stored predictions.
+class TiledPredictionStore:
+    """The :class:`~xas_bluesky.science.candidates.PredictionStore` of a tiled container."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def load(self, *, model_version: str, edge: str, keys: Sequence[str]):
+        return load_predictions(self.client, model_version=model_version, edge=edge, keys=keys)
+
+    def save(self, structures, mean, std, *, energy, edge, model_version, keys, calibration):
+        return store_predictions(
+            self.client, structures, mean, std, energy=energy, edge=edge,
+            model_version=model_version, keys=keys, calibration=calibration,
+        )  # fmt: skip
+
+
+def load_candidate_set(client, spec: str) -> CandidateSet:
+    """A :class:`~xas_bluesky.science.candidates.CandidateSet` from stored predictions.
 
     ``spec``: node keys under ``xas_predictions`` joined by ``,``, or ``EDGE/MODEL_VERSION`` for
     every prediction of that model.
     """
-    from xas_bluesky.beamline.callbacks import CandidateSet
-
     if "/" in spec:
         edge, version = spec.split("/", 1)
         nodes = _prediction_nodes(client, edge=edge, model_version=version)
@@ -215,12 +238,14 @@ def load_candidate_set(client, spec: str):
     root = client[PREDICTIONS]
     names, smiles, keys, means, stds = [], [], [], [], []
     edge = version = energy = None
+    stored_calibration: dict = {}
     seen = set()
     for node_key, node in nodes:
         md = node.metadata
         if edge is not None and (md["edge"] != edge or md["model_version"] != version):
             raise ValueError(f"{spec!r} mixes edges or model versions")
         edge, version, energy = md["edge"], md["model_version"], np.asarray(md["energy_eV"])
+        stored_calibration = dict(md.get("calibration") or stored_calibration)
         mean = np.asarray(node.read())
         std = np.asarray(root[f"{node_key}-std"].read()) if md.get("has_std") else None
         for i, k in enumerate(md["structure_keys"]):
@@ -233,12 +258,8 @@ def load_candidate_set(client, spec: str):
             means.append(mean[i])
             stds.append(None if std is None else std[i])
     std_arr = None if any(s is None for s in stds) else np.stack(stds)
-    try:
-        from xas_bluesky.science.compare import calibration_for
-
-        calibration = calibration_for(version)
-    except Exception:
-        calibration = {}
+    # predictions stored before calibrations were stored with them: the default calibration
+    calibration = model_calibration({"model_version": version, "calibration": stored_calibration})
     return CandidateSet(
         names=names,
         smiles=smiles,
@@ -306,54 +327,45 @@ def query_predictions(
     return out
 
 
-def _ranking(result, candidates) -> list[dict]:
-    idx = result.top_indices(len(result.names))
+def final_ranking(result, candidates: CandidateSet | None) -> list[dict]:
+    """Every candidate of a match result, best first; ties broken by name, never input order."""
     smiles = candidates.smiles if candidates is not None else [""] * len(result.names)
-    return [
-        {
-            "name": result.names[i],
-            "smiles": smiles[i],
-            "probability": float(result.probabilities[i]),
-        }
-        for i in idx
-    ]
+    order = result.top_indices(len(result.names))
+    return ranking(result.names, smiles, result.probabilities, order)
 
 
 def store_match(
     client,
-    run_uid: str,
-    result,
-    candidates=None,
+    summary: MatchSummary,
+    ranking: list[dict],
+    candidates: CandidateSet | None = None,
     *,
     analysis_run_uid: str | None = None,
     metadata: dict | None = None,
 ) -> str:
-    """Store a run's final ranking (a table, best first) and its summary; returns the path."""
-    import pandas as pd
+    """Store a run's final ranking (a table, best first) and its summary; returns the path.
 
-    ranking = _ranking(result, candidates)
-    df = pd.DataFrame(ranking, columns=["name", "smiles", "probability"])
+    The record's keys are :data:`~xas_bluesky.contracts.TILED_KEYS` of ``summary`` and
+    the candidate set's identity, then ``metadata``.
+    """
+    import pandas as pd  # tiled's table writer needs it; nothing else here does
+
+    df = pd.DataFrame(ranking, columns=list(RANKING_KEYS))
+    fields = summary.as_dict()
     md = {
         "kind": "xas_match",
-        "run_uid": run_uid,
         "analysis_run_uid": analysis_run_uid,
         "edge": getattr(candidates, "edge", None),
         "model_version": getattr(candidates, "model_version", None),
         "candidate_set": getattr(candidates, "ident", None),
         "candidates_source": getattr(candidates, "source", None),
-        "n_candidates": len(result.names),
-        "best_name": result.best_name,
-        "best_probability": float(result.best_probability),
-        "entropy": float(result.entropy),
-        "offset_ev": float(result.offset_ev),
-        "next_energy": None if result.next_energy is None else float(result.next_energy),
-        "n_points": int(result.n_points),
-        **_jsonable(metadata or {}),
+        **{key: fields[name] for name, key in TILED_KEYS.items()},
     }
+    md = _jsonable({**md, **(metadata or {})})
     root = _container(client, MATCHES)
-    key = run_uid
+    key = summary.run_uid
     if key in root:  # a re-analysis of the same run keeps the earlier one
-        key = f"{run_uid}-{hashlib.sha1(str(analysis_run_uid).encode()).hexdigest()[:8]}"
+        key = f"{key}-{hashlib.sha1(str(analysis_run_uid).encode()).hexdigest()[:8]}"
     root.write_table(df, key=key, metadata=md)
     return f"{MATCHES}/{key}"
 
@@ -373,11 +385,11 @@ def get_match(client, run_uid: str) -> dict:
             raise KeyError(f"no match result stored for run {run_uid!r}")
         node = hits[-1]
     df = node.read()
-    ranking = [
-        {"name": str(r.name), "smiles": str(r.smiles), "probability": float(r.probability)}
+    rows = [
+        dict(zip(RANKING_KEYS, (str(r.name), str(r.smiles), float(r.probability)), strict=True))
         for r in df.itertuples(index=False)
     ]
-    return {"run_uid": run_uid, "ranking": ranking, "metadata": dict(node.metadata)}
+    return {"run_uid": run_uid, "ranking": rows, "metadata": dict(node.metadata)}
 
 
 def _jsonable(obj):

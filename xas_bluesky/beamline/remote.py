@@ -2,7 +2,7 @@
 
 The RunEngine side publishes documents as usual (``bluesky.callbacks.zmq.Publisher`` to a
 ``bluesky-0MQ-proxy``, or bluesky-kafka's ``Publisher``); the worker subscribes, runs
-:class:`~xas_bluesky.beamline.callbacks.LiveXASAnalysis` and hosts the score PVs itself
+:class:`~xas_bluesky.beamline.analysis.AnalysisSession` and hosts the score PVs itself
 (:class:`~xas_bluesky.beamline.epics.score_ioc.ScoreServer`), so plans read the same PVs wherever
 the analysis runs.
 
@@ -21,9 +21,11 @@ import time
 
 import zmq
 from bluesky.callbacks.zmq import RemoteDispatcher
+from zmq import asyncio as zmq_asyncio
+from zmq.utils.monitor import parse_monitor_message
 
-from xas_bluesky.beamline.callbacks import LiveXASAnalysis
-from xas_bluesky.beamline.epics.score_ioc import ScoreServer
+from xas_bluesky.beamline.analysis import AnalysisSession
+from xas_bluesky.contracts import DEFAULT_PREFIX, PV_SUFFIXES
 
 __all__ = ["ReadyRemoteDispatcher", "run_zmq_worker", "run_kafka_worker", "wait_for_worker"]
 
@@ -45,8 +47,6 @@ class ReadyRemoteDispatcher(RemoteDispatcher):
         # bluesky builds the socket in start(); ours attaches the monitor *before* connecting,
         # so the handshake event cannot happen before anyone listens for it
         def factory():
-            from zmq import asyncio as zmq_asyncio
-
             asyncio.set_event_loop(self.loop)
             self._context = zmq_asyncio.Context()
             self._socket = sock = self._context.socket(zmq.SUB)
@@ -58,8 +58,6 @@ class ReadyRemoteDispatcher(RemoteDispatcher):
         self._RemoteDispatcher__factory = factory
 
     async def _watch(self, mon):
-        from zmq.utils.monitor import parse_monitor_message
-
         try:
             parse_monitor_message(await mon.recv_multipart())
             await asyncio.sleep(self._settle_s)  # the subscription follows the handshake
@@ -75,38 +73,10 @@ class ReadyRemoteDispatcher(RemoteDispatcher):
             mon.close()
 
 
-class _Sink:
-    """Stands in for a RunEngine in :func:`subscribe_live_analysis`: the dispatcher feeds the
-    analysis instead."""
-
-    def subscribe(self, cb):
-        return 0
-
-    def unsubscribe(self, token):
-        pass
-
-
-def _prepare(analysis: LiveXASAnalysis, server: ScoreServer, edges, candidates) -> None:
-    """Predict the default candidates now, so the first run does not wait for the model."""
-    for edge in edges or ():
-        try:
-            server.set_status("Predicting", f"preparing {edge} candidates")
-            if candidates:
-                cands = analysis.cache.from_file(candidates, edge)
-            else:
-                from xas_bluesky.resources import candidates_file
-
-                cands = analysis.cache.from_file(candidates_file(edge), edge)
-            analysis._comparator(cands)  # built once, reset per run
-        except Exception as exc:  # the worker still serves; each run reports its own problem
-            logger.exception("could not prepare %s candidates", edge)
-            server.set_status("Warning", f"{edge} candidates not prepared: {exc}")
-
-
 def run_zmq_worker(
     address: str,
     *,
-    score_prefix: str = "XAS:",
+    score_prefix: str = DEFAULT_PREFIX,
     port: int | None = None,
     tiled_client=None,
     candidates: str | None = None,
@@ -129,23 +99,21 @@ def run_zmq_worker(
     zmq_prefix
         The Publisher's prefix to listen to (``b""``: all).
     """
-    from xas_bluesky.beamline.callbacks import subscribe_live_analysis
-
-    server = ScoreServer(score_prefix, port=port).start()
-    # with a tiled client, subscribe_live_analysis writes the analysis runs through a buffered
-    # TiledWriter and drains it in shutdown()
-    analysis = subscribe_live_analysis(
-        _Sink(), score_server=server, tiled_client=tiled_client, candidates=candidates, **kwargs
-    )
-    _prepare(analysis, server, edges, candidates)
+    # with a tiled client, the session writes the analysis runs through a buffered TiledWriter
+    # and drains it in shutdown()
+    session = AnalysisSession(
+        score_prefix=score_prefix, port=port, tiled_client=tiled_client, candidates=candidates,
+        **kwargs,
+    )  # fmt: skip
+    session.prepare(edges, candidates)
 
     def ready():
-        server.set_status("Idle", f"{READY}: subscribed to {address}")
+        session.server.set_status("Idle", f"{READY}: subscribed to {address}")
         logger.warning("worker ready: subscribed to %s, score PVs %s", address, score_prefix)
 
     dispatcher = ReadyRemoteDispatcher(address, prefix=zmq_prefix, on_ready=ready)
-    dispatcher.subscribe(analysis)
-    _serve(dispatcher, analysis, server)
+    dispatcher.subscribe(session.analysis)
+    _serve(dispatcher, session)
 
 
 def run_kafka_worker(
@@ -154,7 +122,7 @@ def run_kafka_worker(
     *,
     group_id: str = "xas-bluesky-analysis",
     consumer_config: dict | None = None,
-    score_prefix: str = "XAS:",
+    score_prefix: str = DEFAULT_PREFIX,
     port: int | None = None,
     tiled_client=None,
     candidates: str | None = None,
@@ -167,13 +135,11 @@ def run_kafka_worker(
         from bluesky_kafka import RemoteDispatcher as KafkaDispatcher
     except ImportError as exc:
         raise RuntimeError("Kafka needs bluesky-kafka (pip install 'xas-bluesky[kafka]')") from exc
-    from xas_bluesky.beamline.callbacks import subscribe_live_analysis
-
-    server = ScoreServer(score_prefix, port=port).start()
-    analysis = subscribe_live_analysis(
-        _Sink(), score_server=server, tiled_client=tiled_client, candidates=candidates, **kwargs
-    )
-    _prepare(analysis, server, edges, candidates)
+    session = AnalysisSession(
+        score_prefix=score_prefix, port=port, tiled_client=tiled_client, candidates=candidates,
+        **kwargs,
+    )  # fmt: skip
+    session.prepare(edges, candidates)
     config = {"auto.offset.reset": "latest", **(consumer_config or {})}
     dispatcher = KafkaDispatcher(
         topics=topics,
@@ -181,30 +147,31 @@ def run_kafka_worker(
         group_id=group_id,
         consumer_config=config,
     )
-    dispatcher.subscribe(analysis)
+    dispatcher.subscribe(session.analysis)
     # Kafka keeps what was published before the consumer joined (within retention): with a
     # committed group offset nothing is lost to a slow join; say so once the consumer is built
-    server.set_status("Idle", f"{READY}: consuming {','.join(topics)} from {bootstrap_servers}")
-    _serve(dispatcher, analysis, server)
+    session.server.set_status(
+        "Idle", f"{READY}: consuming {','.join(topics)} from {bootstrap_servers}"
+    )
+    _serve(dispatcher, session)
 
 
-def _serve(dispatcher, analysis, server) -> None:
+def _serve(dispatcher, session: AnalysisSession) -> None:
     """Run ``dispatcher`` until Ctrl-C, then drain the analysis and stop the score IOC."""
     try:
         dispatcher.start()
     except KeyboardInterrupt:
         pass
     finally:
-        analysis.shutdown(30)
-        server.stop()
+        session.shutdown(30)
 
 
 def wait_for_worker(score_prefix: str, timeout: float = 60.0) -> bool:
     """Block until the worker serving ``score_prefix`` says it is ready (RunEngine side, before
     the run).  Reads ``Match:Message-Name`` over Channel Access; False on timeout."""
-    import epics
+    import epics  # libca reads its environment once: not before the caller has set it
 
-    pv = score_prefix + "Match:Message-Name"
+    pv = score_prefix + PV_SUFFIXES["message"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -214,7 +181,9 @@ def wait_for_worker(score_prefix: str, timeout: float = 60.0) -> bool:
         if msg and msg.startswith(READY):
             return True
         try:  # already following runs: it is connected
-            status = epics.caget(score_prefix + "Match:Status-Sts", as_string=True, timeout=1.0)
+            status = epics.caget(
+                score_prefix + PV_SUFFIXES["status"], as_string=True, timeout=1.0
+            )
         except Exception:
             status = None
         if status in ("Running", "Done") and msg is not None:

@@ -20,7 +20,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignalRO, Kind, Signal
 from ophyd.status import Status
 
-from xas_bluesky.beamline.epics.score_ioc import PV_SUFFIXES
+from xas_bluesky.contracts import DEFAULT_PREFIX, PV_SUFFIXES
 
 __all__ = ["MatchScores", "ScoredSignal"]
 
@@ -110,7 +110,7 @@ class MatchScores(Device):
     update = _ro("update", Kind.omitted)
     scored = Cpt(ScoredSignal, value=("", 0), kind=Kind.omitted)
 
-    def __init__(self, prefix: str = "XAS:", *, wait_timeout: float = 10.0, **kwargs):
+    def __init__(self, prefix: str = DEFAULT_PREFIX, *, wait_timeout: float = 10.0, **kwargs):
         super().__init__(prefix, **kwargs)
         self.wait_timeout = wait_timeout
 

@@ -38,16 +38,23 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from caproto import ChannelType
-from caproto.server import PVGroup, pvproperty
+from caproto.asyncio.server import Context
+from caproto.server import PVGroup, ioc_arg_parser, pvproperty
+
+from xas_bluesky.beamline.epics.server import run_ioc, tune_caproto
+from xas_bluesky.contracts import (
+    DEFAULT_PREFIX,
+    PV_ATTRS,
+    PV_SUFFIXES,
+    STATES,
+    TOP_K,
+    MatchSummary,
+)
 
 __all__ = [
-    "STATES",
-    "TOP_K",
-    "PV_SUFFIXES",
-    "ScoreUpdate",
     "MatchScoreGroup",
     "ScoreServer",
     "main",
@@ -55,32 +62,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: states of ``Match:Status-Sts`` (an enum: clients may read the index or the string)
-STATES = ("Idle", "Predicting", "Running", "Done", "Warning", "Error")
-#: length of ``Match:TopScores-Wfm`` (and lines of ``Match:TopNames-Wfm``)
-TOP_K = 10
 _NAME_LEN = 256
 _TEXT_LEN = 4096
-
-#: attribute of :class:`MatchScoreGroup` -> PV suffix (after the prefix)
-PV_SUFFIXES = {
-    "best_name": "Match:Best-Name",
-    "best_prob": "Match:BestProb-I",
-    "entropy": "Match:Entropy-I",
-    "npoints": "Match:NPoints-I",
-    "next_energy": "Match:NextEnergy-I",
-    "run_uid": "Match:RunUID-I",
-    "top_names": "Match:TopNames-Wfm",
-    "top_scores": "Match:TopScores-Wfm",
-    "status": "Match:Status-Sts",
-    "heartbeat": "Match:Heartbeat-I",
-    "offset": "Match:Offset-I",
-    "best_smiles": "Match:BestSmiles-Name",
-    "message": "Match:Message-Name",
-    "last_energy": "Match:LastEnergy-I",
-    "ncandidates": "Match:NCandidates-I",
-    "update": "Match:Update-I",
-}
 
 
 def _text(value: str, limit: int) -> str:
@@ -104,32 +87,6 @@ def _same(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return a == b
-
-
-@dataclass
-class ScoreUpdate:
-    """One analysis update, as published to the score PVs.
-
-    ``npoints`` and ``update`` change last, so a client that sees them change reads the rest of
-    the same update.
-    """
-
-    run_uid: str = ""
-    npoints: int = 0
-    best_name: str = ""
-    best_smiles: str = ""
-    best_prob: float = float("nan")
-    entropy: float = float("nan")
-    next_energy: float = float("nan")
-    offset: float = float("nan")
-    last_energy: float = float("nan")
-    ncandidates: int = 0
-    top_names: Sequence[str] = ()
-    top_scores: Sequence[float] = ()
-    status: str = "Idle"
-    message: str = ""
-    #: ``time.time()`` of the newest event this update includes (for latency bookkeeping)
-    event_time: float | None = field(default=None, compare=False)
 
 
 class MatchScoreGroup(PVGroup):
@@ -205,28 +162,29 @@ class MatchScoreGroup(PVGroup):
     async def heartbeat(self, instance, async_lib):
         await instance.write((instance.value + 1) % 2**31)
 
-    async def apply(self, upd: ScoreUpdate, counter: int) -> None:
-        """Write one update (from the server's own loop); ``npoints``/``update`` go last."""
+    async def apply(self, upd: MatchSummary, counter: int) -> None:
+        """Write one summary (from the server's own loop); ``npoints``/``update`` go last."""
         names = list(upd.top_names)[:TOP_K]
-        scores = [_num(s) for s in list(upd.top_scores)[:TOP_K]]
+        scores = [_num(s) for s in list(upd.top_probabilities)[:TOP_K]]
         scores += [float("nan")] * (TOP_K - len(scores))
         status = upd.status if upd.status in STATES else "Error"
-        values = (
-            (self.run_uid, _text(upd.run_uid, 64)),
-            (self.best_name, _text(upd.best_name, _NAME_LEN)),
-            (self.best_smiles, _text(upd.best_smiles, _NAME_LEN)),
-            (self.best_prob, _num(upd.best_prob)),
-            (self.entropy, _num(upd.entropy)),
-            (self.next_energy, _num(upd.next_energy)),
-            (self.offset, _num(upd.offset)),
-            (self.last_energy, _num(upd.last_energy)),
-            (self.ncandidates, int(upd.ncandidates)),
-            (self.top_names, _text("\n".join(names), _TEXT_LEN)),
-            (self.top_scores, scores),
-            (self.message, _text(upd.message, _TEXT_LEN)),
-            (self.status, status),
-            (self.npoints, int(upd.npoints)),
-        )
+        value = {
+            "run_uid": _text(upd.run_uid, 64),
+            "best_name": _text(upd.best_name, _NAME_LEN),
+            "best_smiles": _text(upd.best_smiles, _NAME_LEN),
+            "best_probability": _num(upd.best_probability),
+            "entropy": _num(upd.entropy),
+            "next_energy": _num(upd.next_energy),
+            "offset_ev": _num(upd.offset_ev),
+            "last_energy": _num(upd.last_energy),
+            "n_candidates": int(upd.n_candidates),
+            "top_names": _text("\n".join(names), _TEXT_LEN),
+            "top_probabilities": scores,
+            "message": _text(upd.message, _TEXT_LEN),
+            "status": status,
+            "n_events": int(upd.n_events),
+        }
+        values = [(getattr(self, PV_ATTRS[name]), v) for name, v in value.items()]
         # only what changed: each write costs ~60 us and a monitor update per subscriber
         for pv, value in values:
             if pv is self.npoints or not _same(self._last.get(pv.name), value):
@@ -241,7 +199,7 @@ class ScoreServer:
     Parameters
     ----------
     prefix
-        PV prefix, e.g. ``"XAS:"``.
+        PV prefix (default :data:`~xas_bluesky.contracts.DEFAULT_PREFIX`).
     port
         Channel Access server port (UDP searches, first TCP port tried).  Default: the
         environment's ``EPICS_CAS_SERVER_PORT`` / ``EPICS_CA_SERVER_PORT``.
@@ -253,13 +211,14 @@ class ScoreServer:
     Examples
     --------
     >>> server = ScoreServer("XAS:", port=5064).start()
-    >>> server.publish(ScoreUpdate(run_uid=uid, npoints=3, best_name="water", best_prob=0.7))
+    >>> server.publish(MatchSummary(run_uid=uid, n_events=3, best_name="water",
+    ...                             best_probability=0.7))
     >>> server.stop()
     """
 
     def __init__(
         self,
-        prefix: str = "XAS:",
+        prefix: str = DEFAULT_PREFIX,
         *,
         port: int | None = None,
         interfaces: Sequence[str] = ("127.0.0.1",),
@@ -270,7 +229,7 @@ class ScoreServer:
         self.interfaces = list(interfaces)
         self.tuned = tuned
         self._lock = threading.Lock()
-        self._latest = ScoreUpdate()
+        self._latest = MatchSummary()
         self._dirty = False
         self._counter = 0
         self._seq = 0  # updates handed to publish()
@@ -300,7 +259,7 @@ class ScoreServer:
         return self._thread is not None and self._thread.is_alive() and self._ready.is_set()
 
     @property
-    def latest(self) -> ScoreUpdate:
+    def latest(self) -> MatchSummary:
         """The last update handed to :meth:`publish` (what the PVs show once written)."""
         with self._lock:
             return self._latest
@@ -348,7 +307,7 @@ class ScoreServer:
         self.stop()
 
     # -- publishing --------------------------------------------------------------------------
-    def publish(self, update: ScoreUpdate) -> None:
+    def publish(self, update: MatchSummary) -> None:
         """Hand an update to the server (thread-safe, never blocks, coalesces)."""
         with self._lock:
             self._latest = update
@@ -417,10 +376,6 @@ class ScoreServer:
                 loop.close()
 
     async def _serve(self) -> None:
-        from caproto.asyncio.server import Context
-
-        from xas_bluesky.beamline.epics.server import tune_caproto
-
         if self.tuned:
             tune_caproto()
         # a fresh group per start: subscriptions of a stopped server die with it
@@ -474,14 +429,10 @@ class ScoreServer:
 
 def main(argv: list[str] | None = None) -> None:
     """Serve :class:`MatchScoreGroup` standalone (``python -m``; ``xas-bluesky serve-ioc``)."""
-    from caproto.server import ioc_arg_parser
-
-    from xas_bluesky.beamline.epics.server import run_ioc
-
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     ioc_options, run_options = ioc_arg_parser(
-        default_prefix="XAS:", desc="Structure-match score PVs (xas_bluesky)"
+        default_prefix=DEFAULT_PREFIX, desc="Structure-match score PVs (xas_bluesky)"
     )
     run_ioc(MatchScoreGroup(**ioc_options), run_options)
 

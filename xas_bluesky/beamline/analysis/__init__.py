@@ -1,0 +1,40 @@
+"""The live XANES analysis on the Bluesky document stream.
+
+Layers, each usable alone:
+
+- :mod:`.engine` -- :class:`AnalysisEngine`, synchronous: documents in, match summaries out;
+- :mod:`.sinks` -- where summaries go: score PVs, the analysis run, tiled's match record;
+- :mod:`.worker` -- :class:`LiveXASAnalysis`, the engine on a worker thread (the RunEngine's
+  callback only queues);
+- :mod:`.session` -- :class:`AnalysisSession`, all of them built and stopped together
+  (:func:`subscribe_live_analysis`, the remote worker).
+"""
+
+from xas_bluesky.beamline.analysis.engine import AnalysisEngine, RunState
+from xas_bluesky.beamline.analysis.session import (
+    AnalysisSession,
+    subscribe_live_analysis,
+    xas_run_router,
+)
+from xas_bluesky.beamline.analysis.sinks import (
+    AnalysisRunSink,
+    AnalysisSink,
+    MemorySink,
+    ScorePVSink,
+    TiledMatchSink,
+)
+from xas_bluesky.beamline.analysis.worker import LiveXASAnalysis
+
+__all__ = [
+    "AnalysisEngine",
+    "RunState",
+    "AnalysisSink",
+    "ScorePVSink",
+    "AnalysisRunSink",
+    "TiledMatchSink",
+    "MemorySink",
+    "LiveXASAnalysis",
+    "AnalysisSession",
+    "subscribe_live_analysis",
+    "xas_run_router",
+]

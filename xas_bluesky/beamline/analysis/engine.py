@@ -1,0 +1,405 @@
+"""The live XANES analysis as a synchronous engine: documents in, match summaries out.
+
+:class:`AnalysisEngine` is an event-model ``DocumentRouter``.  It follows XAS runs (start
+documents that :func:`~xas_bluesky.contracts.is_xas_start` accepts; every other run is ignored),
+turns each primary-stream ``event`` or ``event_page`` into mu(E) points, scores them against
+every candidate structure with :class:`~xas_bluesky.science.compare.Comparator` on
+:meth:`~AnalysisEngine.flush`, and hands each :class:`~xas_bluesky.contracts.MatchSummary` to
+its sinks (:mod:`.sinks`: the score PVs, the analysis run, tiled's match record).
+
+No threads and no EPICS here: the caller decides when to score (the worker thread of
+:class:`~xas_bluesky.beamline.analysis.worker.LiveXASAnalysis` flushes after every batch of
+queued documents, so one update covers every point that arrived meanwhile); unit tests drive the
+engine with plain documents and an in-memory sink.  An exception of ours is reported to the
+sinks as an ``Error`` status; it never reaches the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from event_model import DocumentRouter, pack_event_page
+
+from xas_bluesky.beamline.analysis.sinks import AnalysisSink
+from xas_bluesky.beamline.catalog import final_ranking, load_candidate_set
+from xas_bluesky.contracts import DEFAULT_MODE, TOP_K, MatchSummary, is_xas_start
+from xas_bluesky.resources import candidates_file
+from xas_bluesky.science.candidates import CandidateSet, PredictionCache
+from xas_bluesky.science.compare import Comparator, MatchResult
+from xas_bluesky.science.spectra import mu_from_channels, noise_from_scatter
+
+__all__ = ["AnalysisEngine", "RunState"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunState:
+    """What the engine knows of one followed run (sinks read it; only the engine writes it)."""
+
+    start: dict
+    element: str
+    mode: str
+    fields: dict[str, str]
+    energy_offset: float
+    descriptors: set[str] = field(default_factory=set)
+    candidates: CandidateSet | None = None
+    comparator: Any = None
+    #: (energy, mu, sigma) not scored yet
+    pending: list[tuple[float, float, float]] = field(default_factory=list)
+    n_events: int = 0  # primary events handled (bad points included)
+    n_scored: int = 0  # ... of which the comparator has seen the good ones
+    n_bad: int = 0
+    last_energy: float = math.nan
+    last_event_time: float | None = None
+    result: MatchResult | None = None
+    problems: list[str] = field(default_factory=list)
+    fatal: str | None = None
+    energies: list[float] = field(default_factory=list)
+    mus: list[float] = field(default_factory=list)
+    #: uid of the linked analysis run, once a sink has opened one
+    analysis_uid: str | None = None
+    stopped: bool = False
+
+    @property
+    def uid(self) -> str:
+        return self.start["uid"]
+
+    @property
+    def sample_name(self) -> str | None:
+        return self.start.get("sample_name")
+
+    def summary(self, status: str, message: str, top_k: int = TOP_K) -> MatchSummary:
+        """The run's state as a :class:`~xas_bluesky.contracts.MatchSummary`.
+
+        After a failure it carries no scores rather than stale ones.
+        """
+        s = MatchSummary(
+            run_uid=self.uid,
+            n_events=self.n_scored,
+            status=status,
+            message=message,
+            last_energy=self.last_energy,
+            n_candidates=len(self.candidates) if self.candidates is not None else 0,
+            event_time=self.last_event_time,
+        )
+        r = None if self.fatal else self.result
+        if r is not None:
+            top = r.top_indices(top_k)
+            s.n_points = int(r.n_points)
+            s.best_name = r.best_name
+            s.best_smiles = self.candidates.smiles[r.best_index] if self.candidates else ""
+            s.best_probability = float(r.best_probability)
+            s.entropy = float(r.entropy)
+            s.next_energy = math.nan if r.next_energy is None else float(r.next_energy)
+            s.offset_ev = float(r.offset_ev)
+            s.top_names = [r.names[i] for i in top]
+            s.top_probabilities = [float(r.probabilities[i]) for i in top]
+        return s
+
+    def ranking(self) -> list[dict]:
+        """The final ranking of every candidate, best first (empty before the first point)."""
+        return [] if self.result is None else final_ranking(self.result, self.candidates)
+
+
+class AnalysisEngine(DocumentRouter):
+    """Follow XAS runs, score candidates on :meth:`flush`, hand summaries to ``sinks``.
+
+    Parameters
+    ----------
+    sinks
+        :class:`~xas_bluesky.beamline.analysis.sinks.AnalysisSink` s, called in order.
+    candidates
+        Default candidates when a start document names none: a structure file (XYZ/SDF/SMILES),
+        a :class:`~xas_bluesky.science.candidates.CandidateSet`, or None for the shipped library
+        of the run's edge.
+    cache
+        :class:`~xas_bluesky.science.candidates.PredictionCache` (a fresh one when None).
+    tiled_client
+        tiled container that ``candidates: "tiled:<spec>"`` start documents load from
+        (:func:`~xas_bluesky.beamline.catalog.load_candidate_set`).
+    fields
+        Override the data keys of energy/i0/signal (``{"energy": ..., "i0": ..., "signal": ...}``).
+    counts
+        Channels are counts: Poisson noise per point.  Otherwise the noise is estimated from
+        the point-to-point scatter (with ``sigma_floor``).
+    top_k
+        Candidates listed in a summary's ``top_names``.
+    comparator_kwargs
+        Extra keywords of :class:`~xas_bluesky.science.compare.Comparator` (the model's
+        calibration is applied by default).
+    comparator_factory
+        Builds the comparator instead of :class:`~xas_bluesky.science.compare.Comparator`.
+    """
+
+    def __init__(
+        self,
+        sinks: Iterable[AnalysisSink] = (),
+        *,
+        candidates: str | CandidateSet | None = None,
+        cache: PredictionCache | None = None,
+        tiled_client: Any = None,
+        fields: Mapping[str, str] | None = None,
+        counts: bool = True,
+        sigma_floor: float = 1e-4,
+        top_k: int = TOP_K,
+        comparator_kwargs: Mapping[str, Any] | None = None,
+        comparator_factory: Callable[..., Any] | None = None,
+    ):
+        super().__init__()
+        self.sinks: list[AnalysisSink] = list(sinks)
+        self.default_candidates = candidates
+        self.tiled_client = tiled_client
+        self.cache = cache or PredictionCache()
+        self.fields_override = dict(fields or {})
+        self.counts = counts
+        self.sigma_floor = sigma_floor
+        self.top_k = top_k
+        self.comparator_kwargs = dict(comparator_kwargs or {})
+        self._comparator_factory = comparator_factory or Comparator
+        self._comparators: dict[str, Any] = {}
+        self._runs: dict[str, RunState] = {}
+        self._desc_run: dict[str, RunState] = {}
+        #: raw run uid -> the final match result
+        self.results: dict[str, MatchResult | None] = {}
+        #: raw run uid -> uid of its analysis run (where a sink opened one)
+        self.analysis_uids: dict[str, str] = {}
+        #: raw run uid -> (event times by point count); for latency bookkeeping
+        self.event_times: dict[str, dict[int, float]] = {}
+        self.errors: list[str] = []
+
+    # -- entry points ---------------------------------------------------------------------------
+    def __call__(self, name: str, doc: dict, validate: bool = False):
+        """Route one document (never raises: a failure is reported to the sinks)."""
+        try:
+            return super().__call__(name, doc, validate)
+        except Exception as exc:
+            self.report_exception(f"{name} document", exc)
+            return name, doc
+
+    def flush(self) -> None:
+        """Score every run's points that arrived since the last flush; publish the updates."""
+        try:
+            for run in list(self._runs.values()):
+                self._score_run(run)
+        except Exception as exc:  # never let a caller's thread die of us
+            self.report_exception("analysis update", exc)
+
+    def prepare(self, candidates: CandidateSet) -> None:
+        """Build the comparator of ``candidates`` now, so a run using them starts at once."""
+        self.comparator_for(candidates)
+
+    def report_exception(self, what: str, exc: BaseException) -> None:
+        """Log ``exc``, keep it in :attr:`errors` and show it on the sinks' status."""
+        msg = f"{what}: {type(exc).__name__}: {exc}"
+        logger.exception("live analysis failed in %s", what)
+        self.errors.append(msg)
+        self._status("Error", msg)
+
+    # -- sinks ----------------------------------------------------------------------------------
+    def _call_sinks(self, hook: str, *args) -> None:
+        for sink in self.sinks:
+            try:
+                getattr(sink, hook)(*args)
+            except Exception as exc:  # one failing sink must not stop the scoring or the others
+                logger.exception("analysis sink %r failed in %s", sink, hook)
+                self.errors.append(f"analysis sink {type(sink).__name__}: {exc}")
+
+    def _status(self, status: str, message: str, run: RunState | None = None) -> None:
+        if run is None:
+            self._call_sinks("status", status, message)
+        else:
+            self._call_sinks("update", run, run.summary(status, message, self.top_k), False)
+
+    # -- documents ------------------------------------------------------------------------------
+    def start(self, doc):
+        if not is_xas_start(doc):
+            return doc
+        element = str(doc["xas_element"])
+        mode = str(doc.get("xas_mode") or DEFAULT_MODE)
+        fields = {**doc["xas_fields"], **self.fields_override}
+        offset = doc.get("energy_offset") or 0.0
+        try:
+            offset = float(offset)
+        except (TypeError, ValueError):
+            offset = 0.0
+        run = RunState(doc, element, mode, fields, offset if math.isfinite(offset) else 0.0)
+        self._runs[run.uid] = run
+        self.event_times[run.uid] = {}
+        # a fresh run: show it at once so that a plan never reads the previous run's scores
+        self._status("Predicting", f"preparing candidates for {element} K", run)
+        try:
+            run.candidates = self._candidates(doc, element)
+            run.comparator = self.comparator_for(run.candidates)
+            run.comparator.reset()
+        except Exception as exc:
+            run.fatal = f"candidates: {type(exc).__name__}: {exc}"
+            logger.exception("live analysis: no candidates for run %s", run.uid)
+            self.errors.append(run.fatal)
+            self._status("Error", run.fatal, run)
+            return doc
+        if run.candidates.skipped:
+            run.problems.append(
+                f"{len(run.candidates.skipped)} candidate(s) skipped: {run.candidates.skipped[0]}"
+            )
+        self._call_sinks("run_opened", run)
+        if run.analysis_uid is not None:
+            self.analysis_uids[run.uid] = run.analysis_uid
+        status = "Warning" if run.problems else "Running"
+        self._status(status, "; ".join(run.problems) or f"{len(run.candidates)} candidates", run)
+        return doc
+
+    def descriptor(self, doc):
+        run = self._runs.get(doc["run_start"])
+        if run is None:
+            return doc
+        keys = doc.get("data_keys", {})
+        if doc.get("name", "primary") == "primary" and all(
+            run.fields[k] in keys for k in ("energy", "i0", "signal")
+        ):
+            run.descriptors.add(doc["uid"])
+            self._desc_run[doc["uid"]] = run
+        return doc
+
+    def event(self, doc):
+        if doc["descriptor"] in self._desc_run:
+            self.event_page(pack_event_page(doc))
+        return doc
+
+    def event_page(self, doc):
+        run = self._desc_run.get(doc["descriptor"])
+        if run is None or run.fatal:
+            return doc
+        data = doc["data"]
+        f = run.fields
+        energy = np.asarray(data[f["energy"]], dtype=float) + run.energy_offset
+        i0 = np.asarray(data[f["i0"]], dtype=float)
+        sig = np.asarray(data[f["signal"]], dtype=float)
+        times = list(doc.get("time", []))
+        mu, sigma, ok, problems = self._mu(run, i0, sig)
+        for j in range(energy.size):
+            run.n_events += 1
+            if j < len(times):
+                self.event_times[run.uid][run.n_events] = float(times[j])
+                run.last_event_time = float(times[j])
+            if not ok[j] or not math.isfinite(energy[j]):
+                run.n_bad += 1
+                why = problems[j] if j < len(problems) and problems[j] else "energy not finite"
+                run.problems.append(f"point {run.n_events} refused: {why}")
+                continue
+            run.pending.append((float(energy[j]), float(mu[j]), float(sigma[j])))
+            run.last_energy = float(energy[j])
+        return doc
+
+    def stop(self, doc):
+        run = self._runs.get(doc["run_start"])
+        if run is None:
+            return doc
+        self._score_run(run)
+        run.stopped = True
+        try:
+            self._finish(run, doc)
+        finally:
+            self._runs.pop(run.uid, None)
+            for d in run.descriptors:
+                self._desc_run.pop(d, None)
+        return doc
+
+    # -- the science ----------------------------------------------------------------------------
+    def _candidates(self, start: dict, element: str) -> CandidateSet:
+        spec = start.get("candidates") or self.default_candidates
+        if isinstance(spec, CandidateSet):
+            if spec.edge != element:
+                raise ValueError(f"candidate set is for the {spec.edge} edge, run is {element}")
+            return spec
+        if isinstance(spec, str) and spec.startswith("tiled:"):
+            if self.tiled_client is None:
+                raise ValueError(f"candidates {spec!r} need a tiled client")
+            return load_candidate_set(self.tiled_client, spec[len("tiled:") :])
+        if spec is None:
+            spec = candidates_file(element)
+        return self.cache.from_file(spec, element)
+
+    def comparator_for(self, cands: CandidateSet):
+        """The comparator of a candidate set (building one costs O(C x E) copies: one is kept
+        per candidate set, and reset per run)."""
+        comp = self._comparators.get(cands.ident)
+        if comp is None:
+            kwargs = {**cands.calibration, **self.comparator_kwargs}
+            comp = self._comparator_factory(cands.energy, cands.mean, cands.std, cands.names, **kwargs)
+            if len(self._comparators) > 4:
+                self._comparators.pop(next(iter(self._comparators)))
+            self._comparators[cands.ident] = comp
+        return comp
+
+    def _mu(self, run: RunState, i0: np.ndarray, sig: np.ndarray):
+        res = mu_from_channels(
+            run.mode, i0, sig, counts=self.counts, strict=False,
+            i0_name=run.fields["i0"], signal_name=run.fields["signal"],
+        )  # fmt: skip
+        problems = [""] * i0.size
+        bad = np.flatnonzero(~res.ok)
+        for idx, msg in zip(bad, res.problems, strict=False):
+            problems[int(idx)] = msg
+        sigma = res.sigma
+        if sigma is None:  # currents: noise from the scatter of what we have so far
+            good = res.mu[res.ok]
+            est = noise_from_scatter(np.concatenate([run.mus[-50:], good]), floor=self.sigma_floor)
+            sigma = np.full(i0.size, max(est, self.sigma_floor))
+        sigma = np.where(np.isfinite(sigma) & (sigma > 0), sigma, self.sigma_floor)
+        return res.mu, sigma, res.ok, problems
+
+    def _score_run(self, run: RunState) -> None:
+        if run.fatal or run.comparator is None:
+            return
+        if not run.pending and run.n_events == run.n_scored:
+            return
+        try:
+            self._score_points(run)
+        except Exception as exc:  # this run's analysis is over; the caller never hears of it
+            run.fatal = f"scoring failed: {type(exc).__name__}: {exc}"
+            logger.exception("live analysis of run %s failed", run.uid)
+            self.errors.append(run.fatal)
+            self._status("Error", run.fatal, run)
+
+    def _score_points(self, run: RunState) -> None:
+        pts = run.pending
+        run.pending = []
+        if pts:
+            e, y, s = (np.array(c) for c in zip(*pts, strict=True))
+            try:
+                run.comparator.add_points(e, y, s)
+            except ValueError as exc:  # refused as a whole: nothing was added
+                run.n_bad += len(pts)
+                run.problems.append(f"points refused by the comparator: {exc}")
+            else:
+                run.energies.extend(e.tolist())
+                run.mus.extend(y.tolist())
+        run.n_scored = run.n_events
+        if run.comparator.n_points:
+            run.result = run.comparator.result()
+        status = "Warning" if run.problems else "Running"
+        msg = run.problems[-1] if run.problems else ""
+        self._call_sinks("update", run, run.summary(status, msg, self.top_k), True)
+
+    def _finish(self, run: RunState, raw_stop: dict) -> None:
+        if run.fatal:
+            self._status("Error", run.fatal, run)
+            self._call_sinks("run_closed", run, run.summary("Error", run.fatal), raw_stop)
+            return
+        self.results[run.uid] = run.result
+        # sinks that keep the result go first: a failure of theirs is part of the final status
+        self._call_sinks("run_closing", run, raw_stop)
+        exit_status = raw_stop.get("exit_status", "success")
+        done = "Warning" if run.problems else "Done"
+        msg = "; ".join(run.problems[-3:]) or (
+            f"run finished ({exit_status}): {run.n_scored} points"
+        )
+        summary = run.summary(done, msg, self.top_k)
+        self._call_sinks("update", run, summary, False)
+        self._call_sinks("run_closed", run, summary, raw_stop)

@@ -1,0 +1,211 @@
+"""The names every layer shares: spelled here once, imported everywhere else.
+
+These names are a contract with users and their scripts (``docs/cli.rst``): the start-document
+keys of an XAS run, the match summary and its fixed names on each surface (score PVs, the
+analysis run, tiled's match record, the CLI's JSON), the measurement modes and the default PV
+prefix.  Add to them; never rename one.
+
+Nothing here imports the rest of the package: every layer may import this module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, TypedDict
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "MODES",
+    "DEFAULT_MODE",
+    "XASStart",
+    "START_KEYS",
+    "STATES",
+    "TOP_K",
+    "MatchSummary",
+    "PV_SUFFIXES",
+    "PV_ATTRS",
+    "ANALYSIS_KEYS",
+    "TILED_KEYS",
+    "RANKING_KEYS",
+    "ranking",
+    "is_xas_start",
+]
+
+#: default prefix of the score PVs (``XAS:Match:BestProb-I``)
+DEFAULT_PREFIX = "XAS:"
+
+#: measurement modes a plan writes into ``xas_mode``: electron yield, partial fluorescence
+#: yield, transmission (mu = signal / I0 for the yields, ln(I0 / It) in transmission)
+MODES = ("TEY", "PFY", "TRANS")
+#: the mode of a start document that names none (soft X-ray O/N K edges: electron yield)
+DEFAULT_MODE = "TEY"
+
+
+class XASStart(TypedDict, total=False):
+    """The keys of a start document that make it an XAS run the live analysis follows.
+
+    ``xas_element`` and ``xas_fields`` (with ``energy``, ``i0`` and ``signal``) are required;
+    the rest have defaults.
+    """
+
+    #: absorbing element, ``"O"`` or ``"N"`` (K edge)
+    xas_element: str
+    #: the edge, ``"K"``
+    xas_edge: str
+    #: one of :data:`MODES`
+    xas_mode: str
+    #: data keys of the primary stream: ``{"energy": ..., "i0": ..., "signal": ...}``
+    xas_fields: dict[str, str]
+    #: the scan's regions: ``[{"start", "stop", "step", "dwell"}, ...]``
+    xas_regions: list[dict[str, float]]
+    #: the edge onset on FEFF10's axis (eV)
+    xas_e0: float
+    #: the slot / sample measured
+    sample_name: str | None
+    #: the candidate set: a structure file, ``tiled:<spec>``, or None for the shipped library
+    candidates: str | None
+    #: mono calibration: true photon energy = readback + energy_offset (eV)
+    energy_offset: float
+
+
+#: every key of :class:`XASStart`, in order
+START_KEYS: tuple[str, ...] = tuple(XASStart.__annotations__)
+
+
+def is_xas_start(start: Mapping[str, Any]) -> bool:
+    """Whether a start document describes an XAS run the live analysis can follow."""
+    fields_ = start.get("xas_fields")
+    return (
+        start.get("xas_element") is not None
+        and isinstance(fields_, dict)
+        and all(fields_.get(k) for k in ("energy", "i0", "signal"))
+    )
+
+
+#: states of ``Match:Status-Sts`` (an enum: append, never reorder)
+STATES = ("Idle", "Predicting", "Running", "Done", "Warning", "Error")
+#: candidates listed on ``Match:TopNames-Wfm`` / ``Match:TopScores-Wfm``
+TOP_K = 10
+
+
+@dataclass
+class MatchSummary:
+    """One state of the live analysis of a run: what every surface publishes.
+
+    The score PVs, the analysis run's events, tiled's match record and the CLI's JSON each
+    show these fields under their own fixed names (:data:`PV_ATTRS`, :data:`ANALYSIS_KEYS`,
+    :data:`TILED_KEYS`).  A summary without a result (``best_name == ""``) only reports a
+    status.
+    """
+
+    run_uid: str = ""
+    #: primary events handled so far, refused points included (``Match:NPoints-I``: a plan
+    #: waits for it to reach the count of its own events)
+    n_events: int = 0
+    #: points the comparator holds (the refused ones not)
+    n_points: int = 0
+    status: str = "Idle"
+    message: str = ""
+    best_name: str = ""
+    best_smiles: str = ""
+    best_probability: float = math.nan
+    #: entropy of the posterior over candidates (nats)
+    entropy: float = math.nan
+    #: most informative next energy (eV)
+    next_energy: float = math.nan
+    #: fitted mono calibration offset (eV)
+    offset_ev: float = math.nan
+    #: energy of the last point scored (eV)
+    last_energy: float = math.nan
+    n_candidates: int = 0
+    top_names: Sequence[str] = ()
+    top_probabilities: Sequence[float] = ()
+    #: ``time.time()`` of the newest event this summary includes (latency bookkeeping only)
+    event_time: float | None = field(default=None, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name (JSON-able but for NaN)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+#: score IOC attribute -> PV suffix (after the prefix).  ``heartbeat`` and ``update`` belong to
+#: the IOC itself, not to a summary.
+PV_SUFFIXES = {
+    "best_name": "Match:Best-Name",
+    "best_prob": "Match:BestProb-I",
+    "entropy": "Match:Entropy-I",
+    "npoints": "Match:NPoints-I",
+    "next_energy": "Match:NextEnergy-I",
+    "run_uid": "Match:RunUID-I",
+    "top_names": "Match:TopNames-Wfm",
+    "top_scores": "Match:TopScores-Wfm",
+    "status": "Match:Status-Sts",
+    "heartbeat": "Match:Heartbeat-I",
+    "offset": "Match:Offset-I",
+    "best_smiles": "Match:BestSmiles-Name",
+    "message": "Match:Message-Name",
+    "last_energy": "Match:LastEnergy-I",
+    "ncandidates": "Match:NCandidates-I",
+    "update": "Match:Update-I",
+}
+
+#: :class:`MatchSummary` field -> score IOC attribute (a key of :data:`PV_SUFFIXES`; also the
+#: component names of the ophyd ``MatchScores`` device, so data keys read ``scores_best_prob``)
+PV_ATTRS = {
+    "run_uid": "run_uid",
+    "n_events": "npoints",
+    "status": "status",
+    "message": "message",
+    "best_name": "best_name",
+    "best_smiles": "best_smiles",
+    "best_probability": "best_prob",
+    "entropy": "entropy",
+    "next_energy": "next_energy",
+    "offset_ev": "offset",
+    "last_energy": "last_energy",
+    "n_candidates": "ncandidates",
+    "top_names": "top_names",
+    "top_probabilities": "top_scores",
+}
+
+#: :class:`MatchSummary` field -> data key of the analysis run's primary stream
+ANALYSIS_KEYS = {
+    "n_events": "n_events",
+    "n_points": "n_points",
+    "last_energy": "last_energy",
+    "best_name": "best_name",
+    "best_smiles": "best_smiles",
+    "best_probability": "best_probability",
+    "entropy": "entropy",
+    "offset_ev": "offset",
+    "next_energy": "next_energy",
+    "top_names": "top_names",
+    "top_probabilities": "top_probabilities",
+}
+
+#: :class:`MatchSummary` field -> metadata key of tiled's match record
+TILED_KEYS = {
+    "run_uid": "run_uid",
+    "n_candidates": "n_candidates",
+    "best_name": "best_name",
+    "best_probability": "best_probability",
+    "entropy": "entropy",
+    "offset_ev": "offset_ev",
+    "next_energy": "next_energy",
+    "n_points": "n_points",
+}
+
+#: keys of one entry of a final ranking (tiled's match table, ``query --run``, the demo's JSON)
+RANKING_KEYS = ("name", "smiles", "probability")
+
+
+def ranking(
+    names: Sequence[str], smiles: Sequence[str], probabilities: Sequence[float], order
+) -> list[dict[str, Any]]:
+    """A final ranking: one entry (:data:`RANKING_KEYS`) per candidate index in ``order``."""
+    return [
+        dict(zip(RANKING_KEYS, (names[i], smiles[i], float(probabilities[i])), strict=True))
+        for i in order
+    ]
