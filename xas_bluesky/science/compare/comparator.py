@@ -1125,7 +1125,7 @@ def _offset_kwargs(kwargs: dict) -> dict:
     return {k: kwargs[k] for k in ("offset_sigma", "offset_max", "offset_step") if k in kwargs}
 
 
-if __name__ == "__main__":  # python -m xas_bluesky.science.compare O N
+if __name__ == "__main__":  # python -m xas_bluesky.science.compare.comparator O N
     import json
     import sys
 
