@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from xas_bluesky.science.compare.comparator import (
     DEFAULT_TEMPERATURE,
     DEFAULT_TEMPERATURE_EXPONENT,
-    MODEL_CALIBRATIONS,
     Comparator,
     MatchResult,
     calibration_for,
@@ -43,7 +42,6 @@ __all__ = [
     "DEFAULT_TEMPERATURE_EXPONENT",
     "STAND_IN_TEMPERATURE",
     "effective_temperature",
-    "MODEL_CALIBRATIONS",
     "calibration_for",
     "Trial",
     "perturbed_model",

@@ -59,7 +59,7 @@ from __future__ import annotations
 import bisect
 import logging
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -74,22 +74,10 @@ __all__ = [
     "DEFAULT_TEMPERATURE",
     "DEFAULT_TEMPERATURE_EXPONENT",
     "effective_temperature",
-    "MODEL_CALIBRATIONS",
     "calibration_for",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Calibrations of shipped GNN ensembles (model version -> comparator keywords), fitted by
-#: :func:`~xas_bluesky.science.compare.calibration.calibrate` with the ensemble's predictions of
-#: the validation molecules (exponents 0, 0.5, 1 tried: 1 won for both edges; a scan of the
-#: spread's scale 1-6 gained nothing).  Read through :func:`calibration_for`.
-MODEL_CALIBRATIONS: dict[str, dict[str, float]] = {
-    # O: 3 members, val MAE 0.060; 56 molecules, 336 trials: ECE 0.063, NLL 2.32 (20.0 at T=1)
-    "813ee222f9674e22": {"temperature": 10.0, "temperature_exponent": 1.0, "std_scale": 1.0},
-    # N: 3 members; 43 molecules, 258 trials: ECE 0.051, NLL 2.10 (29.1 at T=1)
-    "992a8f375fe7092e": {"temperature": 15.9, "temperature_exponent": 1.0, "std_scale": 1.0},
-}
 
 #: Temperature T0 and its growth exponent used when none are given: the shipped GNN's, pooled
 #: over O and N (its 3-member ensemble spread is ~2.6x smaller than its error, and the errors
@@ -99,9 +87,13 @@ DEFAULT_TEMPERATURE = 12.5
 DEFAULT_TEMPERATURE_EXPONENT = 1.0
 
 
-def calibration_for(model: Predictor | Mapping | str | None) -> dict[str, float]:
+def calibration_for(model: Predictor | dict | str | None) -> dict[str, float]:
     """Comparator keywords (``temperature``, ``temperature_exponent``, ``std_scale``) for a
     model.
+
+    The calibration belongs to the weights: training fits it
+    (:func:`~xas_bluesky.science.compare.calibration.calibrate_shipped`) and stores it in the
+    checkpoint's metadata, the only place it is looked up.
 
     Parameters
     ----------
@@ -112,10 +104,9 @@ def calibration_for(model: Predictor | Mapping | str | None) -> dict[str, float]
     Returns
     -------
     dict
-        The metadata's ``"calibration"`` entry (where training stores
-        :func:`~xas_bluesky.science.compare.calibration.calibrate`'s result), else the entry of
-        :data:`MODEL_CALIBRATIONS`; an unknown version gets :data:`DEFAULT_TEMPERATURE` with a
-        warning, ``None`` the same default without one.
+        The metadata's ``"calibration"`` entry; without one (or for a bare model version, which
+        carries none) :data:`DEFAULT_TEMPERATURE`, :data:`DEFAULT_TEMPERATURE_EXPONENT` and
+        ``std_scale`` 1, with a warning when the model version is known (not for ``None``).
     """
     meta = getattr(model, "metadata", model)
     if isinstance(meta, dict):
@@ -126,8 +117,6 @@ def calibration_for(model: Predictor | Mapping | str | None) -> dict[str, float]
         version = meta.get("model_version")
     else:
         version = meta
-    if version in MODEL_CALIBRATIONS:
-        return dict(MODEL_CALIBRATIONS[version])
     if version is not None:
         logger.warning(
             "no calibration for model version %s: temperature %s (run calibrate())",
