@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 import numpy as np
 import pytest
 
-from xas_bluesky.resources import heldout_samples
+from xas_bluesky.resources import RESOURCES, heldout_samples
 from xas_bluesky.science.compare import (
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TEMPERATURE_EXPONENT,
     STAND_IN_TEMPERATURE,
     Comparator,
     MatchResult,
@@ -227,9 +232,34 @@ def test_next_energy_excludes_measured_energies():
 
 
 def _gnn_available(edge: str) -> bool:
-    from xas_bluesky.resources import RESOURCES
-
     return (RESOURCES / "models" / edge).is_dir()
+
+
+@pytest.mark.parametrize("edge", ["O", "N"])
+def test_calibration_comes_from_the_checkpoint_metadata(edge, caplog):
+    """A shipped ensemble carries its own calibration in its metadata (no model version is named
+    in the source); without one -- or for a bare version -- the default, with a warning."""
+    if not _gnn_available(edge):
+        pytest.skip("no GNN shipped for this edge yet")
+    meta = json.loads((RESOURCES / "models" / edge / "metadata.json").read_text())
+    cal = meta["calibration"]
+    assert cal["model_version"] == meta["model_version"]
+    keys = ("temperature", "temperature_exponent", "std_scale")
+    assert calibration_for(meta) == {k: float(cal[k]) for k in keys}
+    default = {
+        "temperature": DEFAULT_TEMPERATURE,
+        "temperature_exponent": DEFAULT_TEMPERATURE_EXPONENT,
+        "std_scale": 1.0,
+    }
+    assert calibration_for(meta) != default
+    bare = {k: v for k, v in meta.items() if k != "calibration"}
+    with caplog.at_level(logging.WARNING):
+        assert calibration_for(bare) == default
+        assert calibration_for(meta["model_version"]) == default
+        assert caplog.text.count(f"no calibration for model version {meta['model_version']}") == 2
+        caplog.clear()
+        assert calibration_for(None) == default
+        assert not caplog.records
 
 
 def _heldout_candidates(edge, energy, truth, samples, rng, model):

@@ -127,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     # the comparator's likelihood temperature belongs to these weights: fit it on the validation
-    # split now and store it in the checkpoint (see xas_bluesky.science.model.calibration)
-    from xas_bluesky.science.model.calibration import calibrate_shipped
+    # split now and store it in the checkpoint (see xas_bluesky.science.compare.calibration)
+    from xas_bluesky.science.compare.calibration import calibrate_shipped
 
     cal = calibrate_shipped(args.edge, out, paths=paths)
     print(

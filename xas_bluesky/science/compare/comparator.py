@@ -37,8 +37,9 @@ log L_c(delta) = -(chi2_min + sum_j log var_j) / (2 T).  The model's errors are 
 energies (a misplaced resonance is wrong at many points at once), so a naive Gaussian likelihood
 (T = 1) is overconfident, the more so the more points: T = T0 (max(n, 6) / 6) ** gamma, with T0
 and gamma fitted on the validation split so that the probabilities are calibrated
-(:func:`calibrate`, :func:`calibration_for`).  P(c) is the prior-weighted sum over the offset
-grid, normalised over candidates; the offset posterior is the sum over candidates.
+(:func:`~xas_bluesky.science.compare.calibration.calibrate`, :func:`calibration_for`).  P(c) is
+the prior-weighted sum over the offset grid, normalised over candidates; the offset posterior is
+the sum over candidates.
 
 Next energy
 -----------
@@ -48,51 +49,35 @@ offset.  The most informative energy maximises 1/2 log(1 + Var_P[prediction] / E
 Gaussian approximation of the mutual information between the reading and the candidate's
 identity: where probable candidates disagree most, relative to the noise and the model's own
 uncertainty.  Energies within ``exclusion_ev`` of a measured point are skipped.
+
+This module is the live hot path only; the offline fitting of the temperature (simulated scans,
+reliability) is :mod:`xas_bluesky.science.compare.calibration`, which this module never imports.
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # the predictor imports torch: for the annotation only
+    from xas_bluesky.science.model.predictor import Predictor
 
 __all__ = [
     "Comparator",
     "MatchResult",
     "DEFAULT_TEMPERATURE",
     "DEFAULT_TEMPERATURE_EXPONENT",
-    "STAND_IN_TEMPERATURE",
     "effective_temperature",
-    "MODEL_CALIBRATIONS",
     "calibration_for",
-    "Trial",
-    "perturbed_model",
-    "simulate_trials",
-    "fit_temperature",
-    "tempered_probabilities",
-    "reliability",
-    "calibrate",
 ]
 
-#: Temperature of the stand-in model (:func:`perturbed_model`: FEFF spectra with correlated
-#: errors and a spread of 0.8x the true error): :func:`calibrate` on the validation split, pooled
-#: over both edges and seeds 0-2 (per run: O 1.73, 2.09, 1.58; N 2.29, 1.90, 2.29; the growth
-#: exponent came out 0 in four runs of six), with exponent 0.
-STAND_IN_TEMPERATURE = 2.1
-
-#: Calibrations of shipped GNN ensembles (model version -> comparator keywords), fitted by
-#: :func:`calibrate` with the ensemble's predictions of the validation molecules (exponents 0,
-#: 0.5, 1 tried: 1 won for both edges; a scan of the spread's scale 1-6 gained nothing).  Read
-#: through :func:`calibration_for`.
-MODEL_CALIBRATIONS: dict[str, dict[str, float]] = {
-    # O: 3 members, val MAE 0.060; 56 molecules, 336 trials: ECE 0.063, NLL 2.32 (20.0 at T=1)
-    "813ee222f9674e22": {"temperature": 10.0, "temperature_exponent": 1.0, "std_scale": 1.0},
-    # N: 3 members; 43 molecules, 258 trials: ECE 0.051, NLL 2.10 (29.1 at T=1)
-    "992a8f375fe7092e": {"temperature": 15.9, "temperature_exponent": 1.0, "std_scale": 1.0},
-}
+logger = logging.getLogger(__name__)
 
 #: Temperature T0 and its growth exponent used when none are given: the shipped GNN's, pooled
 #: over O and N (its 3-member ensemble spread is ~2.6x smaller than its error, and the errors
@@ -102,15 +87,26 @@ DEFAULT_TEMPERATURE = 12.5
 DEFAULT_TEMPERATURE_EXPONENT = 1.0
 
 
-def calibration_for(model) -> dict[str, float]:
+def calibration_for(model: Predictor | dict | str | None) -> dict[str, float]:
     """Comparator keywords (``temperature``, ``temperature_exponent``, ``std_scale``) for a
     model.
 
-    ``model`` is a :class:`~xas_bluesky.science.model.predictor.Predictor`, its metadata dict or
-    its model version.  Looked up in the metadata's ``"calibration"`` entry (where training
-    should store :func:`calibrate`'s result), then in :data:`MODEL_CALIBRATIONS`; an unknown
-    version gets :data:`DEFAULT_TEMPERATURE` with a warning.  ``None`` (FEFF itself as the
-    model) gets the same default.
+    The calibration belongs to the weights: training fits it
+    (:func:`~xas_bluesky.science.compare.calibration.calibrate_shipped`) and stores it in the
+    checkpoint's metadata, the only place it is looked up.
+
+    Parameters
+    ----------
+    model : Predictor, dict, str or None
+        A :class:`~xas_bluesky.science.model.predictor.Predictor`, its metadata dict or its model
+        version; ``None`` for FEFF itself as the model.
+
+    Returns
+    -------
+    dict
+        The metadata's ``"calibration"`` entry; without one (or for a bare model version, which
+        carries none) :data:`DEFAULT_TEMPERATURE`, :data:`DEFAULT_TEMPERATURE_EXPONENT` and
+        ``std_scale`` 1, with a warning when the model version is known (not for ``None``).
     """
     meta = getattr(model, "metadata", model)
     if isinstance(meta, dict):
@@ -121,12 +117,8 @@ def calibration_for(model) -> dict[str, float]:
         version = meta.get("model_version")
     else:
         version = meta
-    if version in MODEL_CALIBRATIONS:
-        return dict(MODEL_CALIBRATIONS[version])
     if version is not None:
-        import logging
-
-        logging.getLogger(__name__).warning(
+        logger.warning(
             "no calibration for model version %s: temperature %s (run calibrate())",
             version,
             DEFAULT_TEMPERATURE,
@@ -145,6 +137,27 @@ _N_PARAMS = 3
 TEMPERATURE_POINTS = (
     6  # a, b, g: with this many distinct energies or fewer every candidate fits exactly
 )
+
+
+def effective_temperature(t0: float, exponent: float, n_points: int) -> float:
+    """The likelihood temperature after ``n_points`` points.
+
+    Parameters
+    ----------
+    t0 : float
+        Temperature T0 of the coarse pass.
+    exponent : float
+        Growth exponent gamma.
+    n_points : int
+        Points measured so far, n.
+
+    Returns
+    -------
+    float
+        T0 (max(n, N0) / N0) ** gamma, with N0 = :data:`TEMPERATURE_POINTS` = 6 (the coarse pass
+        of a scan).
+    """
+    return float(t0) * (max(int(n_points), TEMPERATURE_POINTS) / TEMPERATURE_POINTS) ** exponent
 
 
 @dataclass
@@ -264,8 +277,8 @@ class Comparator:
         Energies this close to a measured point are not proposed; half the grid step when None.
     std_scale : float
         Factor on the model's spread: small ensembles are under-dispersed (the shipped GNN's rms
-        error is ~2.6x its ensemble spread); fitted with the temperature by :func:`calibrate`,
-        see :func:`calibration_for`.
+        error is ~2.6x its ensemble spread); fitted with the temperature by
+        :func:`~xas_bluesky.science.compare.calibration.calibrate`, see :func:`calibration_for`.
     std_floor : float
         Floor of the model spread (model units, i.e. fractions of the edge step): no model is
         better than 0.1 %, and the floor keeps float32 sums meaningful when the noise is tiny.
@@ -287,7 +300,7 @@ class Comparator:
         exclusion_ev: float | None = None,
         std_floor: float = 1e-3,
         std_scale: float = 1.0,
-    ):
+    ) -> None:
         energy = np.asarray(energy, dtype=float)
         mean = np.asarray(mean)
         if energy.ndim != 1 or energy.size < 2 or np.any(np.diff(energy) <= 0):
@@ -846,291 +859,3 @@ class Comparator:
         within = var @ pw
         gain = 0.5 * np.log1p(between / within)
         return float(e[int(np.argmax(gain))])
-
-
-@dataclass
-class Trial:
-    """One simulated measurement stage used for calibration."""
-
-    true_index: int
-    n_points: int
-    table: np.ndarray  # (K, C) untempered log likelihood
-    probabilities: np.ndarray  # (C,) at the temperature the scan ran with
-    energies: np.ndarray = field(default_factory=lambda: np.empty(0))  # mono energies measured
-
-
-def perturbed_model(
-    energy: np.ndarray,
-    mu: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    error: float = 0.08,
-    corr_ev: float = 2.0,
-    shift_ev: float = 0.3,
-    std_ratio: float = 0.8,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A stand-in for an ML model: FEFF spectra with realistic, correlated errors.
-
-    Each spectrum is shifted by N(0, ``shift_ev``) eV (misplaced resonances), scaled by
-    N(1, 0.05) and given a smooth error (white noise convolved with a Gaussian of ``corr_ev`` eV,
-    so that neighbouring energies err together) of rms ``error`` x (0.3 + mu / max mu): larger
-    on the resonances, as for real models.  The returned spread is ``std_ratio`` times the
-    true rms error, that of the shift (``shift_ev`` x dmu/dE) included: ensembles disagree most
-    on the flanks of resonances, and are usually under-dispersed.
-
-    Returns
-    -------
-    mean, std : (C, E) arrays
-    """
-    mu = np.atleast_2d(np.asarray(mu, dtype=float))
-    step = float(np.median(np.diff(energy)))
-    half = int(np.ceil(3 * corr_ev / step))
-    kern = np.exp(-0.5 * (np.arange(-half, half + 1) * step / corr_ev) ** 2)
-    mean = np.empty_like(mu)
-    std = np.empty_like(mu)
-    for i, m in enumerate(mu):
-        shifted = np.interp(energy + rng.normal(0.0, shift_ev), energy, m)
-        envelope = error * (0.3 + np.abs(m) / max(np.abs(m).max(), 1e-12))
-        g = np.convolve(rng.standard_normal(m.size + 2 * half), kern, mode="valid")
-        g /= g.std()
-        mean[i] = shifted * rng.normal(1.0, 0.05) + envelope * g
-        # an ensemble disagrees on where the resonances are: spread ~ shift x slope
-        slope = np.gradient(m, energy)
-        std[i] = std_ratio * np.sqrt(envelope**2 + (shift_ev * slope) ** 2)
-    return mean, std
-
-
-def simulate_trials(
-    energy: np.ndarray,
-    truth: np.ndarray,
-    mean: np.ndarray,
-    std: np.ndarray | None,
-    rng: np.random.Generator,
-    *,
-    checkpoints: Sequence[int] = (6, 8, 12, 16, 24, 32),
-    n_coarse: int = 6,
-    noise: float = 0.01,
-    temperature: float = 1.0,
-    **comparator_kwargs,
-) -> list[Trial]:
-    """Scan every sample of ``truth`` adaptively against the candidates ``mean``/``std``.
-
-    ``truth[i]`` (e.g. a FEFF spectrum) is the measured sample whose candidate is ``mean[i]``
-    (the model's prediction for the same molecule).  Each scan has a random shared offset
-    (the prior), a scale, a sloping background and Gaussian noise of ``noise`` x the edge step;
-    it starts with ``n_coarse`` evenly spaced points and continues at the comparator's next
-    energy.  At every checkpoint the untempered log-likelihood table is recorded.
-    """
-    names = [f"c{i}" for i in range(mean.shape[0])]
-    cmp = Comparator(energy, mean, std, names, temperature=temperature, **comparator_kwargs)
-    lo, hi = cmp.edge_window
-    trials = []
-    for i, t in enumerate(truth):
-        cmp.reset()
-        delta = float(np.clip(rng.normal(0.0, cmp.offset_sigma), -0.95 * cmp.offsets[-1], None))
-        delta = min(delta, 0.95 * cmp.offsets[-1])
-        scale = 0.02 * rng.uniform(0.5, 2.0)
-        bg, slope = 0.05 * rng.uniform(0.5, 2.0), scale * rng.normal(0.0, 0.005)
-
-        def measure(e, t=t, delta=delta, scale=scale, bg=bg, slope=slope):
-            e = np.atleast_1d(e)
-            y = scale * np.interp(e + delta, energy, t, left=0.0) + bg + slope * (e - lo)
-            return y + noise * scale * rng.standard_normal(e.size), np.full(e.size, noise * scale)
-
-        e = np.linspace(lo + 1.0, hi - 1.0, n_coarse)
-        cmp.add_points(e, *measure(e))
-        n = n_coarse
-        for target in sorted(checkpoints):
-            while n < target:
-                nxt = cmp.result().next_energy
-                if nxt is None:
-                    break
-                cmp.add_points([nxt], *measure(nxt))
-                n += 1
-            res = cmp.result()
-            trials.append(
-                Trial(i, n, cmp.log_likelihood_table(), res.probabilities, np.array(cmp._pe))
-            )
-    return trials
-
-
-def effective_temperature(t0: float, exponent: float, n_points: int) -> float:
-    """T0 (max(n, N0) / N0) ** exponent, with N0 = 6 (the coarse pass of a scan)."""
-    return float(t0) * (max(int(n_points), TEMPERATURE_POINTS) / TEMPERATURE_POINTS) ** exponent
-
-
-def fit_temperature(
-    trials: Sequence[Trial],
-    log_prior: np.ndarray,
-    temperatures: np.ndarray | None = None,
-    exponent: float = 0.0,
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """Temperature T0 minimising the mean negative log probability of the true candidate.
-
-    Each trial is tempered at :func:`effective_temperature` (T0, ``exponent``, its points); the
-    offset is re-marginalised at every temperature (the prior is not tempered).
-
-    Returns
-    -------
-    (best T0, T0 searched, mean NLL per T0)
-    """
-    if temperatures is None:
-        temperatures = np.geomspace(0.25, 400.0, 81)
-    nll = np.zeros(temperatures.size)
-    for tr in trials:
-        f = effective_temperature(1.0, exponent, tr.n_points)
-        for j, t in enumerate(temperatures):
-            p = tempered_probabilities(tr, log_prior, t * f)
-            nll[j] -= np.log(max(p[tr.true_index], 1e-300))
-    nll /= max(len(trials), 1)
-    return float(temperatures[int(np.argmin(nll))]), temperatures, nll
-
-
-def tempered_probabilities(trial: Trial, log_prior: np.ndarray, temperature: float) -> np.ndarray:
-    """Candidate probabilities of a recorded trial at another (effective) temperature."""
-    lm = np.logaddexp.reduce(trial.table / temperature + np.asarray(log_prior)[:, None], axis=0)
-    p = np.exp(lm - lm.max())
-    return p / p.sum()
-
-
-def reliability(
-    probabilities: Sequence[np.ndarray], true_indices: Sequence[int], n_bins: int = 10
-) -> dict:
-    """Reliability of the top-1 probability: per confidence bin, its mean and the accuracy.
-
-    Returns a dict with ``confidence``, ``accuracy``, ``count`` per non-empty bin, the expected
-    calibration error ``ece`` (count-weighted |accuracy - confidence|), ``top1`` accuracy, the
-    mean top-1 ``mean_confidence`` and the mean negative log probability of the truth ``nll``.
-    """
-    conf = np.array([float(np.max(p)) for p in probabilities])
-    hit = np.array(
-        [int(np.argmax(p)) == int(t) for p, t in zip(probabilities, true_indices, strict=True)]
-    )
-    nll = -np.mean(
-        [np.log(max(p[int(t)], 1e-300)) for p, t in zip(probabilities, true_indices, strict=True)]
-    )
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(conf, edges) - 1, 0, n_bins - 1)
-    out = {"confidence": [], "accuracy": [], "count": []}
-    ece = 0.0
-    for b in range(n_bins):
-        m = which == b
-        if not m.any():
-            continue
-        out["confidence"].append(float(conf[m].mean()))
-        out["accuracy"].append(float(hit[m].mean()))
-        out["count"].append(int(m.sum()))
-        ece += m.sum() * abs(hit[m].mean() - conf[m].mean())
-    out["ece"] = float(ece / max(conf.size, 1))
-    out["top1"] = float(hit.mean()) if hit.size else float("nan")
-    out["mean_confidence"] = float(conf.mean()) if conf.size else float("nan")
-    out["nll"] = float(nll)
-    return out
-
-
-def calibrate(
-    edge: str,
-    *,
-    split: str = "val",
-    predictions: tuple[np.ndarray, np.ndarray] | None = None,
-    seed: int = 0,
-    rounds: int = 2,
-    std_scales: Sequence[float] = (1.0,),
-    exponents: Sequence[float] = (0.0, 0.5, 1.0),
-    paths: Sequence | None = None,
-    **kwargs,
-) -> dict:
-    """Fit the likelihood temperature, its growth with the points and the spread's scale on a
-    split of the FEFF data set.
-
-    The measured samples are the split's FEFF spectra; the candidates are ``predictions``
-    ((mean, std) of the model for the same molecules, in the same order) or, without a model,
-    :func:`perturbed_model` of them.  For every ``std_scales`` value the scans run at the
-    temperature being fitted (the next-energy choice depends on it), ``rounds`` times, and T0 is
-    fitted for every exponent of ``exponents``; the combination with the lowest mean negative log
-    probability of the truth wins.  ``paths``: the FEFF data files (default: the committed ones).
-
-    Returns a dict with ``temperature`` (T0), ``temperature_exponent``, ``std_scale``, ``nll``
-    (per T0 at the chosen values), ``scan`` (per scale), ``reliability`` at the fitted values and
-    at T = 1, and the numbers of molecules and trials.
-    """
-    from xas_bluesky.science.dataset import default_data_files, load_molecules
-    from xas_bluesky.science.grids import energy_grid
-
-    energy = energy_grid(edge)
-    paths = default_data_files() if paths is None else paths
-    mols = [m for m in load_molecules(paths, edge) if m.split == split]
-    truth = np.array([m.spectrum() for m in mols])
-    rng = np.random.default_rng(seed)
-    if predictions is None:
-        mean, std = perturbed_model(energy, truth, rng)
-    else:
-        mean, std = (np.asarray(a, dtype=float) for a in predictions)
-    log_prior = Comparator(energy, mean[:1], None, ["x"], **_offset_kwargs(kwargs)).log_prior
-    best = None
-    scan = []
-    for kappa in std_scales:
-        t, g = 1.0, 0.0
-        for _ in range(rounds):
-            trials = simulate_trials(
-                energy,
-                truth,
-                mean,
-                std,
-                np.random.default_rng(seed + 1),
-                temperature=t,
-                temperature_exponent=g,
-                std_scale=kappa,
-                **kwargs,
-            )
-            fits = [(*fit_temperature(trials, log_prior, exponent=e), e) for e in exponents]
-            t, temps, nll, g = min(fits, key=lambda f: f[2].min())
-        scan.append(
-            {
-                "std_scale": float(kappa),
-                "temperature": t,
-                "temperature_exponent": g,
-                "nll": float(nll.min()),
-            }
-        )
-        if best is None or nll.min() < best[4].min():
-            best = (float(kappa), t, g, trials, nll)
-    kappa, t, g, trials, nll = best
-    truth_idx = [tr.true_index for tr in trials]
-
-    def at(t0, e):
-        return [
-            tempered_probabilities(tr, log_prior, effective_temperature(t0, e, tr.n_points))
-            for tr in trials
-        ]
-
-    return {
-        "edge": edge,
-        "split": split,
-        "model": "predictions" if predictions is not None else "perturbed FEFF (stand-in)",
-        "n_molecules": len(mols),
-        "n_trials": len(trials),
-        "temperature": t,
-        "temperature_exponent": g,
-        "std_scale": kappa,
-        "scan": scan,
-        "temperatures": temps.tolist(),
-        "nll": nll.tolist(),
-        "reliability": reliability(at(t, g), truth_idx),
-        "reliability_T1": reliability(at(1.0, 0.0), truth_idx),
-    }
-
-
-def _offset_kwargs(kwargs: dict) -> dict:
-    return {k: kwargs[k] for k in ("offset_sigma", "offset_max", "offset_step") if k in kwargs}
-
-
-if __name__ == "__main__":  # python -m xas_bluesky.science.compare O N
-    import json
-    import sys
-
-    for edge_ in sys.argv[1:] or ["O", "N"]:
-        rep = calibrate(edge_)
-        rep.pop("temperatures")
-        rep.pop("nll")
-        print(json.dumps(rep, indent=1))
