@@ -181,9 +181,7 @@ def wait_for_worker(score_prefix: str, timeout: float = 60.0) -> bool:
         if msg and msg.startswith(READY):
             return True
         try:  # already following runs: it is connected
-            status = epics.caget(
-                score_prefix + PV_SUFFIXES["status"], as_string=True, timeout=1.0
-            )
+            status = epics.caget(score_prefix + PV_SUFFIXES["status"], as_string=True, timeout=1.0)
         except Exception:
             status = None
         if status in ("Running", "Done") and msg is not None:

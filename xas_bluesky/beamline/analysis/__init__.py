@@ -2,6 +2,7 @@
 
 Layers, each usable alone:
 
+- :mod:`.run` -- :class:`RunState`, what is known of one followed run;
 - :mod:`.engine` -- :class:`AnalysisEngine`, synchronous: documents in, match summaries out;
 - :mod:`.sinks` -- where summaries go: score PVs, the analysis run, tiled's match record;
 - :mod:`.worker` -- :class:`LiveXASAnalysis`, the engine on a worker thread (the RunEngine's
@@ -10,7 +11,8 @@ Layers, each usable alone:
   (:func:`subscribe_live_analysis`, the remote worker).
 """
 
-from xas_bluesky.beamline.analysis.engine import AnalysisEngine, RunState
+from xas_bluesky.beamline.analysis.engine import AnalysisEngine
+from xas_bluesky.beamline.analysis.run import RunState
 from xas_bluesky.beamline.analysis.session import (
     AnalysisSession,
     subscribe_live_analysis,

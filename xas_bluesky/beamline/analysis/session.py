@@ -69,9 +69,9 @@ class AnalysisSession:
         **engine_kwargs: Any,
     ):
         self._own_server = score_server is None
-        self.server = score_server or ScoreServer(
-            score_prefix, port=port, interfaces=interfaces
-        ).start()
+        self.server = (
+            score_server or ScoreServer(score_prefix, port=port, interfaces=interfaces).start()
+        )
         self._writers: list[BufferingWrapper] = []
         if analysis_callbacks is None:
             analysis_callbacks = []

@@ -18,16 +18,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from event_model import compose_run
 
+from xas_bluesky.beamline.analysis.run import RunState
 from xas_bluesky.beamline.catalog import store_match
 from xas_bluesky.beamline.epics.score_ioc import ScoreServer
 from xas_bluesky.contracts import ANALYSIS_KEYS, MatchSummary
-
-if TYPE_CHECKING:
-    from xas_bluesky.beamline.analysis.engine import RunState
 
 __all__ = [
     "AnalysisSink",
