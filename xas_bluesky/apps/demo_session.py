@@ -22,6 +22,7 @@ from typing import TextIO
 
 import numpy as np
 
+from xas_bluesky.resources import REFERENCE_SLOTS, heldout_samples
 from xas_bluesky.services import (
     ManagedProcess,
     apply_ca_env,
@@ -65,9 +66,6 @@ def _say(config: DemoConfig, text: str) -> None:
 
 def choose_sample(config: DemoConfig) -> tuple[str, str]:
     """``(sample name, slot spec)`` of the sample to measure."""
-    from xas_bluesky.beamline.sim import REFERENCE_SLOTS
-    from xas_bluesky.resources import heldout_samples
-
     if config.sample_spectrum:
         name = Path(config.sample_spectrum).stem
         return name, f"{name[:39]}={Path(config.sample_spectrum).resolve()}"

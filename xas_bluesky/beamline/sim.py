@@ -33,29 +33,12 @@ __all__ = [
     "PROBE_PV",
     "DEFAULT_CLOCK",
     "check_slots",
-    "REFERENCE_SLOTS",
-    "reference_spectrum",
 ]
 
 #: the PV (after the prefix) whose answer means the IOC is ready
 PROBE_PV = "Mono:Energy-RB"
 #: the accelerated clock the demo and tests use: a full 0.1 eV grid (491 points) in ~1-2 min
 DEFAULT_CLOCK = 20.0
-#: the sim beamline's reference slots: edge -> (slot, held-out sample whose spectrum it holds)
-REFERENCE_SLOTS = {"O": ("ref_O", "qm9_006870"), "N": ("ref_N", "qm9_004985")}
-
-
-def reference_spectrum(edge: str):
-    """The known spectrum ``(energy, mu)`` of the reference slot of ``edge`` (a shipped
-    held-out FEFF spectrum), for :func:`~xas_bluesky.beamline.plans.calibrate_energy`."""
-    import numpy as np
-
-    from xas_bluesky.resources import heldout_samples
-
-    _, name = REFERENCE_SLOTS[edge]
-    energy, samples = heldout_samples(edge)
-    (mu,) = [s["mu"] for s in samples if s["name"] == name]
-    return np.asarray(energy), np.asarray(mu)
 
 
 def check_slots(slots: Sequence[str]) -> None:

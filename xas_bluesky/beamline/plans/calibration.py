@@ -19,7 +19,9 @@ from xas_bluesky.beamline.devices import MODES
 from xas_bluesky.beamline.measured import NormalisationError, fit_energy_offset, mu_from_channels
 from xas_bluesky.beamline.plans.regions import Region
 from xas_bluesky.beamline.plans.xanes import xanes_scan
+from xas_bluesky.resources import REFERENCE_SLOTS, reference_spectrum
 from xas_bluesky.science.grids import ONSET_EV
+from xas_bluesky.science.spectra import load_spectrum_csv
 
 __all__ = ["CalibrationError", "calibrate_energy", "calibration_regions", "load_reference"]
 
@@ -38,17 +40,25 @@ def calibration_regions(edge: str, dwell: float = 1.0) -> list[Region]:
 
 
 def load_reference(reference, edge: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(energy, mu)`` from a pair of arrays, a CSV ``energy_eV,mu`` path, or ``None`` (the sim
-    beamline's reference slot of ``edge``)."""
-    if reference is None:
-        from xas_bluesky.beamline.sim import reference_spectrum
+    """The known spectrum of a calibration reference.
 
+    Parameters
+    ----------
+    reference : (array_like, array_like), str, Path or None
+        ``(energy, mu)``, a CSV ``energy_eV,mu`` path, or ``None``: the shipped reference of
+        ``edge`` (:func:`xas_bluesky.resources.reference_spectrum`, the spectrum of the
+        ``ref_O`` / ``ref_N`` slot).
+    edge : str
+        The edge, for the default reference.
+
+    Returns
+    -------
+    energy, mu : np.ndarray
+    """
+    if reference is None:
         return reference_spectrum(edge)
     if isinstance(reference, str | Path):
-        from sim_iocs.physics import load_spectrum_csv
-
-        spec = load_spectrum_csv(reference)
-        return spec.energy, spec.mu
+        return load_spectrum_csv(reference)
     energy, mu = (np.asarray(a, dtype=float) for a in reference)
     return energy, mu
 
@@ -72,8 +82,8 @@ def calibrate_energy(
     Parameters
     ----------
     slot
-        Sample-changer slot of the reference (default: the sim beamline's ``ref_O`` / ``ref_N``
-        when ``reference`` is also default).
+        Sample-changer slot of the reference (default: ``ref_O`` / ``ref_N``,
+        :data:`xas_bluesky.resources.REFERENCE_SLOTS`, when ``reference`` is also default).
     reference
         Known spectrum on the true energy axis: ``(energy, mu)``, a CSV path, or ``None``.
     max_shift
@@ -89,8 +99,6 @@ def calibrate_energy(
     """
     ref_e, ref_mu = load_reference(reference, edge)
     if slot is None and reference is None:
-        from xas_bluesky.beamline.sim import REFERENCE_SLOTS
-
         slot = REFERENCE_SLOTS[edge][0]
     readings: list[dict] = []
     yield from xanes_scan(
