@@ -22,7 +22,8 @@ import os
 import sys
 import time
 
-from xas_bluesky.services import apply_ca_env, free_ports, loopback_ca_env
+from sim_iocs.launcher import SimBeamline
+from xas_bluesky.services import apply_ca_env, free_ports, loopback_ca_env, start_repeater
 
 
 def _events_per_s(RE, plan) -> tuple[float, int, float]:
@@ -57,8 +58,6 @@ def main(argv=None) -> int:
     from bluesky import RunEngine
 
     from xas_bluesky.beamline.plans import grid_xanes_scan
-    from xas_bluesky.beamline.sim import SimBeamline
-    from xas_bluesky.services import start_repeater
 
     repeater = start_repeater(rep)
     sims = {

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from live_helpers import shared_cache, small_candidates
 
-from xas_bluesky.beamline.sim import PROBE_PV, sim_ioc_args
+from sim_iocs.launcher import PROBE_PV, sim_ioc_args
 from xas_bluesky.resources import heldout_samples
 from xas_bluesky.science.adaptive import coarse_energies
 from xas_bluesky.testing import next_ca_port, unique_prefix

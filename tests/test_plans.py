@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sim_iocs.launcher import PROBE_PV, sim_ioc_args
 from xas_bluesky.beamline.measured import (
     NormalisationError,
     best_shift_pearson,
@@ -23,7 +24,6 @@ from xas_bluesky.beamline.plans import (
     region_points,
     xanes_scan,
 )
-from xas_bluesky.beamline.sim import PROBE_PV, sim_ioc_args
 from xas_bluesky.resources import heldout_samples
 
 CLOCK = 200.0

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xas_bluesky.beamline.sim import PROBE_PV, sim_ioc_args
+from sim_iocs.launcher import PROBE_PV, sim_ioc_args
 
 STARTUP = Path(__file__).resolve().parents[1] / "profile_collection" / "startup"
 

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from sim_iocs.launcher import PROBE_PV, sim_ioc_args
 from sim_iocs.physics import (
     Beam,
     Sample,
@@ -18,7 +19,6 @@ from sim_iocs.physics import (
     load_spectrum_csv,
     parse_slot_spec,
 )
-from xas_bluesky.beamline.sim import PROBE_PV, sim_ioc_args
 
 CLOCK = 100.0
 

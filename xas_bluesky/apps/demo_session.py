@@ -22,6 +22,7 @@ from typing import TextIO
 
 import numpy as np
 
+from sim_iocs.launcher import DEFAULT_CLOCK, SimBeamline, check_slots
 from xas_bluesky.resources import REFERENCE_SLOTS, heldout_samples
 from xas_bluesky.services import (
     ManagedProcess,
@@ -154,8 +155,6 @@ def run_demo(config: DemoConfig) -> dict:
     sim_port, score_port, repeater_port = free_ports(3)
     env = loopback_ca_env(sim_port, repeater_port, search_ports=[score_port])
     apply_ca_env(env)  # before epics/ophyd are imported
-
-    from xas_bluesky.beamline.sim import DEFAULT_CLOCK, SimBeamline, check_slots
 
     try:
         check_slots([slot])

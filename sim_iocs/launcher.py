@@ -1,5 +1,8 @@
 """Python API of the simulated beamline: start it on loopback, get its prefixes and devices.
 
+The simulator's launcher, for applications and tests (``xas_bluesky.apps``, ``benchmarks/``,
+``tests/``); the beamline layer (plans, devices, callbacks) never imports it.
+
 ::
 
     with SimBeamline(slots=["mine=spectrum.csv"], clock=20) as sim:
@@ -19,6 +22,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from sim_iocs.physics import parse_slot_spec
 from xas_bluesky.services import (
     ManagedProcess,
     free_ports,
@@ -43,9 +47,13 @@ DEFAULT_CLOCK = 20.0
 
 def check_slots(slots: Sequence[str]) -> None:
     """Parse every ``NAME=SOURCE`` slot here, so a bad spectrum file fails with a clear
-    :class:`sim_iocs.physics.SpectrumError` before any process starts."""
-    from sim_iocs.physics import parse_slot_spec
+    :class:`~xas_bluesky.science.spectra.SpectrumError` before any process starts.
 
+    Parameters
+    ----------
+    slots : sequence of str
+        ``NAME=FILE.csv``, ``NAME=heldout:[EDGE:]SAMPLE`` or ``NAME=blank``.
+    """
     for spec in slots:
         parse_slot_spec(spec)
 
