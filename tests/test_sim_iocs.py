@@ -19,6 +19,7 @@ from sim_iocs.physics import (
     load_spectrum_csv,
     parse_slot_spec,
 )
+from xas_bluesky.science.spectra import mu_from_channels
 
 CLOCK = 100.0
 
@@ -121,10 +122,8 @@ def test_noise_model_every_mode():
     pre = [beam.measure(sample, 527.0, 400.0, 1.0, rng) for _ in range(400)]
     post = [beam.measure(sample, 570.0, 400.0, 1.0, rng) for _ in range(400)]
     for mode, key in (("TEY", "tey"), ("PFY", "pfy"), ("TRANS", "it")):
-        from xas_bluesky.beamline.measured import mu_from_channels
-
-        a = mu_from_channels([c["i0"] for c in pre], [c[key] for c in pre], mode)
-        b = mu_from_channels([c["i0"] for c in post], [c[key] for c in post], mode)
+        a = mu_from_channels(mode, [c["i0"] for c in pre], [c[key] for c in pre]).mu
+        b = mu_from_channels(mode, [c["i0"] for c in post], [c[key] for c in post]).mu
         noise = b.std() / abs(b.mean() - a.mean())
         assert 0.006 < noise < 0.015, f"{mode}: {noise:.4f}"
 

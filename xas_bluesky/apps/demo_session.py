@@ -24,6 +24,7 @@ import numpy as np
 
 from sim_iocs.launcher import DEFAULT_CLOCK, SimBeamline, check_slots
 from xas_bluesky.resources import REFERENCE_SLOTS, heldout_samples
+from xas_bluesky.science.spectra import NormalizationError, mu_from_channels, normalize
 from xas_bluesky.services import (
     ManagedProcess,
     apply_ca_env,
@@ -281,17 +282,15 @@ def _ranking(result, cands) -> list[dict]:
 
 
 def _measured(rows, mode: str, edge: str) -> dict:
-    from xas_bluesky.beamline.measured import NormalisationError, mu_from_channels, normalise
-
     arr = np.asarray(rows, dtype=float).reshape(-1, 3)
-    mu = mu_from_channels(arr[:, 1], arr[:, 2], mode)
+    mu = mu_from_channels(mode, arr[:, 1], arr[:, 2], strict=False).mu
     try:
-        energy, mu_norm = normalise(arr[:, 0], mu, edge)
-    except NormalisationError as exc:
+        n = normalize(arr[:, 0], mu, edge)
+    except NormalizationError as exc:
         return {"energy_eV": arr[:, 0].tolist(), "mu_norm": None, "error": str(exc)}
     return {
-        "energy_eV": np.round(energy, 4).tolist(),
-        "mu_norm": np.round(mu_norm, 6).tolist(),
+        "energy_eV": np.round(n.energy, 4).tolist(),
+        "mu_norm": np.round(n.norm, 6).tolist(),
         "energy_order_eV": np.round(arr[:, 0], 4).tolist(),  # in the order measured
     }
 

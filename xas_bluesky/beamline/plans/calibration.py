@@ -16,12 +16,16 @@ import bluesky.plan_stubs as bps
 import numpy as np
 
 from xas_bluesky.beamline.devices import MODES
-from xas_bluesky.beamline.measured import NormalisationError, fit_energy_offset, mu_from_channels
 from xas_bluesky.beamline.plans.regions import Region
 from xas_bluesky.beamline.plans.xanes import xanes_scan
 from xas_bluesky.resources import REFERENCE_SLOTS, reference_spectrum
 from xas_bluesky.science.grids import ONSET_EV
-from xas_bluesky.science.spectra import load_spectrum_csv
+from xas_bluesky.science.spectra import (
+    NormalizationError,
+    fit_energy_offset,
+    load_spectrum_csv,
+    mu_from_channels,
+)
 
 __all__ = ["CalibrationError", "calibrate_energy", "calibration_regions", "load_reference"]
 
@@ -116,11 +120,14 @@ def calibrate_energy(
     sig_key = det.field(MODES[mode.upper()])
     energy = np.array([r[e_key]["value"] for r in readings], dtype=float)
     mu = mu_from_channels(
-        [r[i0_key]["value"] for r in readings], [r[sig_key]["value"] for r in readings], mode
-    )
+        mode,
+        [r[i0_key]["value"] for r in readings],
+        [r[sig_key]["value"] for r in readings],
+        strict=False,  # bad points are NaN, dropped by the fit
+    ).mu
     try:
         offset, r = fit_energy_offset(energy, mu, ref_e, ref_mu, max_shift=max_shift)
-    except NormalisationError as exc:
+    except NormalizationError as exc:
         raise CalibrationError(f"energy calibration failed: {exc}") from None
     if r < MIN_FIT_R:
         raise CalibrationError(
