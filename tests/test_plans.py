@@ -21,6 +21,7 @@ from xas_bluesky.beamline.plans import (
 )
 from xas_bluesky.resources import heldout_samples
 from xas_bluesky.science.spectra import best_shift_pearson, mu_from_channels, normalize
+from xas_bluesky.testing import IOCFactory
 
 CLOCK = 200.0
 TRUE_OFFSET = 0.63
@@ -45,7 +46,6 @@ def _supplied(edge):
 def beamline(ca_env, tmp_path_factory):
     """One sim beamline (clock x200, true offset 0.63 eV) with a supplied CSV spectrum per edge."""
     from xas_bluesky.beamline.devices import make_devices
-    from xas_bluesky.testing import IOCFactory
 
     tmp = tmp_path_factory.mktemp("plans")
     slots = [f"supplied_{e}={_write_csv(tmp / f'{e}.csv', *_supplied(e))}" for e in SUPPLIED]

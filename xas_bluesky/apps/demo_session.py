@@ -23,10 +23,11 @@ from typing import TextIO
 import numpy as np
 
 from sim_iocs.launcher import DEFAULT_CLOCK, SimBeamline, check_slots
-from xas_bluesky.resources import REFERENCE_SLOTS, heldout_samples
+from xas_bluesky.resources import REFERENCE_SLOTS, candidates_file, heldout_samples
 from xas_bluesky.science.spectra import NormalizationError, mu_from_channels, normalize
 from xas_bluesky.services import (
     ManagedProcess,
+    _spawn,
     apply_ca_env,
     free_ports,
     loopback_ca_env,
@@ -116,8 +117,6 @@ class _SignalGuard:
 
 
 def _start_probe(pvname: str, out: Path, env: dict, log_dir: Path) -> ManagedProcess:
-    from xas_bluesky.services import _spawn
-
     return _spawn(
         "score-probe",
         [
@@ -314,7 +313,6 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     from xas_bluesky.beamline.epics.devices import MatchScores
     from xas_bluesky.beamline.epics.probe import pair_latencies
     from xas_bluesky.beamline.plans import adaptive_xanes_scan, grid_xanes_scan
-    from xas_bluesky.resources import candidates_file
 
     edge = config.edge
     client = tiled.client()
