@@ -21,6 +21,7 @@ import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sim_iocs.physics import parse_slot_spec
 from xas_bluesky.services import (
@@ -30,6 +31,9 @@ from xas_bluesky.services import (
     start_ioc,
     start_repeater,
 )
+
+if TYPE_CHECKING:  # ophyd: imported only once the client's Channel Access environment is set
+    from xas_bluesky.beamline.devices import BeamlineDevices
 
 __all__ = [
     "SimBeamline",
@@ -69,7 +73,20 @@ def sim_ioc_args(
 ) -> list[str]:
     """Arguments of ``python -m sim_iocs.beamline`` (without ``--prefix``).
 
-    Slot sources that are paths are made absolute (the IOC may run elsewhere).
+    Parameters
+    ----------
+    slots : sequence of str
+        Extra sample slots, ``NAME=SOURCE``; sources that are paths are made absolute (the IOC
+        may run elsewhere).
+    sample : str, optional
+        Slot in the beam at start.
+    clock, seed, offset, tuned
+        As :class:`SimBeamline`.
+
+    Returns
+    -------
+    list of str
+        For ``sys.executable``, e.g. the ``ioc_factory`` fixture's first argument.
     """
     args = [
         "-m",
@@ -200,8 +217,9 @@ class SimBeamline:
             raise RuntimeError("start the sim beamline first")
         return loopback_ca_env(self.port, self.repeater_port)
 
-    def devices(self, name_prefix: str = "", timeout: float = 10.0):
-        """Connected ophyd devices (:class:`xas_bluesky.beamline.devices.BeamlineDevices`)."""
+    def devices(self, name_prefix: str = "", timeout: float = 10.0) -> BeamlineDevices:
+        """Connected ophyd devices (:class:`xas_bluesky.beamline.devices.BeamlineDevices`); set
+        :meth:`client_env` in ``os.environ`` before the first call."""
         from xas_bluesky.beamline.devices import make_devices
 
         return make_devices(self.prefix, name_prefix=name_prefix, timeout=timeout)

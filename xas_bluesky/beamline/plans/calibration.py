@@ -14,6 +14,7 @@ from pathlib import Path
 
 import bluesky.plan_stubs as bps
 import numpy as np
+from numpy.typing import ArrayLike
 
 from xas_bluesky.beamline.devices import MODES
 from xas_bluesky.beamline.plans.regions import Region
@@ -43,7 +44,9 @@ def calibration_regions(edge: str, dwell: float = 1.0) -> list[Region]:
     return [Region(e0 - 4.0, e0 + 26.0, 0.2, dwell)]
 
 
-def load_reference(reference, edge: str) -> tuple[np.ndarray, np.ndarray]:
+def load_reference(
+    reference: tuple[ArrayLike, ArrayLike] | str | Path | None, edge: str
+) -> tuple[np.ndarray, np.ndarray]:
     """The known spectrum of a calibration reference.
 
     Parameters
