@@ -22,7 +22,12 @@ import os
 import sys
 import time
 
-from xas_bluesky.services import apply_ca_env, free_ports, loopback_ca_env
+import numpy as np
+
+from sim_iocs.launcher import SimBeamline
+from xas_bluesky.resources import heldout_samples
+from xas_bluesky.science.spectra import best_shift_pearson, mu_from_channels, normalize
+from xas_bluesky.services import apply_ca_env, free_ports, loopback_ca_env, start_repeater
 
 
 def _events_per_s(RE, plan) -> tuple[float, int, float]:
@@ -57,8 +62,6 @@ def main(argv=None) -> int:
     from bluesky import RunEngine
 
     from xas_bluesky.beamline.plans import grid_xanes_scan
-    from xas_bluesky.beamline.sim import SimBeamline
-    from xas_bluesky.services import start_repeater
 
     repeater = start_repeater(rep)
     sims = {
@@ -102,11 +105,7 @@ def main(argv=None) -> int:
 
 
 def _chain(RE, sim) -> None:
-    import numpy as np
-
-    from xas_bluesky.beamline.measured import best_shift_pearson, mu_from_channels, normalise
     from xas_bluesky.beamline.plans import calibrate_energy, grid_xanes_scan
-    from xas_bluesky.resources import heldout_samples
 
     devs = sim.devices()
     m, d, sc = devs.mono, devs.det, devs.sample_changer
@@ -144,11 +143,13 @@ def _chain(RE, sim) -> None:
         ev = [doc["data"] for n, doc in docs if n == "event"]
         f = start["xas_fields"]
         energy = np.array([x[f["energy"]] for x in ev]) + start["energy_offset"]
-        mu = mu_from_channels([x[f["i0"]] for x in ev], [x[f["signal"]] for x in ev])
-        en, mn = normalise(energy, mu, edge)
+        mu = mu_from_channels(
+            "TEY", [x[f["i0"]] for x in ev], [x[f["signal"]] for x in ev], strict=False
+        ).mu
+        n = normalize(energy, mu, edge)
         ref_e, samples = heldout_samples(edge)
         (ref,) = [s["mu"] for s in samples if s["name"] == name]
-        r, shift = best_shift_pearson(en, mn, ref_e, np.asarray(ref))
+        r, shift = best_shift_pearson(n.energy, n.norm, ref_e, np.asarray(ref))
         print(
             f"chain {edge} ({name}, 0.1 eV grid, {len(ev)} points): r = {r:.4f}, shift {shift:+.2f} eV"
         )

@@ -30,7 +30,8 @@ from sim_iocs.physics import (
     heldout_names,
     parse_slot_spec,
 )
-from xas_bluesky.beamline.sim import REFERENCE_SLOTS
+from xas_bluesky.beamline.epics.server import run_ioc
+from xas_bluesky.resources import REFERENCE_SLOTS
 
 __all__ = ["SimBeamlineIOC", "default_slots", "build_state", "main"]
 
@@ -109,8 +110,6 @@ def add_sim_arguments(parser) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from xas_bluesky.beamline.epics.server import run_ioc
-
     parser, split_args = template_arg_parser(
         default_prefix="SIM:",
         desc=SimBeamlineIOC.__doc__,

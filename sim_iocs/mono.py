@@ -12,6 +12,7 @@ from caproto.server import template_arg_parser
 
 from sim_iocs.groups import MonoGroup, SimState
 from sim_iocs.physics import Clock
+from xas_bluesky.beamline.epics.server import run_ioc
 
 __all__ = ["MonoIOC", "main"]
 
@@ -25,8 +26,6 @@ class MonoIOC(MonoGroup):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from xas_bluesky.beamline.epics.server import run_ioc
-
     parser, split_args = template_arg_parser(
         default_prefix="MONO:", desc=MonoIOC.__doc__, argv=argv, supported_async_libs=["asyncio"]
     )

@@ -21,7 +21,6 @@ default count time of 1 s (``DEFAULT_COUNT_TIME``), in every mode.
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from xas_bluesky.resources import heldout_samples
+from xas_bluesky.science import spectra
+from xas_bluesky.science.spectra import SpectrumError
 
 __all__ = [
     "SpectrumError",
@@ -50,10 +53,6 @@ DEFAULT_COUNT_TIME = 1.0
 ENERGY_LIMITS = (250.0, 1500.0)
 
 
-class SpectrumError(ValueError):
-    """A spectrum (file) that cannot be used as a sample's true spectrum."""
-
-
 @dataclass(frozen=True)
 class Spectrum:
     """One edge's true absorption of a sample: ``mu`` on ``energy`` (eV, increasing)."""
@@ -63,25 +62,9 @@ class Spectrum:
     source: str = ""
 
     def __post_init__(self) -> None:
-        e = np.asarray(self.energy, dtype=float)
-        m = np.asarray(self.mu, dtype=float)
-        where = self.source or "spectrum"
-        if e.ndim != 1 or e.shape != m.shape:
-            raise SpectrumError(f"{where}: energy and mu must be 1-D of the same length")
-        if e.size < 5:
-            raise SpectrumError(f"{where}: needs at least 5 points, got {e.size}")
-        if not (np.all(np.isfinite(e)) and np.all(np.isfinite(m))):
-            raise SpectrumError(f"{where}: non-finite energy or mu values")
-        if np.any(np.diff(e) <= 0):
-            raise SpectrumError(f"{where}: energies must be strictly increasing")
-        lo, hi = ENERGY_LIMITS
-        if e[0] < lo or e[-1] > hi:
-            raise SpectrumError(
-                f"{where}: energies {e[0]:.1f}-{e[-1]:.1f} eV lie outside the mono's "
-                f"{lo:.0f}-{hi:.0f} eV (expected FEFF10's absolute axis, in eV)"
-            )
-        if np.ptp(m) <= 0:
-            raise SpectrumError(f"{where}: mu is constant (no edge)")
+        e, m = spectra.check_spectrum(
+            self.energy, self.mu, source=self.source or "spectrum", energy_range=ENERGY_LIMITS
+        )
         object.__setattr__(self, "energy", e)
         object.__setattr__(self, "mu", m)
 
@@ -91,41 +74,16 @@ class Spectrum:
 
 
 def load_spectrum_csv(path: str | Path) -> Spectrum:
-    """Read a CSV ``energy_eV,mu`` (header row, then numbers) as a :class:`Spectrum`.
+    """Read a CSV ``energy_eV,mu`` (header row, then numbers) as a :class:`Spectrum`
+    (:func:`xas_bluesky.science.spectra.load_spectrum_csv`, inside the mono's range).
 
     Raises
     ------
     SpectrumError
         With a one-line message naming the file and the problem.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SpectrumError(f"{path}: no such file")
-    rows: list[tuple[float, float]] = []
-    try:
-        with open(path, newline="") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None:
-                raise SpectrumError(f"{path}: empty file")
-            names = [h.strip() for h in header]
-            if names[:2] != ["energy_eV", "mu"]:
-                raise SpectrumError(
-                    f"{path}: header must be 'energy_eV,mu', got {','.join(names)!r}"
-                )
-            for lineno, row in enumerate(reader, start=2):
-                if not row or all(not c.strip() for c in row):
-                    continue
-                try:
-                    rows.append((float(row[0]), float(row[1])))
-                except (ValueError, IndexError):
-                    raise SpectrumError(f"{path}:{lineno}: not two numbers: {row!r}") from None
-    except UnicodeDecodeError:
-        raise SpectrumError(f"{path}: not a text CSV file") from None
-    if not rows:
-        raise SpectrumError(f"{path}: no data rows")
-    arr = np.asarray(rows, dtype=float)
-    return Spectrum(arr[:, 0], arr[:, 1], source=str(path))
+    energy, mu = spectra.load_spectrum_csv(path, energy_range=ENERGY_LIMITS)
+    return Spectrum(energy, mu, source=str(Path(path)))
 
 
 def heldout_spectra(name: str, edge: str | None = None) -> list[Spectrum]:
@@ -133,8 +91,6 @@ def heldout_spectra(name: str, edge: str | None = None) -> list[Spectrum]:
 
     These come from :func:`xas_bluesky.resources.heldout_samples`, never from the GNN.
     """
-    from xas_bluesky.resources import heldout_samples
-
     out = []
     for e in [edge] if edge else ["N", "O"]:
         energy, samples = heldout_samples(e)
@@ -150,8 +106,6 @@ def heldout_spectra(name: str, edge: str | None = None) -> list[Spectrum]:
 
 def heldout_names(edge: str | None = None) -> list[str]:
     """Names of the shipped held-out samples (of ``edge``, or of any edge), sorted."""
-    from xas_bluesky.resources import heldout_samples
-
     names: set[str] = set()
     for e in [edge] if edge else ["N", "O"]:
         names.update(s["name"] for s in heldout_samples(e)[1])

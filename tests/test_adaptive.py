@@ -7,17 +7,16 @@ import numpy as np
 import pytest
 from live_helpers import shared_cache, small_candidates
 
-from xas_bluesky.beamline.sim import PROBE_PV, sim_ioc_args
+from sim_iocs.launcher import PROBE_PV, sim_ioc_args
 from xas_bluesky.resources import heldout_samples
 from xas_bluesky.science.adaptive import coarse_energies
-from xas_bluesky.testing import next_ca_port, unique_prefix
+from xas_bluesky.testing import IOCFactory, next_ca_port, unique_prefix
 
 
 @pytest.fixture(scope="module")
 def setup(ca_env, tmp_path_factory):
     """The sim beamline (clock x200) with a held-out O sample in the beam, and its devices."""
     from xas_bluesky.beamline.devices import make_devices
-    from xas_bluesky.testing import IOCFactory
 
     tmp = tmp_path_factory.mktemp("adaptive")
     _, samples = heldout_samples("O")

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xas_bluesky.beamline.sim import PROBE_PV, sim_ioc_args
+from sim_iocs.launcher import PROBE_PV, sim_ioc_args
+from xas_bluesky.testing import next_ca_port, unique_prefix
 
 STARTUP = Path(__file__).resolve().parents[1] / "profile_collection" / "startup"
 
@@ -93,11 +94,8 @@ def test_profile_with_live_analysis(ioc_factory, tiled_server, tmp_path):
     import epics
     from live_helpers import small_candidates
 
-    from xas_bluesky.testing import next_ca_port
-    from xas_bluesky.testing import unique_prefix as _unique
-
     proc = ioc_factory(sim_ioc_args(clock=200.0), probe=PROBE_PV)
-    score_prefix = _unique("S")
+    score_prefix = unique_prefix("S")
     ns = load_profile(
         {
             "XAS_BEAMLINE_PREFIX": proc.info["prefix"],

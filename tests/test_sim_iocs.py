@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from sim_iocs.launcher import PROBE_PV, sim_ioc_args
 from sim_iocs.physics import (
     Beam,
     Sample,
@@ -18,7 +19,10 @@ from sim_iocs.physics import (
     load_spectrum_csv,
     parse_slot_spec,
 )
-from xas_bluesky.beamline.sim import PROBE_PV, sim_ioc_args
+from xas_bluesky.apps.cli import main
+from xas_bluesky.science.spectra import mu_from_channels
+from xas_bluesky.services import free_ports, loopback_ca_env
+from xas_bluesky.testing import IOCFactory
 
 CLOCK = 100.0
 
@@ -28,7 +32,6 @@ def sim(ca_env, tmp_path_factory):
     """One sim beamline IOC (clock x100) for this module, and its connected ophyd devices
     (an IOC start costs seconds on a busy 2-core machine; each test sets what it relies on)."""
     from xas_bluesky.beamline.devices import make_devices
-    from xas_bluesky.testing import IOCFactory
 
     factory = IOCFactory(tmp_path_factory.mktemp("ioc-logs"))
     try:
@@ -121,10 +124,8 @@ def test_noise_model_every_mode():
     pre = [beam.measure(sample, 527.0, 400.0, 1.0, rng) for _ in range(400)]
     post = [beam.measure(sample, 570.0, 400.0, 1.0, rng) for _ in range(400)]
     for mode, key in (("TEY", "tey"), ("PFY", "pfy"), ("TRANS", "it")):
-        from xas_bluesky.beamline.measured import mu_from_channels
-
-        a = mu_from_channels([c["i0"] for c in pre], [c[key] for c in pre], mode)
-        b = mu_from_channels([c["i0"] for c in post], [c[key] for c in post], mode)
+        a = mu_from_channels(mode, [c["i0"] for c in pre], [c[key] for c in pre]).mu
+        b = mu_from_channels(mode, [c["i0"] for c in post], [c[key] for c in post]).mu
         noise = b.std() / abs(b.mean() - a.mean())
         assert 0.006 < noise < 0.015, f"{mode}: {noise:.4f}"
 
@@ -193,8 +194,6 @@ def test_ioc_refuses_bad_slot_at_start(tmp_path):
 
 
 def test_sim_beamline_cli_bad_file_one_line_error(capsys):
-    from xas_bluesky.apps.cli import main
-
     assert main(["sim-beamline", "--slot", "x=/no/such.csv"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "/no/such.csv: no such file" in err
@@ -207,8 +206,6 @@ def test_sim_beamline_cli_serves_and_stops_on_sigterm(tmp_path):
     import signal
 
     from caproto.sync.client import read
-
-    from xas_bluesky.services import free_ports, loopback_ca_env
 
     port, rep = free_ports(2)
     cmd = [sys.executable, "-m", "xas_bluesky.apps.cli", "sim-beamline", "--prefix", "CLIT:"]

@@ -1,16 +1,22 @@
-"""mu(E) from channels, bad readings, normalisation of simulated TEY of shipped FEFF spectra."""
+"""The processing chain: mu(E) from channels, bad readings, normalisation of simulated TEY of
+shipped FEFF spectra, the energy offset, peaks, spectrum files."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from xas_bluesky.resources import heldout_samples
+from xas_bluesky.resources import heldout_samples, reference_spectrum
+from xas_bluesky.science.grids import ONSET_EV
 from xas_bluesky.science.spectra import (
     BadReading,
-    RunningNormalizer,
-    find_e0,
+    NormalizationError,
+    SpectrumError,
+    best_shift_pearson,
+    check_spectrum,
     find_peak_energies,
+    fit_energy_offset,
+    load_spectrum_csv,
     mu_from_channels,
     noise_from_scatter,
     normalize,
@@ -76,64 +82,113 @@ def test_non_strict_flags_points_and_never_returns_a_number():
     assert len(r.problems) == 2 and "point 1" in r.problems[0]
 
 
+def test_chain_drops_bad_points():
+    mu = mu_from_channels(
+        "TEY", [1e6, 0, np.nan, 1e6, -5], [1e4, 1e4, 1e4, np.nan, 1e4], strict=False
+    ).mu
+    assert np.isfinite(mu).tolist() == [True, False, False, False, False]
+    with pytest.raises(NormalizationError):
+        normalize([526, 527, 560], [np.nan, np.nan, 1.0], "O")
+    assert np.isnan(mu_from_channels("TRANS", [1e6], [0], strict=False).mu).all()
+
+
 @pytest.mark.parametrize("edge", ["O", "N"])
-def test_normalisation_of_noisy_tey_recovers_feff_spectra(edge):
+def test_normalisation_of_feff_spectra_on_the_model_grid(edge):
+    """A scan of the model grid (the demo's): ~3 eV of pre-edge, a level; the normalised clean
+    FEFF spectrum is FEFF's own (~0 before, ~1 far above the edge) to a few % of the step."""
+    energy, samples = heldout_samples(edge)
+    errs = []
+    for s in samples[:10]:
+        mu = np.asarray(s["mu"])
+        n = normalize(energy, mu, edge)
+        assert n.e0 == ONSET_EV[edge] and n.pre_slope == 0.0
+        assert 0.7 < n.edge_step < 1.5  # sigma* resonances sit in the post-edge window
+        errs.append(np.sqrt(np.mean((n.norm - mu / n.edge_step) ** 2)))
+    assert np.median(errs) < 0.03, errs
+    assert np.max(errs) < 0.07, errs
+
+
+@pytest.mark.parametrize("edge", ["O", "N"])
+def test_normalisation_of_noisy_tey_removes_background_and_flux(edge):
+    """Noisy simulated TEY over a sloping background, 10 eV more pre-edge (a line): normalised,
+    it is the clean spectrum normalised alike, to the noise (~1 % of the step per point)."""
     feff_energy, samples = heldout_samples(edge)
-    # a real scan starts ~10 eV below the model grid, where FEFF's mu is ~0 (padded), so that the
-    # pre-edge line has a lever arm
     step = feff_energy[1] - feff_energy[0]
     energy = np.concatenate([feff_energy[0] - step * np.arange(40, 0, -1), feff_energy])
     rng = np.random.default_rng(1)
     errs = []
     for s in samples[:10]:
-        mu_feff = np.asarray(s["mu"])
-        mu = np.interp(energy, feff_energy, mu_feff, left=0.0)
-        ref = normalize(energy, mu)
-        assert ref.ok, ref.reason
-        # the normalised clean FEFF spectrum is FEFF's own (~0 before, ~1 far above the edge)
-        assert 0.7 < ref.edge_step < 1.5  # sigma* resonances sit in the post-edge window
-        assert np.sqrt(np.mean((ref.norm - mu / ref.edge_step) ** 2)) < 0.03
+        mu = np.interp(energy, feff_energy, np.asarray(s["mu"]), left=0.0)
+        ref = normalize(energy, mu, edge)
+        assert ref.pre_slope != 0.0  # 13 eV of pre-edge: a line
         i0, tey = simulate_tey(energy, mu, rng)
         r = mu_from_channels("tey", i0, tey, dark_i0=50.0, dark_signal=50.0, counts=True)
         assert r.ok.all()
         # the Poisson estimate agrees with the scatter of the data
         assert noise_from_scatter(r.mu) == pytest.approx(np.median(r.sigma), rel=0.5)
-        n = normalize(energy, r.mu)
-        assert n.ok, n.reason
-        assert abs(n.e0 - ref.e0) <= 0.5
-        errs.append(np.sqrt(np.mean((n.norm - mu / ref.edge_step) ** 2)))
-    assert np.median(errs) < 0.03, errs
-    assert np.max(errs) < 0.06, errs
+        n = normalize(energy[::-1], r.mu[::-1], edge)  # any order
+        np.testing.assert_array_equal(n.energy, energy)
+        errs.append(np.sqrt(np.mean((n.norm - ref.norm) ** 2)))
+    assert np.median(errs) < 0.02, errs
+    assert np.max(errs) < 0.06, errs  # the line, extrapolated 45 eV, carries its fit noise
 
 
-def test_e0_on_the_feff_axis():
-    for edge, lo, hi in (("O", 528.5, 531.0), ("N", 397.0, 402.0)):
-        energy, samples = heldout_samples(edge)
-        e0 = [find_e0(energy, s["mu"]) for s in samples]
-        assert np.mean([lo <= e <= hi for e in e0]) >= 0.9, e0
+def test_short_pre_edge_gets_a_level():
+    """On the model grid alone (~3 eV below the onset) the pre-edge is a level, not a line."""
+    energy, samples = heldout_samples("O")
+    mu = 0.2 + 0.001 * (energy - 526.0) + np.asarray(samples[0]["mu"])
+    n = normalize(energy, mu, "O")
+    assert n.pre_slope == 0.0
+    assert n.pre_offset == pytest.approx(np.mean(mu[energy < 529.0]))
+    # windows and E0 relative to which they lie: e0 overrides the edge's onset
+    m = normalize(energy + 10.0, mu, "O", e0=540.0)
+    np.testing.assert_allclose(m.norm, n.norm)
 
 
-def test_not_yet_normalisable_with_few_points():
-    feff_energy, samples = heldout_samples("O")
-    energy = np.concatenate([np.arange(516.0, 526.0, 0.5), feff_energy])
-    mu = np.interp(energy, feff_energy, samples[0]["mu"], left=0.0)
-    rn = RunningNormalizer()
-    assert not rn.result().ok
-    rn.add(energy[:4], mu[:4])  # pre-edge only
-    r = rn.result()
-    assert not r.ok and r.reason
-    rng = np.random.default_rng(0)
-    order = rng.permutation(energy.size)
-    for i in order[:10]:
-        rn.add(energy[i], mu[i])
-    # whatever it says, it never returns garbage: either ok with a sane step, or not ok
-    r = rn.result()
-    assert (not r.ok) or (0.5 < r.edge_step < 2.0)
-    rn.add(energy[order[10:]], mu[order[10:]])
-    r = rn.result()
-    assert r.ok and 0.7 < r.edge_step < 1.5, r.reason
-    flat = normalize(energy, np.full(energy.size, 0.3) + 1e-3 * rng.standard_normal(energy.size))
-    assert not flat.ok
+def test_not_normalisable_raises():
+    energy, samples = heldout_samples("O")
+    mu = np.asarray(samples[0]["mu"])
+    with pytest.raises(NormalizationError, match="below 529.0 eV and >= 1 above 545.0 eV"):
+        normalize(energy[energy > 529.5], mu[energy > 529.5], "O")
+    with pytest.raises(NormalizationError, match="in 500.0-510.0 eV"):
+        normalize(energy, mu, "O", pre1=-30.0, pre2=-20.0)
+    with pytest.raises(NormalizationError, match="no positive edge step"):
+        normalize(energy, -mu, "O")
+
+
+def test_energy_offset_and_best_shift():
+    """The mono's offset from simulated TEY of the O reference; the best shift of its
+    normalised spectrum against the FEFF one is the same offset."""
+    ref_e, ref_mu = reference_spectrum("O")
+    true = ref_e[0] - 4.0 + 0.2 * np.arange(151)  # calibration_regions: onset - 4 .. + 26 eV
+    offset = 0.63
+    mu = np.interp(true, ref_e, ref_mu, left=0.0)
+    i0, tey = simulate_tey(true, mu, np.random.default_rng(2))
+    rb = true - offset
+    raw = mu_from_channels("TEY", i0, tey, strict=False).mu
+    found, r = fit_energy_offset(rb, raw, ref_e, ref_mu)
+    assert found == pytest.approx(offset, abs=0.05) and r > 0.99
+    n = normalize(rb, raw, "O", e0=ref_e[0] - 1.0)
+    corr, shift = best_shift_pearson(n.energy, n.norm, ref_e, ref_mu)
+    assert shift == pytest.approx(offset, abs=0.1) and corr > 0.99
+    with pytest.raises(NormalizationError, match="valid points"):
+        fit_energy_offset(rb[:9], raw[:9], ref_e, ref_mu)
+
+
+def test_spectrum_csv(tmp_path):
+    energy, mu = reference_spectrum("N")
+    path = tmp_path / "ref.csv"
+    path.write_text(
+        "energy_eV,mu\n"
+        + "".join(f"{e!r},{m!r}\n" for e, m in zip(energy.tolist(), mu.tolist(), strict=True))
+    )
+    e, m = load_spectrum_csv(path)
+    np.testing.assert_array_equal(e, energy)
+    np.testing.assert_array_equal(m, mu)
+    with pytest.raises(SpectrumError, match="outside the mono"):
+        load_spectrum_csv(path, energy_range=(500.0, 600.0))
+    with pytest.raises(SpectrumError, match="strictly increasing"):
+        check_spectrum(energy[::-1], mu, source="reversed")
 
 
 def test_peaks():

@@ -22,9 +22,13 @@ from typing import TextIO
 
 import numpy as np
 
+from sim_iocs.launcher import DEFAULT_CLOCK, SimBeamline, check_slots
 from xas_bluesky.contracts import DEFAULT_PREFIX
+from xas_bluesky.resources import REFERENCE_SLOTS, candidates_file, heldout_samples
+from xas_bluesky.science.spectra import NormalizationError, mu_from_channels, normalize
 from xas_bluesky.services import (
     ManagedProcess,
+    _spawn,
     apply_ca_env,
     free_ports,
     loopback_ca_env,
@@ -66,9 +70,6 @@ def _say(config: DemoConfig, text: str) -> None:
 
 def choose_sample(config: DemoConfig) -> tuple[str, str]:
     """``(sample name, slot spec)`` of the sample to measure."""
-    from xas_bluesky.beamline.sim import REFERENCE_SLOTS
-    from xas_bluesky.resources import heldout_samples
-
     if config.sample_spectrum:
         name = Path(config.sample_spectrum).stem
         return name, f"{name[:39]}={Path(config.sample_spectrum).resolve()}"
@@ -117,8 +118,6 @@ class _SignalGuard:
 
 
 def _start_probe(pvname: str, out: Path, env: dict, log_dir: Path) -> ManagedProcess:
-    from xas_bluesky.services import _spawn
-
     return _spawn(
         "score-probe",
         [
@@ -157,8 +156,6 @@ def run_demo(config: DemoConfig) -> dict:
     sim_port, score_port, repeater_port = free_ports(3)
     env = loopback_ca_env(sim_port, repeater_port, search_ports=[score_port])
     apply_ca_env(env)  # before epics/ophyd are imported
-
-    from xas_bluesky.beamline.sim import DEFAULT_CLOCK, SimBeamline, check_slots
 
     try:
         check_slots([slot])
@@ -271,17 +268,15 @@ def _read_pvs(server) -> dict:
 
 
 def _measured(rows, mode: str, edge: str) -> dict:
-    from xas_bluesky.beamline.measured import NormalisationError, mu_from_channels, normalise
-
     arr = np.asarray(rows, dtype=float).reshape(-1, 3)
-    mu = mu_from_channels(arr[:, 1], arr[:, 2], mode)
+    mu = mu_from_channels(mode, arr[:, 1], arr[:, 2], strict=False).mu
     try:
-        energy, mu_norm = normalise(arr[:, 0], mu, edge)
-    except NormalisationError as exc:
+        n = normalize(arr[:, 0], mu, edge)
+    except NormalizationError as exc:
         return {"energy_eV": arr[:, 0].tolist(), "mu_norm": None, "error": str(exc)}
     return {
-        "energy_eV": np.round(energy, 4).tolist(),
-        "mu_norm": np.round(mu_norm, 6).tolist(),
+        "energy_eV": np.round(n.energy, 4).tolist(),
+        "mu_norm": np.round(n.norm, 6).tolist(),
         "energy_order_eV": np.round(arr[:, 0], 4).tolist(),  # in the order measured
     }
 
@@ -306,7 +301,6 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     from xas_bluesky.beamline.epics.devices import MatchScores
     from xas_bluesky.beamline.epics.probe import pair_latencies
     from xas_bluesky.beamline.plans import adaptive_xanes_scan, grid_xanes_scan
-    from xas_bluesky.resources import candidates_file
 
     edge = config.edge
     client = tiled.client()

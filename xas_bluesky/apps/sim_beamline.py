@@ -12,6 +12,7 @@ import sys
 import threading
 
 from xas_bluesky.apps.cli import CLIError
+from xas_bluesky.services import ServiceError, free_ports, start_repeater
 
 __all__ = ["add_parser", "run"]
 
@@ -58,9 +59,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sim_iocs.physics import SpectrumError
-    from xas_bluesky.beamline.sim import DEFAULT_CLOCK, SimBeamline
-    from xas_bluesky.services import ServiceError, free_ports, start_repeater
+    # here, not at the top: every ``xas-bluesky`` command imports this module to build its
+    # parser, and the simulator brings numpy and the shipped spectra
+    from sim_iocs.launcher import DEFAULT_CLOCK, SimBeamline
+    from xas_bluesky.science.spectra import SpectrumError
 
     clock = DEFAULT_CLOCK if args.clock is None else args.clock
     if not clock > 0:

@@ -12,9 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["RESOURCES", "heldout_samples", "candidates_file"]
+__all__ = [
+    "RESOURCES",
+    "REFERENCE_SLOTS",
+    "heldout_samples",
+    "reference_spectrum",
+    "candidates_file",
+]
 
 RESOURCES = Path(__file__).resolve().parent
+
+#: the energy-calibration reference of each edge: edge -> (its sample-changer slot, the held-out
+#: sample whose FEFF spectrum it is); the sim beamline loads these, ``calibrate_energy`` fits them
+REFERENCE_SLOTS = {"O": ("ref_O", "qm9_006870"), "N": ("ref_N", "qm9_004985")}
 
 
 @lru_cache(maxsize=4)
@@ -31,6 +41,25 @@ def heldout_samples(edge: str) -> tuple[np.ndarray, list[dict]]:
     (``name``, ``qm9_index``, ``smiles``, ``symbols``, ``xyz``, ``mu``).  Never training data."""
     data = _heldout(edge)
     return np.asarray(data["energy"]), [dict(s) for s in data["samples"]]
+
+
+def reference_spectrum(edge: str) -> tuple[np.ndarray, np.ndarray]:
+    """The known spectrum of the calibration reference of ``edge`` (:data:`REFERENCE_SLOTS`).
+
+    Parameters
+    ----------
+    edge : str
+        ``"O"`` or ``"N"``.
+
+    Returns
+    -------
+    energy, mu : np.ndarray
+        The shipped held-out FEFF spectrum, on FEFF10's absolute energy axis.
+    """
+    _, name = REFERENCE_SLOTS[edge]
+    energy, samples = heldout_samples(edge)
+    (mu,) = [s["mu"] for s in samples if s["name"] == name]
+    return np.asarray(energy), np.asarray(mu)
 
 
 def candidates_file(edge: str) -> Path:

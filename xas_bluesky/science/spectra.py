@@ -1,37 +1,56 @@
-"""mu(E) from detector channels, its noise, normalisation as points arrive, and peaks.
+"""The processing chain of a measured spectrum: mu(E) from detector channels, its noise, its
+normalisation, the mono's energy offset against a known spectrum, and peaks.
 
-Pure numpy/scipy: no Bluesky, no EPICS.
+Pure numpy (scipy for the peaks): no Bluesky, no EPICS.  The live-analysis callback, the demo's
+``measured`` block, :func:`~xas_bluesky.beamline.plans.calibrate_energy`, the benchmarks and the
+simulated beamline's spectrum files all use these functions.
 
-Detection modes (``mode``):
+mu from channels
+    :func:`mu_from_channels` in one of the detection modes (``mode``):
 
-``"transmission"``
-    mu = ln(I0 / It): Beer-Lambert through the sample.
-``"fluorescence"``
-    mu ~ If / I0: the fluorescence yield is proportional to the absorption of a dilute or thin
-    sample (self-absorption is not corrected).
-``"tey"`` (total electron yield, the default of soft X-ray NEXAFS)
-    mu ~ Iey / I0: the drain current counts the electrons the absorption releases near the surface.
+    ``"transmission"``
+        mu = ln(I0 / It): Beer-Lambert through the sample.
+    ``"fluorescence"``
+        mu ~ If / I0: the fluorescence yield is proportional to the absorption of a dilute or thin
+        sample (self-absorption is not corrected).
+    ``"tey"`` (total electron yield, the default of soft X-ray NEXAFS)
+        mu ~ Iey / I0: the drain current counts the electrons the absorption releases near the
+        surface.
 
-Dark currents (offsets of the amplifiers with the beam off) are subtracted from each channel when
-given.  A reading that cannot give a trustworthy mu -- NaN, inf, I0 <= 0 after the dark
-subtraction, or It <= 0 in transmission -- is never turned into a number: :func:`mu_from_channels`
-raises :class:`BadReading` naming the channel and the value, or (``strict=False``) flags the point
-and returns NaN there.
+    Dark currents (offsets of the amplifiers with the beam off) are subtracted from each channel
+    when given.  A reading that cannot give a trustworthy mu -- NaN, inf, I0 <= 0 after the dark
+    subtraction, or It <= 0 in transmission -- is never turned into a number: it raises
+    :class:`BadReading` naming the channel and the value, or (``strict=False``) is flagged and
+    gives NaN.
+noise
+    Poisson from the counts (``counts=True``), else :func:`noise_from_scatter`.
+normalisation
+    :func:`normalize`: a pre-edge line (or level) subtracted, divided by the edge step, the mean
+    of the post-edge window; E0 is the edge's onset on FEFF10's axis (:data:`ONSET_EV`) unless
+    given.  Too few points or no positive step raise :class:`NormalizationError`.
+energy offset
+    :func:`fit_energy_offset` (the mono's calibration offset, least squares against a known
+    spectrum) and :func:`best_shift_pearson` (Pearson's r after the best shift).
+peaks
+    :func:`find_peak_energies`.
+known spectra
+    :func:`load_spectrum_csv` reads an ``energy_eV,mu`` file, :func:`check_spectrum` checks a
+    spectrum's arrays; both raise :class:`SpectrumError`.
 
-Normalisation (:func:`normalize`) follows Athena: a line fitted to the pre-edge is subtracted, a
-line fitted to the post-edge is extrapolated to E0 and the difference at E0 is the edge step that
-mu is divided by.  E0 is found from the data (the first strong maximum of dmu/dE), on FEFF10's
-energy axis like everything else here (the O K onset sits near 530 eV, the N K onset near 399 eV).
-With too few points the result says ``ok=False`` and why, rather than returning garbage.
+Energies are on FEFF10's absolute axis like everything else here (the O K onset sits near 530 eV,
+the N K onset near 399 eV).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-from scipy.signal import find_peaks
+from numpy.typing import ArrayLike
+
+from xas_bluesky.science.grids import ONSET_EV
 
 __all__ = [
     "MODES",
@@ -39,11 +58,15 @@ __all__ = [
     "MuResult",
     "mu_from_channels",
     "noise_from_scatter",
-    "find_e0",
+    "NormalizationError",
     "Normalization",
     "normalize",
-    "RunningNormalizer",
+    "best_shift_pearson",
+    "fit_energy_offset",
     "find_peak_energies",
+    "SpectrumError",
+    "check_spectrum",
+    "load_spectrum_csv",
 ]
 
 MODES = ("transmission", "fluorescence", "tey")
@@ -116,8 +139,8 @@ def _mode(mode: str) -> str:
 
 def mu_from_channels(
     mode: str,
-    i0,
-    signal,
+    i0: ArrayLike,
+    signal: ArrayLike,
     *,
     dark_i0: float = 0.0,
     dark_signal: float = 0.0,
@@ -202,12 +225,24 @@ def mu_from_channels(
     return MuResult(mu, sigma, ok, problems)
 
 
-def noise_from_scatter(mu, *, floor: float = 0.0) -> float:
+def noise_from_scatter(mu: ArrayLike, *, floor: float = 0.0) -> float:
     """Noise of a spectrum from its point-to-point scatter (for channels that are not counts).
 
     Uses the second difference d_i = mu_i - (mu_{i-1} + mu_{i+1}) / 2, which removes a smooth
     signal; for white noise of std s, var(d) = 1.5 s^2.  The median absolute deviation keeps
-    edges and peaks from inflating it.  Returns ``floor`` when fewer than 5 points are given.
+    edges and peaks from inflating it.
+
+    Parameters
+    ----------
+    mu : array_like
+        The spectrum in energy order; NaNs are dropped.
+    floor : float
+        Least value returned.
+
+    Returns
+    -------
+    float
+        One standard deviation of mu per point; ``floor`` when fewer than 5 points are given.
     """
     y = np.asarray(mu, dtype=float)
     y = y[np.isfinite(y)]
@@ -216,6 +251,224 @@ def noise_from_scatter(mu, *, floor: float = 0.0) -> float:
     d = y[1:-1] - 0.5 * (y[:-2] + y[2:])
     s = 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(1.5)
     return float(max(s, floor))
+
+
+class NormalizationError(ValueError):
+    """Too few valid points, or no edge step, to normalise a spectrum or fit its energy offset."""
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """A normalised spectrum (:func:`normalize`).
+
+    Attributes
+    ----------
+    energy, mu : np.ndarray
+        The valid points, sorted by energy (NaN-free, repeated energies kept).
+    norm : np.ndarray
+        ``(mu - pre-edge line) / edge_step`` on ``energy``.
+    e0 : float
+        The edge energy the windows are relative to (eV).
+    edge_step : float
+        Mean of ``mu - pre-edge line`` over the post-edge window.
+    pre_slope, pre_offset : float
+        The pre-edge line, ``pre_slope * energy + pre_offset`` (``pre_slope`` 0 for a level).
+    """
+
+    energy: np.ndarray
+    mu: np.ndarray
+    norm: np.ndarray
+    e0: float
+    edge_step: float
+    pre_slope: float
+    pre_offset: float
+
+
+def _window(e0: float, lo: float, hi: float) -> str:
+    if np.isinf(lo):
+        return f"below {e0 + hi:.1f} eV"
+    if np.isinf(hi):
+        return f"above {e0 + lo:.1f} eV"
+    return f"in {e0 + lo:.1f}-{e0 + hi:.1f} eV"
+
+
+def normalize(
+    energy: ArrayLike,
+    mu: ArrayLike,
+    edge: str,
+    *,
+    e0: float | None = None,
+    pre1: float = -np.inf,
+    pre2: float = -1.0,
+    norm1: float = 15.0,
+    norm2: float = np.inf,
+    line_span: float = 8.0,
+) -> Normalization:
+    """Pre-edge line / edge-step normalisation.
+
+    The pre-edge -- a line fitted to the points in ``[e0 + pre1, e0 + pre2)`` when they span at
+    least ``line_span`` eV, else their mean -- is subtracted; the result is divided by the edge
+    step, the mean of the points in ``(e0 + norm1, e0 + norm2]`` (a FEFF-like spectrum is ~1
+    there).  The window names are Larch's ``pre_edge`` ones, relative to E0; the post-edge is a
+    constant (Larch's ``nnorm=0``), the pre-edge a plain line (``nvict=0``).
+
+    The model's grids leave only ~3 eV below the onset: a line fitted there, extrapolated 45 eV,
+    tilts the spectrum far more than the matrix background it would remove (r 0.97 against 0.999
+    for the level on the sim beamline), hence the level for short pre-edges.
+
+    Parameters
+    ----------
+    energy, mu : array_like
+        Points in any order; non-finite ones are dropped.
+    edge : str
+        ``"O"`` or ``"N"``: E0 defaults to its onset on FEFF10's axis (:data:`ONSET_EV`).
+    e0 : float, optional
+        Edge energy (eV), instead of the onset of ``edge``.
+    pre1, pre2 : float
+        Pre-edge window relative to E0 (eV); ``pre2`` excluded.
+    norm1, norm2 : float
+        Post-edge window relative to E0 (eV); ``norm1`` excluded.
+    line_span : float
+        A pre-edge window narrower than this (eV) gets a level instead of a line.
+
+    Returns
+    -------
+    Normalization
+
+    Raises
+    ------
+    NormalizationError
+        Fewer than 2 valid points in the pre-edge window or none in the post-edge window, or an
+        edge step that is not positive.
+    """
+    energy = np.asarray(energy, dtype=float)
+    mu = np.asarray(mu, dtype=float)
+    keep = np.isfinite(energy) & np.isfinite(mu)
+    energy, mu = energy[keep], mu[keep]
+    order = np.argsort(energy)
+    energy, mu = energy[order], mu[order]
+    e0 = ONSET_EV[edge] if e0 is None else float(e0)
+    pre_mask = (energy >= e0 + pre1) & (energy < e0 + pre2)
+    post_mask = (energy > e0 + norm1) & (energy <= e0 + norm2)
+    if pre_mask.sum() < 2 or post_mask.sum() < 1:
+        raise NormalizationError(
+            f"need >= 2 valid points {_window(e0, pre1, pre2)} and >= 1 "
+            f"{_window(e0, norm1, norm2)} (have {pre_mask.sum()} and {post_mask.sum()})"
+        )
+    if np.ptp(energy[pre_mask]) >= line_span:
+        slope, intercept = np.polyfit(energy[pre_mask], mu[pre_mask], 1)
+    else:  # too short a lever arm for a slope: a level
+        slope, intercept = 0.0, float(np.mean(mu[pre_mask]))
+    flat = mu - (slope * energy + intercept)
+    step = float(np.mean(flat[post_mask]))
+    if not np.isfinite(step) or step <= 0:
+        raise NormalizationError(f"no positive edge step (step = {step:.3g})")
+    return Normalization(energy, mu, flat / step, e0, step, float(slope), float(intercept))
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def best_shift_pearson(
+    energy: ArrayLike,
+    mu: ArrayLike,
+    ref_energy: ArrayLike,
+    ref_mu: ArrayLike,
+    *,
+    max_shift: float = 3.0,
+    step: float = 0.02,
+) -> tuple[float, float]:
+    """Pearson's r between ``mu(energy)`` and ``ref_mu(energy + shift)``, maximised over the
+    shift.
+
+    Parameters
+    ----------
+    energy, mu : array_like
+        The measured (normalised) spectrum, NaN-free.
+    ref_energy, ref_mu : array_like
+        The known spectrum, energies increasing; 0 below its start, held past its end.
+    max_shift, step : float
+        Shifts tried: ``-max_shift`` to ``max_shift`` in steps of ``step`` (eV).
+
+    Returns
+    -------
+    r, shift : float
+    """
+    energy = np.asarray(energy, dtype=float)
+    mu = np.asarray(mu, dtype=float)
+    ref_energy = np.asarray(ref_energy, dtype=float)
+    ref_mu = np.asarray(ref_mu, dtype=float)
+    best = (-np.inf, 0.0)
+    for s in np.arange(-max_shift, max_shift + step / 2, step):
+        ref = np.interp(energy + s, ref_energy, ref_mu, left=0.0, right=ref_mu[-1])
+        r = _pearson(mu, ref)
+        if r > best[0]:
+            best = (r, float(s))
+    return best
+
+
+def fit_energy_offset(
+    energy_rb: ArrayLike,
+    mu: ArrayLike,
+    ref_energy: ArrayLike,
+    ref_mu: ArrayLike,
+    *,
+    max_shift: float = 3.0,
+    step: float = 0.01,
+) -> tuple[float, float]:
+    """The mono's calibration offset (true = readback + offset) by least squares.
+
+    For each trial offset the measured ``mu`` is fitted by ``a + b * E + c * ref(E + offset)``
+    (background and scale free, the shape fixed); the offset with the smallest residual is refined
+    by a parabola through its neighbours.
+
+    Parameters
+    ----------
+    energy_rb, mu : array_like
+        The mono's readbacks and raw mu; non-finite points are dropped.
+    ref_energy, ref_mu : array_like
+        The known spectrum on the true energy axis, energies increasing.
+    max_shift, step : float
+        Offsets tried: ``-max_shift`` to ``max_shift`` in steps of ``step`` (eV).
+
+    Returns
+    -------
+    offset, r : float
+        The offset in eV and the correlation of the fitted model with the data.
+
+    Raises
+    ------
+    NormalizationError
+        Fewer than 10 valid points, or the best offset at the limit of the search.
+    """
+    e = np.asarray(energy_rb, dtype=float)
+    m = np.asarray(mu, dtype=float)
+    ok = np.isfinite(e) & np.isfinite(m)
+    e, m = e[ok], m[ok]
+    if e.size < 10:
+        raise NormalizationError(f"only {e.size} valid points to fit the energy offset")
+    shifts = np.arange(-max_shift, max_shift + step / 2, step)
+    rss = np.empty_like(shifts)
+    ec = e - e.mean()
+    for k, s in enumerate(shifts):
+        ref = np.interp(e + s, ref_energy, ref_mu, left=0.0, right=ref_mu[-1])
+        design = np.column_stack([np.ones_like(e), ec, ref])
+        _, res, rank, _ = np.linalg.lstsq(design, m, rcond=None)
+        rss[k] = res[0] if res.size and rank == 3 else np.inf
+    k = int(np.argmin(rss))
+    if k in (0, len(shifts) - 1) or not np.isfinite(rss[k]):
+        raise NormalizationError(
+            f"no energy offset found within +-{max_shift} eV (best at the search limit)"
+        )
+    y0, y1, y2 = rss[k - 1], rss[k], rss[k + 1]
+    den = y0 - 2 * y1 + y2
+    offset = shifts[k] + (0.5 * step * (y0 - y2) / den if den > 0 else 0.0)
+    r = float(np.sqrt(max(0.0, 1.0 - y1 / np.sum((m - m.mean()) ** 2))))
+    return float(offset), r
 
 
 def _sorted_unique(energy, mu):
@@ -232,183 +485,25 @@ def _sorted_unique(energy, mu):
     return e, y
 
 
-def find_e0(energy, mu, *, fraction: float = 0.5, smooth_ev: float = 0.5) -> float | None:
-    """E0: the first maximum of dmu/dE that reaches ``fraction`` of the largest one.
+def find_peak_energies(
+    energy: ArrayLike, mu: ArrayLike, *, min_prominence: float = 0.05
+) -> np.ndarray:
+    """Energies of the peaks of ``mu`` whose prominence is at least ``min_prominence`` x max|mu|.
 
-    Athena takes the largest derivative; in NEXAFS that can be a sigma* resonance 5 eV above the
-    onset, so the first strong rise is taken instead (it is the largest one for most molecules).
-    The derivative is taken after a light running mean over ``smooth_ev``.  Returns None when the
-    data cannot say (fewer than 5 points, or no rise).
-    """
-    e, y = _sorted_unique(energy, mu)
-    if e.size < 5:
-        return None
-    step = np.median(np.diff(e))
-    width = max(1, int(round(smooth_ev / step))) if step > 0 else 1
-    if width > 1 and e.size > 2 * width:
-        y = np.convolve(np.pad(y, width // 2, mode="edge"), np.ones(width) / width, mode="valid")[
-            : e.size
-        ]
-    d = np.gradient(y, e)
-    if not np.any(d > 0):
-        return None
-    dmax = d.max()
-    peaks, _ = find_peaks(np.concatenate([[-np.inf], d, [-np.inf]]), height=fraction * dmax)
-    if peaks.size == 0:
-        return float(e[int(np.argmax(d))])
-    return float(e[peaks[0] - 1])
-
-
-@dataclass
-class Normalization:
-    """Result of :func:`normalize`.
-
-    ``ok`` False means "not yet normalisable": ``reason`` says why and the arrays are empty.
-    ``norm`` is (mu - pre-edge line) / edge step on the sorted, de-duplicated ``energy``.
-    """
-
-    ok: bool
-    reason: str = ""
-    e0: float | None = None
-    edge_step: float | None = None
-    energy: np.ndarray = field(default_factory=lambda: np.empty(0))
-    mu: np.ndarray = field(default_factory=lambda: np.empty(0))
-    norm: np.ndarray = field(default_factory=lambda: np.empty(0))
-    pre_line: tuple[float, float] | None = None  # (slope, intercept at E0)
-    post_line: tuple[float, float] | None = None  # (slope, intercept at E0)
-
-
-def normalize(
-    energy,
-    mu,
-    *,
-    e0: float | None = None,
-    pre: tuple[float, float] = (-np.inf, -3.0),
-    post: tuple[float, float] = (20.0, np.inf),
-    min_points: int = 3,
-    noise: float | None = None,
-    min_step_snr: float = 5.0,
-    min_lever_ev: float = 5.0,
-    post_line: bool = False,
-) -> Normalization:
-    """Athena-style normalisation: pre-edge line, edge step at E0, post-edge level.
+    Peaks (pi* and sigma* resonances) are the features that tell molecules apart; the threshold is
+    relative so it works on raw and normalised spectra alike.
 
     Parameters
     ----------
     energy, mu : array_like
         Points in any order (NaNs are dropped, repeated energies averaged).
-    e0 : float, optional
-        Edge energy; found from the data with :func:`find_e0` when not given.
-    pre, post : (float, float)
-        Pre- and post-edge fit windows relative to E0 (eV).  NEXAFS windows are short (the model
-        grids span ~4 eV below and ~45 eV above the onset), hence lines rather than Athena's
-        Victoreen / quadratic forms, and a post-edge window that starts past the sharp resonances.
-    min_points : int
-        Points needed in each window.
-    noise : float, optional
-        Noise of mu; estimated from the scatter when not given.  The edge step must exceed
-        ``min_step_snr`` times it.
-    min_lever_ev : float
-        A pre-edge window narrower than this gets a constant instead of a line.
-    post_line : bool
-        False (default, the NEXAFS convention): the edge step is the mean of the post-edge
-        window after the pre-edge line is removed.  True: Athena's post-edge line, extrapolated
-        to E0 (sigma* resonances 10-30 eV above a K edge of a small molecule tilt that line).
+    min_prominence : float
+        Least prominence of a peak, as a fraction of max|mu|.
 
     Returns
     -------
-    Normalization
-        ``ok=False`` with a reason while the points do not yet allow a trustworthy normalisation.
-    """
-    e, y = _sorted_unique(energy, mu)
-    if e.size < 2 * min_points + 1:
-        return Normalization(False, f"only {e.size} points (need {2 * min_points + 1})")
-    if e0 is None:
-        e0 = find_e0(e, y)
-        if e0 is None:
-            return Normalization(False, "no absorption edge found in the data yet")
-    e0 = float(e0)
-    x = e - e0
-    pre_m = (x >= pre[0]) & (x <= pre[1])
-    post_m = (x >= post[0]) & (x <= post[1])
-    if pre_m.sum() < min_points:
-        return Normalization(False, f"{int(pre_m.sum())} pre-edge points (need {min_points})", e0)
-    if post_m.sum() < min_points:
-        return Normalization(False, f"{int(post_m.sum())} post-edge points (need {min_points})", e0)
-    # a line needs a lever arm: a slope from a short window, extrapolated 40 eV, is noise
-    deg_pre = 1 if np.ptp(x[pre_m]) >= min_lever_ev else 0
-    pre_c = np.polyfit(x[pre_m], y[pre_m], deg_pre)
-    pre_c = np.concatenate([np.zeros(2 - pre_c.size), pre_c])
-    sub = y - np.polyval(pre_c, x)
-    if post_line and np.ptp(x[post_m]) >= min_lever_ev:
-        # Athena: post-edge line extrapolated to E0
-        post_c = np.polyfit(x[post_m], sub[post_m], 1) + pre_c
-    else:
-        # NEXAFS: the mean above the resonances, after the pre-edge line is removed
-        post_c = np.array([pre_c[0], pre_c[1] + np.mean(sub[post_m])])
-    step = float(post_c[1] - pre_c[1])
-    if noise is None:
-        noise = noise_from_scatter(y)
-    if not np.isfinite(step) or step <= 0:
-        return Normalization(False, f"edge step {step:.3g} is not positive", e0)
-    if step < min_step_snr * noise:
-        return Normalization(
-            False, f"edge step {step:.3g} is below {min_step_snr} x noise ({noise:.3g})", e0
-        )
-    norm = (y - np.polyval(pre_c, x)) / step
-    return Normalization(
-        True,
-        "",
-        e0,
-        step,
-        e,
-        y,
-        norm,
-        (float(pre_c[0]), float(pre_c[1])),
-        (float(post_c[0]), float(post_c[1])),
-    )
-
-
-class RunningNormalizer:
-    """Normalisation of a spectrum that grows point by point.
-
-    Every :meth:`add` stores the points; :meth:`result` renormalises all of them (a few hundred
-    points cost well under a millisecond), so E0 and the lines improve as the scan fills in.
-    ``kwargs`` are passed to :func:`normalize`.
-    """
-
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
-        self.reset()
-
-    def reset(self) -> None:
-        self._e: list[float] = []
-        self._y: list[float] = []
-
-    def add(self, energy, mu) -> None:
-        e = np.atleast_1d(np.asarray(energy, dtype=float))
-        y = np.atleast_1d(np.asarray(mu, dtype=float))
-        if e.shape != y.shape:
-            raise ValueError(f"energy and mu differ in shape: {e.shape} vs {y.shape}")
-        good = np.isfinite(e) & np.isfinite(y)
-        self._e.extend(e[good].tolist())
-        self._y.extend(y[good].tolist())
-
-    @property
-    def n_points(self) -> int:
-        return len(self._e)
-
-    def result(self) -> Normalization:
-        return normalize(np.asarray(self._e), np.asarray(self._y), **self.kwargs)
-
-
-def find_peak_energies(
-    energy: Sequence[float] | np.ndarray, mu, *, min_prominence: float = 0.05
-) -> np.ndarray:
-    """Energies of the peaks of ``mu`` whose prominence is at least ``min_prominence`` x max(mu).
-
-    Peaks (pi* and sigma* resonances) are the features that tell molecules apart; the threshold is
-    relative so it works on raw and normalised spectra alike.
+    np.ndarray
+        The peaks' energies, increasing (empty for fewer than 3 points or mu = 0).
     """
     e, y = _sorted_unique(energy, mu)
     if y.size < 3:
@@ -416,5 +511,113 @@ def find_peak_energies(
     scale = np.max(np.abs(y))
     if scale == 0:
         return np.empty(0)
+    from scipy.signal import find_peaks  # ~1 s to import: not for the sim IOC's CSV loader
+
     idx, _ = find_peaks(y, prominence=min_prominence * scale)
     return e[idx]
+
+
+class SpectrumError(ValueError):
+    """A known spectrum (or its file) that cannot be used: unreadable, too short, not increasing."""
+
+
+def check_spectrum(
+    energy: ArrayLike,
+    mu: ArrayLike,
+    *,
+    source: str = "spectrum",
+    energy_range: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A known spectrum ``mu(energy)``, checked: 1-D, >= 5 points, finite, strictly increasing
+    energies (inside ``energy_range`` when given, e.g. a mono's travel), mu not constant.
+
+    Parameters
+    ----------
+    energy, mu : array_like
+        The spectrum (eV, on FEFF10's absolute axis).
+    source : str
+        Where it came from (a file name), the first word of every message.
+    energy_range : (float, float), optional
+        Lowest and highest allowed energy (eV).
+
+    Returns
+    -------
+    energy, mu : np.ndarray
+        As float arrays.
+
+    Raises
+    ------
+    SpectrumError
+        With a one-line message naming ``source`` and the problem.
+    """
+    e = np.asarray(energy, dtype=float)
+    m = np.asarray(mu, dtype=float)
+    if e.ndim != 1 or e.shape != m.shape:
+        raise SpectrumError(f"{source}: energy and mu must be 1-D of the same length")
+    if e.size < 5:
+        raise SpectrumError(f"{source}: needs at least 5 points, got {e.size}")
+    if not (np.all(np.isfinite(e)) and np.all(np.isfinite(m))):
+        raise SpectrumError(f"{source}: non-finite energy or mu values")
+    if np.any(np.diff(e) <= 0):
+        raise SpectrumError(f"{source}: energies must be strictly increasing")
+    if energy_range is not None:
+        lo, hi = energy_range
+        if e[0] < lo or e[-1] > hi:
+            raise SpectrumError(
+                f"{source}: energies {e[0]:.1f}-{e[-1]:.1f} eV lie outside the mono's "
+                f"{lo:.0f}-{hi:.0f} eV (expected FEFF10's absolute axis, in eV)"
+            )
+    if np.ptp(m) <= 0:
+        raise SpectrumError(f"{source}: mu is constant (no edge)")
+    return e, m
+
+
+def load_spectrum_csv(
+    path: str | Path, *, energy_range: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a CSV ``energy_eV,mu`` (header row, then numbers), checked by :func:`check_spectrum`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    energy_range : (float, float), optional
+        Passed to :func:`check_spectrum`.
+
+    Returns
+    -------
+    energy, mu : np.ndarray
+
+    Raises
+    ------
+    SpectrumError
+        With a one-line message naming the file and the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpectrumError(f"{path}: no such file")
+    rows: list[tuple[float, float]] = []
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                raise SpectrumError(f"{path}: empty file")
+            names = [h.strip() for h in header]
+            if names[:2] != ["energy_eV", "mu"]:
+                raise SpectrumError(
+                    f"{path}: header must be 'energy_eV,mu', got {','.join(names)!r}"
+                )
+            for lineno, row in enumerate(reader, start=2):
+                if not row or all(not c.strip() for c in row):
+                    continue
+                try:
+                    rows.append((float(row[0]), float(row[1])))
+                except (ValueError, IndexError):
+                    raise SpectrumError(f"{path}:{lineno}: not two numbers: {row!r}") from None
+    except UnicodeDecodeError:
+        raise SpectrumError(f"{path}: not a text CSV file") from None
+    if not rows:
+        raise SpectrumError(f"{path}: no data rows")
+    arr = np.asarray(rows, dtype=float)
+    return check_spectrum(arr[:, 0], arr[:, 1], source=str(path), energy_range=energy_range)

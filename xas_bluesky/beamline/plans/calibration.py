@@ -14,12 +14,19 @@ from pathlib import Path
 
 import bluesky.plan_stubs as bps
 import numpy as np
+from numpy.typing import ArrayLike
 
 from xas_bluesky.beamline.devices import MODES
-from xas_bluesky.beamline.measured import NormalisationError, fit_energy_offset, mu_from_channels
 from xas_bluesky.beamline.plans.regions import Region
 from xas_bluesky.beamline.plans.xanes import xanes_scan
+from xas_bluesky.resources import REFERENCE_SLOTS, reference_spectrum
 from xas_bluesky.science.grids import ONSET_EV
+from xas_bluesky.science.spectra import (
+    NormalizationError,
+    fit_energy_offset,
+    load_spectrum_csv,
+    mu_from_channels,
+)
 
 __all__ = ["CalibrationError", "calibrate_energy", "calibration_regions", "load_reference"]
 
@@ -37,18 +44,28 @@ def calibration_regions(edge: str, dwell: float = 1.0) -> list[Region]:
     return [Region(e0 - 4.0, e0 + 26.0, 0.2, dwell)]
 
 
-def load_reference(reference, edge: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(energy, mu)`` from a pair of arrays, a CSV ``energy_eV,mu`` path, or ``None`` (the sim
-    beamline's reference slot of ``edge``)."""
-    if reference is None:
-        from xas_bluesky.beamline.sim import reference_spectrum
+def load_reference(
+    reference: tuple[ArrayLike, ArrayLike] | str | Path | None, edge: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The known spectrum of a calibration reference.
 
+    Parameters
+    ----------
+    reference : (array_like, array_like), str, Path or None
+        ``(energy, mu)``, a CSV ``energy_eV,mu`` path, or ``None``: the shipped reference of
+        ``edge`` (:func:`xas_bluesky.resources.reference_spectrum`, the spectrum of the
+        ``ref_O`` / ``ref_N`` slot).
+    edge : str
+        The edge, for the default reference.
+
+    Returns
+    -------
+    energy, mu : np.ndarray
+    """
+    if reference is None:
         return reference_spectrum(edge)
     if isinstance(reference, str | Path):
-        from sim_iocs.physics import load_spectrum_csv
-
-        spec = load_spectrum_csv(reference)
-        return spec.energy, spec.mu
+        return load_spectrum_csv(reference)
     energy, mu = (np.asarray(a, dtype=float) for a in reference)
     return energy, mu
 
@@ -72,8 +89,8 @@ def calibrate_energy(
     Parameters
     ----------
     slot
-        Sample-changer slot of the reference (default: the sim beamline's ``ref_O`` / ``ref_N``
-        when ``reference`` is also default).
+        Sample-changer slot of the reference (default: ``ref_O`` / ``ref_N``,
+        :data:`xas_bluesky.resources.REFERENCE_SLOTS`, when ``reference`` is also default).
     reference
         Known spectrum on the true energy axis: ``(energy, mu)``, a CSV path, or ``None``.
     max_shift
@@ -89,8 +106,6 @@ def calibrate_energy(
     """
     ref_e, ref_mu = load_reference(reference, edge)
     if slot is None and reference is None:
-        from xas_bluesky.beamline.sim import REFERENCE_SLOTS
-
         slot = REFERENCE_SLOTS[edge][0]
     readings: list[dict] = []
     yield from xanes_scan(
@@ -108,11 +123,14 @@ def calibrate_energy(
     sig_key = det.field(MODES[mode.upper()])
     energy = np.array([r[e_key]["value"] for r in readings], dtype=float)
     mu = mu_from_channels(
-        [r[i0_key]["value"] for r in readings], [r[sig_key]["value"] for r in readings], mode
-    )
+        mode,
+        [r[i0_key]["value"] for r in readings],
+        [r[sig_key]["value"] for r in readings],
+        strict=False,  # bad points are NaN, dropped by the fit
+    ).mu
     try:
         offset, r = fit_energy_offset(energy, mu, ref_e, ref_mu, max_shift=max_shift)
-    except NormalisationError as exc:
+    except NormalizationError as exc:
         raise CalibrationError(f"energy calibration failed: {exc}") from None
     if r < MIN_FIT_R:
         raise CalibrationError(

@@ -13,7 +13,7 @@ The start document carries what the live analysis needs (:data:`MD_KEYS`)::
     energy_offset   mono calibration: true photon energy = readback + energy_offset (eV)
 
 mu is ``signal / i0`` (TEY, PFY) or ``ln(i0 / signal)`` (TRANS); see
-:mod:`xas_bluesky.beamline.measured`.
+:func:`xas_bluesky.science.spectra.mu_from_channels`.
 """
 
 from __future__ import annotations

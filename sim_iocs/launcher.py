@@ -1,5 +1,8 @@
 """Python API of the simulated beamline: start it on loopback, get its prefixes and devices.
 
+The simulator's launcher, for applications and tests (``xas_bluesky.apps``, ``benchmarks/``,
+``tests/``); the beamline layer (plans, devices, callbacks) never imports it.
+
 ::
 
     with SimBeamline(slots=["mine=spectrum.csv"], clock=20) as sim:
@@ -18,7 +21,9 @@ import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from sim_iocs.physics import parse_slot_spec
 from xas_bluesky.services import (
     ManagedProcess,
     free_ports,
@@ -27,42 +32,32 @@ from xas_bluesky.services import (
     start_repeater,
 )
 
+if TYPE_CHECKING:  # ophyd: imported only once the client's Channel Access environment is set
+    from xas_bluesky.beamline.devices import BeamlineDevices
+
 __all__ = [
     "SimBeamline",
     "sim_ioc_args",
     "PROBE_PV",
     "DEFAULT_CLOCK",
     "check_slots",
-    "REFERENCE_SLOTS",
-    "reference_spectrum",
 ]
 
 #: the PV (after the prefix) whose answer means the IOC is ready
 PROBE_PV = "Mono:Energy-RB"
 #: the accelerated clock the demo and tests use: a full 0.1 eV grid (491 points) in ~1-2 min
 DEFAULT_CLOCK = 20.0
-#: the sim beamline's reference slots: edge -> (slot, held-out sample whose spectrum it holds)
-REFERENCE_SLOTS = {"O": ("ref_O", "qm9_006870"), "N": ("ref_N", "qm9_004985")}
-
-
-def reference_spectrum(edge: str):
-    """The known spectrum ``(energy, mu)`` of the reference slot of ``edge`` (a shipped
-    held-out FEFF spectrum), for :func:`~xas_bluesky.beamline.plans.calibrate_energy`."""
-    import numpy as np
-
-    from xas_bluesky.resources import heldout_samples
-
-    _, name = REFERENCE_SLOTS[edge]
-    energy, samples = heldout_samples(edge)
-    (mu,) = [s["mu"] for s in samples if s["name"] == name]
-    return np.asarray(energy), np.asarray(mu)
 
 
 def check_slots(slots: Sequence[str]) -> None:
     """Parse every ``NAME=SOURCE`` slot here, so a bad spectrum file fails with a clear
-    :class:`sim_iocs.physics.SpectrumError` before any process starts."""
-    from sim_iocs.physics import parse_slot_spec
+    :class:`~xas_bluesky.science.spectra.SpectrumError` before any process starts.
 
+    Parameters
+    ----------
+    slots : sequence of str
+        ``NAME=FILE.csv``, ``NAME=heldout:[EDGE:]SAMPLE`` or ``NAME=blank``.
+    """
     for spec in slots:
         parse_slot_spec(spec)
 
@@ -78,7 +73,20 @@ def sim_ioc_args(
 ) -> list[str]:
     """Arguments of ``python -m sim_iocs.beamline`` (without ``--prefix``).
 
-    Slot sources that are paths are made absolute (the IOC may run elsewhere).
+    Parameters
+    ----------
+    slots : sequence of str
+        Extra sample slots, ``NAME=SOURCE``; sources that are paths are made absolute (the IOC
+        may run elsewhere).
+    sample : str, optional
+        Slot in the beam at start.
+    clock, seed, offset, tuned
+        As :class:`SimBeamline`.
+
+    Returns
+    -------
+    list of str
+        For ``sys.executable``, e.g. the ``ioc_factory`` fixture's first argument.
     """
     args = [
         "-m",
@@ -209,8 +217,9 @@ class SimBeamline:
             raise RuntimeError("start the sim beamline first")
         return loopback_ca_env(self.port, self.repeater_port)
 
-    def devices(self, name_prefix: str = "", timeout: float = 10.0):
-        """Connected ophyd devices (:class:`xas_bluesky.beamline.devices.BeamlineDevices`)."""
+    def devices(self, name_prefix: str = "", timeout: float = 10.0) -> BeamlineDevices:
+        """Connected ophyd devices (:class:`xas_bluesky.beamline.devices.BeamlineDevices`); set
+        :meth:`client_env` in ``os.environ`` before the first call."""
         from xas_bluesky.beamline.devices import make_devices
 
         return make_devices(self.prefix, name_prefix=name_prefix, timeout=timeout)
