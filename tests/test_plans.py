@@ -9,7 +9,6 @@ import pytest
 
 from sim_iocs.launcher import PROBE_PV, sim_ioc_args
 from xas_bluesky.beamline.plans import (
-    MD_KEYS,
     CalibrationError,
     Region,
     calibrate_energy,
@@ -19,6 +18,7 @@ from xas_bluesky.beamline.plans import (
     region_points,
     xanes_scan,
 )
+from xas_bluesky.contracts import START_KEYS
 from xas_bluesky.resources import heldout_samples
 from xas_bluesky.science.spectra import best_shift_pearson, mu_from_channels, normalize
 from xas_bluesky.testing import IOCFactory
@@ -107,7 +107,7 @@ def test_xanes_scan_start_document_and_events(beamline, RE):
         )
     )
     (start,) = [d for n, d in RE.docs if n == "start"]
-    assert set(MD_KEYS) <= set(start)
+    assert set(START_KEYS) <= set(start)
     assert start["xas_element"] == "O" and start["xas_edge"] == "K" and start["xas_mode"] == "TEY"
     assert start["xas_fields"] == {"energy": "mono_energy", "i0": "det_i0", "signal": "det_tey"}
     assert start["sample_name"] == "ref_O" and start["candidates"] == "candidates_O.xyz"

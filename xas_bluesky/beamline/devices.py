@@ -16,18 +16,20 @@ from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignal, EpicsSignalRO, PVPositionerPC
 from ophyd.status import DeviceStatus, Status
 
+from xas_bluesky.contracts import MODES
+
 __all__ = [
     "Mono",
     "XASDetector",
     "SampleChanger",
     "BeamlineDevices",
     "make_devices",
-    "MODES",
+    "SIGNAL_CHANNELS",
     "mode_fields",
 ]
 
-#: measurement mode -> detector channel of the signal (mu from TEY/I0, PFY/I0, ln(I0/It))
-MODES = {"TEY": "tey", "PFY": "pfy", "TRANS": "it"}
+#: measurement mode (:data:`xas_bluesky.contracts.MODES`) -> the detector channel of its signal
+SIGNAL_CHANNELS = dict(zip(MODES, ("tey", "pfy", "it"), strict=True))
 
 
 class Mono(PVPositionerPC):
@@ -169,9 +171,13 @@ class SampleChanger(Device):
 def mode_fields(mono: Mono, det: XASDetector, mode: str = "TEY") -> dict[str, str]:
     """The data keys the analysis needs for ``mode``: ``energy``, ``i0`` and ``signal``."""
     mode = mode.upper()
-    if mode not in MODES:
+    if mode not in SIGNAL_CHANNELS:
         raise ValueError(f"unknown measurement mode {mode!r}: expected one of {', '.join(MODES)}")
-    return {"energy": mono.readback.name, "i0": det.i0.name, "signal": det.field(MODES[mode])}
+    return {
+        "energy": mono.readback.name,
+        "i0": det.i0.name,
+        "signal": det.field(SIGNAL_CHANNELS[mode]),
+    }
 
 
 @dataclass

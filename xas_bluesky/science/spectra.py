@@ -53,7 +53,7 @@ from numpy.typing import ArrayLike
 from xas_bluesky.science.grids import ONSET_EV
 
 __all__ = [
-    "MODES",
+    "KINDS",
     "BadReading",
     "MuResult",
     "mu_from_channels",
@@ -69,7 +69,9 @@ __all__ = [
     "load_spectrum_csv",
 ]
 
-MODES = ("transmission", "fluorescence", "tey")
+#: the formulas of mu: ln(I0/It), or the yield's signal / I0 (the measurement modes of a run,
+#: :data:`xas_bluesky.contracts.MODES`, and their aliases map onto these)
+KINDS = ("transmission", "fluorescence", "tey")
 _MODE_ALIASES = {
     "transmission": "transmission",
     "trans": "transmission",
@@ -134,7 +136,7 @@ def _mode(mode: str) -> str:
     try:
         return _MODE_ALIASES[mode.lower()]
     except (KeyError, AttributeError):
-        raise ValueError(f"unknown detection mode {mode!r}: expected one of {MODES}") from None
+        raise ValueError(f"unknown detection mode {mode!r}: expected one of {KINDS}") from None
 
 
 def mu_from_channels(

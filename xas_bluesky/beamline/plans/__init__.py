@@ -2,7 +2,7 @@
 
 - :mod:`.regions` -- region grids (pre-edge coarse, edge fine, post-edge coarse, per-region dwell).
 - :mod:`.xanes` -- :func:`xanes_scan`, :func:`grid_xanes_scan`; the start-document keys the
-  analysis reads (:data:`MD_KEYS`).
+  analysis reads (:class:`~xas_bluesky.contracts.XASStart`).
 - :mod:`.calibration` -- :func:`calibrate_energy`.
 - :mod:`.adaptive` -- :func:`adaptive_xanes_scan`, steered by the score PVs.
 
@@ -14,7 +14,6 @@ from xas_bluesky.beamline.plans.adaptive import adaptive_xanes_scan
 from xas_bluesky.beamline.plans.calibration import CalibrationError, calibrate_energy
 from xas_bluesky.beamline.plans.regions import Region, default_regions, grid_region, region_points
 from xas_bluesky.beamline.plans.xanes import (
-    MD_KEYS,
     grid_xanes_scan,
     measure_point,
     xanes_scan,
@@ -26,7 +25,6 @@ __all__ = [
     "default_regions",
     "grid_region",
     "region_points",
-    "MD_KEYS",
     "xas_metadata",
     "measure_point",
     "xanes_scan",

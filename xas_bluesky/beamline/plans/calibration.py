@@ -16,7 +16,7 @@ import bluesky.plan_stubs as bps
 import numpy as np
 from numpy.typing import ArrayLike
 
-from xas_bluesky.beamline.devices import MODES
+from xas_bluesky.beamline.devices import mode_fields
 from xas_bluesky.beamline.plans.regions import Region
 from xas_bluesky.beamline.plans.xanes import xanes_scan
 from xas_bluesky.resources import REFERENCE_SLOTS, reference_spectrum
@@ -120,7 +120,7 @@ def calibrate_energy(
         collect=readings,
     )
     e_key, i0_key = mono.readback.name, det.i0.name
-    sig_key = det.field(MODES[mode.upper()])
+    sig_key = mode_fields(mono, det, mode)["signal"]
     energy = np.array([r[e_key]["value"] for r in readings], dtype=float)
     mu = mu_from_channels(
         mode,

@@ -1,6 +1,7 @@
 """Region-grid XANES scans.
 
-The start document carries what the live analysis needs (:data:`MD_KEYS`)::
+The start document carries what the live analysis needs
+(:class:`~xas_bluesky.contracts.XASStart`)::
 
     xas_element     "O" | "N"            the absorbing element (K edge)
     xas_edge        "K"
@@ -26,21 +27,10 @@ import bluesky.preprocessors as bpp
 
 from xas_bluesky.beamline.devices import mode_fields
 from xas_bluesky.beamline.plans.regions import Region, default_regions, grid_region, region_points
+from xas_bluesky.contracts import XASStart
 from xas_bluesky.science.grids import ONSET_EV
 
-__all__ = ["MD_KEYS", "xas_metadata", "measure_point", "xanes_scan", "grid_xanes_scan"]
-
-MD_KEYS = (
-    "xas_element",
-    "xas_edge",
-    "xas_mode",
-    "xas_fields",
-    "xas_regions",
-    "xas_e0",
-    "sample_name",
-    "candidates",
-    "energy_offset",
-)
+__all__ = ["xas_metadata", "measure_point", "xanes_scan", "grid_xanes_scan"]
 
 
 def xas_metadata(
@@ -53,21 +43,21 @@ def xas_metadata(
     candidates: str | None,
     energy_offset: float,
     regions: Sequence[Region] = (),
-) -> dict:
-    """The XAS keys of a start document (:data:`MD_KEYS`)."""
+) -> XASStart:
+    """The XAS keys of a start document (:class:`~xas_bluesky.contracts.XASStart`)."""
     if edge not in ONSET_EV:
         raise ValueError(f"unknown edge {edge!r}: expected one of {', '.join(ONSET_EV)}")
-    return {
-        "xas_element": edge,
-        "xas_edge": "K",
-        "xas_mode": mode.upper(),
-        "xas_fields": mode_fields(mono, det, mode),
-        "xas_regions": [r.as_dict() for r in regions],
-        "xas_e0": ONSET_EV[edge],
-        "sample_name": sample_name,
-        "candidates": None if candidates is None else str(candidates),
-        "energy_offset": float(energy_offset),
-    }
+    return XASStart(
+        xas_element=edge,
+        xas_edge="K",
+        xas_mode=mode.upper(),
+        xas_fields=mode_fields(mono, det, mode),
+        xas_regions=[r.as_dict() for r in regions],
+        xas_e0=ONSET_EV[edge],
+        sample_name=sample_name,
+        candidates=None if candidates is None else str(candidates),
+        energy_offset=float(energy_offset),
+    )
 
 
 def measure_point(mono, det, energy: float, readables: Sequence):
