@@ -12,6 +12,8 @@ from xas_bluesky.resources import heldout_samples
 from xas_bluesky.science.adaptive import coarse_energies
 from xas_bluesky.testing import IOCFactory, next_ca_port, unique_prefix
 
+pytestmark = pytest.mark.system  # real IOCs, tiled, RunEngine or the shipped weights
+
 
 @pytest.fixture(scope="module")
 def setup(ca_env, tmp_path_factory):

@@ -22,6 +22,8 @@ from xas_bluesky.beamline.analysis import AnalysisSession, xas_run_router
 from xas_bluesky.beamline.epics.score_ioc import ScoreServer
 from xas_bluesky.testing import next_ca_port, unique_prefix
 
+pytestmark = pytest.mark.system  # real IOCs, tiled, RunEngine or the shipped weights
+
 ENERGIES = np.arange(527.0, 560.0, 0.5)
 TRUTH = 5
 

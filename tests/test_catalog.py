@@ -20,6 +20,8 @@ from xas_bluesky.beamline.analysis import (
 from xas_bluesky.beamline.catalog import TiledPredictionStore
 from xas_bluesky.science.candidates import PredictionCache
 
+pytestmark = pytest.mark.system  # real IOCs, tiled, RunEngine or the shipped weights
+
 ENERGIES = np.arange(527.0, 560.0, 0.5)
 
 

@@ -283,6 +283,7 @@ def _heldout_candidates(edge, energy, truth, samples, rng, model):
     return mean, std, {"temperature": STAND_IN_TEMPERATURE, "temperature_exponent": 0.0}, "stand-in"
 
 
+@pytest.mark.system  # the shipped weights
 @pytest.mark.parametrize("model", ["GNN", "stand-in"])
 @pytest.mark.parametrize("edge", ["O", "N"])
 def test_probabilities_are_calibrated_on_heldout_molecules(edge, model):

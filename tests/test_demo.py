@@ -26,6 +26,8 @@ SCORE_PVS = (
     "Heartbeat-I",
 )
 
+pytestmark = pytest.mark.system  # real IOCs, tiled, RunEngine or the shipped weights
+
 
 def _small_library(tmp_path, edge: str, sample: str, n: int = 40):
     """The first ``n`` frames of the shipped library, the sample among them."""

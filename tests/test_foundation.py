@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.system  # real IOCs, tiled, RunEngine or the shipped weights
+
 ECHO = ["-m", "xas_bluesky.beamline.epics.echo_ioc"]
 
 

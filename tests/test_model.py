@@ -14,6 +14,8 @@ from xas_bluesky.science.model.metrics import evaluate, peak_positions
 from xas_bluesky.science.model.predictor import Predictor
 from xas_bluesky.science.structures import structure_from_xyz
 
+pytestmark = pytest.mark.system  # real IOCs, tiled, RunEngine or the shipped weights
+
 
 @pytest.fixture(scope="module", params=["O", "N"])
 def shipped(request):

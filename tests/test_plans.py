@@ -23,6 +23,8 @@ from xas_bluesky.resources import heldout_samples
 from xas_bluesky.science.spectra import best_shift_pearson, mu_from_channels, normalize
 from xas_bluesky.testing import IOCFactory
 
+pytestmark = pytest.mark.system  # real IOCs, tiled, RunEngine or the shipped weights
+
 CLOCK = 200.0
 TRUE_OFFSET = 0.63
 #: supplied spectra of the chain check: held-out samples that are not the reference slots

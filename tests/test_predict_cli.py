@@ -15,6 +15,8 @@ from xas_bluesky.resources import candidates_file
 from xas_bluesky.science.model.predictor import Predictor
 from xas_bluesky.science.structures import read_structures
 
+pytestmark = pytest.mark.system  # real IOCs, tiled, RunEngine or the shipped weights
+
 
 def _frames(edge: str, n: int) -> str:
     lines = candidates_file(edge).read_text().splitlines()

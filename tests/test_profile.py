@@ -13,6 +13,8 @@ import pytest
 from sim_iocs.launcher import PROBE_PV, sim_ioc_args
 from xas_bluesky.testing import next_ca_port, unique_prefix
 
+pytestmark = pytest.mark.system  # real IOCs, tiled, RunEngine or the shipped weights
+
 STARTUP = Path(__file__).resolve().parents[1] / "profile_collection" / "startup"
 
 

@@ -14,6 +14,8 @@ from live_helpers import caget, cagets, measure_plan, shared_cache, small_candid
 from xas_bluesky.services import ManagedProcess, free_ports, loopback_ca_env
 from xas_bluesky.testing import REPEATER_PORT, next_ca_port, unique_prefix
 
+pytestmark = pytest.mark.system  # real IOCs, tiled, RunEngine or the shipped weights
+
 ENERGIES = np.arange(527.0, 560.0, 1.0)
 
 

@@ -13,6 +13,8 @@ from xas_bluesky.beamline.epics.score_ioc import ScoreServer
 from xas_bluesky.contracts import PV_SUFFIXES, TOP_K, MatchSummary
 from xas_bluesky.testing import next_ca_port, unique_prefix
 
+pytestmark = pytest.mark.system  # real IOCs, tiled, RunEngine or the shipped weights
+
 LONG_NAME = "dsgdb9nsd_" + "x" * 80  # longer than a DBR_STRING's 39 characters
 LONG_SMILES = "O=C1NC(=O)C2=C1C=CC=C2" * 4
 

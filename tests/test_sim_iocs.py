@@ -24,6 +24,8 @@ from xas_bluesky.science.spectra import mu_from_channels
 from xas_bluesky.services import free_ports, loopback_ca_env
 from xas_bluesky.testing import IOCFactory
 
+pytestmark = pytest.mark.system  # real IOCs, tiled, RunEngine or the shipped weights
+
 CLOCK = 100.0
 
 
