@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -96,7 +96,7 @@ class _SignalGuard:
     Outside a scan both end in KeyboardInterrupt in the main thread.
     """
 
-    run_engine = None  # set while a scan runs
+    run_engine: Any = None  # set while a scan runs
 
     def __enter__(self):
         self._old = None
@@ -253,7 +253,7 @@ def _read_pvs(server) -> dict:
     """Every score PV, read back over Channel Access (fresh gets); CHAR waveforms as str."""
     import epics
 
-    out = {}
+    out: dict[str, object] = {}
     for pvname in server.pvnames.values():
         pv = epics.PV(pvname, auto_monitor=False)
         if not pv.wait_for_connection(5.0):
@@ -357,7 +357,7 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
         raise KeyboardInterrupt from None
     finally:
         _SignalGuard.run_engine = None
-    run_uid = uids[0]
+    run_uid = uids[0]  # type: ignore[index]  # a tuple of uids: call_returns_result is off
     if not analysis.wait_idle(120):
         raise DemoError("the analysis did not finish scoring within 120 s")
     result = analysis.results.get(run_uid)

@@ -65,7 +65,7 @@ def molecule_ids(structure) -> tuple[str, str, str]:
     from rdkit import Chem, RDLogger
     from rdkit.Chem import rdMolDescriptors
 
-    RDLogger.DisableLog("rdApp.*")
+    RDLogger.DisableLog("rdApp.*")  # type: ignore[attr-defined]  # missing from RDKit's stubs
     try:
         mol = structure.mol
         smiles = str(structure.smiles)
@@ -85,7 +85,7 @@ def molecule_ids(structure) -> tuple[str, str, str]:
 def _ids_of_smiles(smiles: str) -> tuple[str, str]:
     from rdkit import Chem, RDLogger
 
-    RDLogger.DisableLog("rdApp.*")
+    RDLogger.DisableLog("rdApp.*")  # type: ignore[attr-defined]
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         raise ValueError(f"SMILES {smiles!r}: RDKit cannot parse it")
@@ -236,8 +236,14 @@ def load_candidate_set(client, spec: str) -> CandidateSet:
     if not nodes:
         raise ValueError(f"no stored predictions match {spec!r}")
     root = client[PREDICTIONS]
-    names, smiles, keys, means, stds = [], [], [], [], []
-    edge = version = energy = None
+    names: list[str] = []
+    smiles: list[str] = []
+    keys: list[str] = []
+    means: list[np.ndarray] = []
+    stds: list[np.ndarray | None] = []
+    edge: str | None = None
+    version: str | None = None
+    energy = np.empty(0)
     stored_calibration: dict = {}
     seen = set()
     for node_key, node in nodes:
@@ -257,9 +263,10 @@ def load_candidate_set(client, spec: str) -> CandidateSet:
             keys.append(k)
             means.append(mean[i])
             stds.append(None if std is None else std[i])
-    std_arr = None if any(s is None for s in stds) else np.stack(stds)
+    std_arr = None if any(s is None for s in stds) else np.stack(stds)  # type: ignore[arg-type]
     # predictions stored before calibrations were stored with them: the default calibration
     calibration = model_calibration({"model_version": version, "calibration": stored_calibration})
+    assert edge is not None  # nodes is not empty
     return CandidateSet(
         names=names,
         smiles=smiles,

@@ -111,7 +111,7 @@ class AnalysisRunSink(AnalysisSink):
         self._seq: dict[str, int] = {}
         self.errors: list[str] = []
 
-    def _emit(self, name: str, doc: dict) -> None:
+    def _emit(self, name: str, doc: Any) -> None:
         for cb in self.callbacks:
             try:
                 cb(name, doc)
