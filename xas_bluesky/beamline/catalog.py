@@ -228,8 +228,8 @@ def load_candidate_set(client, spec: str) -> CandidateSet:
     every prediction of that model.
     """
     if "/" in spec:
-        edge, version = spec.split("/", 1)
-        nodes = _prediction_nodes(client, edge=edge, model_version=version)
+        spec_edge, spec_version = spec.split("/", 1)
+        nodes = _prediction_nodes(client, edge=spec_edge, model_version=spec_version)
     else:
         root = client[PREDICTIONS]
         nodes = [(k, root[k]) for k in spec.split(",") if k]
