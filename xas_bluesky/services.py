@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = [
     "ServiceError",
@@ -149,6 +150,7 @@ def _spawn(
     name: str, cmd: Sequence[str], env: dict[str, str], log_dir: Path | None
 ) -> ManagedProcess:
     log_path = None
+    out: BinaryIO | int
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{name}.log"
@@ -160,6 +162,7 @@ def _spawn(
         list(cmd), env=full_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
     )
     if log_dir is not None:
+        assert not isinstance(out, int)  # the log file opened above
         out.close()
     return ManagedProcess(name, popen, log_path)
 

@@ -272,7 +272,12 @@ def _worker_main(edge: str, tasks, results) -> None:
     if parent is not None:
         # a parent killed without closing us (SIGKILL, OOM) may leave this process blocked on a
         # half-written queue: watch it and leave with it
-        threading.Thread(target=lambda: (parent.join(), os._exit(0)), daemon=True).start()
+        # a def, not a lambda: mypy rejects using join()'s None in the lambda's tuple
+        def _leave_with_parent() -> None:
+            parent.join()
+            os._exit(0)
+
+        threading.Thread(target=_leave_with_parent, daemon=True).start()
     while True:
         batches = tasks.get()
         try:

@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         _print_info(sim)
         while not stop.is_set():
             if not sim.alive():
+                assert sim.process is not None  # set by sim.start()
                 raise CLIError(f"the IOC (PID {sim.process.pid}) exited unexpectedly")
             stop.wait(0.25)
         print("stopping", file=sys.stderr)

@@ -88,6 +88,7 @@ class AdaptivePolicy:
             and (measured.size == 0 or np.min(np.abs(measured - next_energy)) >= self.min_spacing)
         )
         if ok:
+            assert next_energy is not None  # checked in ``ok``
             return Decision(float(next_energy))
         return Decision(self.fill_gap(measured))
 

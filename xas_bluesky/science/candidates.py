@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -211,7 +211,12 @@ class PredictionCache:
                     logger.exception("could not store predictions")
         rows = [self._rows[(version, k)] for k in keys]
         mean = np.stack([r[0] for r in rows])
-        std = None if any(r[1] is None for r in rows) else np.stack([r[1] for r in rows])
+        # the else branch has every row's std
+        std = (
+            None
+            if any(r[1] is None for r in rows)
+            else np.stack(cast("list[np.ndarray]", [r[1] for r in rows]))
+        )
         return CandidateSet(
             names=[s.name for s in structures],
             smiles=[_smiles(s) for s in structures],

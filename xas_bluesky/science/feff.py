@@ -58,7 +58,7 @@ class SiteJob:
     element: str
     site: int
     symbols: tuple[str, ...]
-    xyz: tuple[tuple[float, float, float], ...]
+    xyz: tuple[tuple[float, ...], ...]  # (x, y, z) per atom, as read from the records
 
     @property
     def key(self) -> tuple[int, str, int]:

@@ -171,6 +171,9 @@ def graph_from_bonds(
         rows.append(
             (_ELEMENT_CODE[sym[k]], hyb, aromatic[k], min(n_h[k], MAX_H), int(sym[k] == edge))
         )
+    src: list[int]
+    dst: list[int]
+    btype: list[int]
     src, dst, btype = [], [], []
     for u, v, o in bonds:
         t = 3 if (u, v) in arom_bonds else o - 1
@@ -313,7 +316,7 @@ def _rings(cand: set[int], nbrs: list[list[int]], sizes: tuple[int, int] = (5, 7
     """Simple cycles of ``sizes[0]``..``sizes[1]`` atoms within ``cand``, each once."""
     found: dict[frozenset, tuple] = {}
     for start in sorted(cand):
-        stack = [(start, (start,))]
+        stack: list[tuple[int, tuple[int, ...]]] = [(start, (start,))]
         while stack:
             node, path = stack.pop()
             for nb in nbrs[node]:
@@ -477,7 +480,7 @@ def _as_arrays(g) -> GraphArrays:
 def save_graphs(path: str | os.PathLike, graphs: list, names: list[str], edge: str) -> None:
     """Save prebuilt graphs (for a machine without RDKit: see ``benchmarks/inference.py``)."""
     arrays = [_as_arrays(g) for g in graphs]
-    blob = {"edge": edge, "names": list(names)}
+    blob: dict[str, object] = {"edge": edge, "names": list(names)}
     for k in GraphArrays._fields:
         blob[k] = [torch.from_numpy(np.ascontiguousarray(getattr(g, k))) for g in arrays]
     torch.save(blob, path)

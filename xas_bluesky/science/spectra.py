@@ -44,11 +44,12 @@ the N K onset near 399 eV).
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 from xas_bluesky.science.grids import ONSET_EV
 
@@ -215,6 +216,7 @@ def mu_from_channels(
     else:
         mu[g] = s[g] / a0[g]
     if counts:
+        assert sigma is not None  # allocated above when ``counts``
         # Poisson: var = raw counts (the dark level is treated as known exactly)
         v0 = np.maximum(raw0[g], 1.0) / a0[g] ** 2  # relative variance of I0
         if mode == "transmission":
@@ -345,7 +347,7 @@ def normalize(
     """
     energy = np.asarray(energy, dtype=float)
     mu = np.asarray(mu, dtype=float)
-    keep = np.isfinite(energy) & np.isfinite(mu)
+    keep: NDArray[np.bool_] = np.isfinite(energy) & np.isfinite(mu)  # typed: keeps energy an array
     energy, mu = energy[keep], mu[keep]
     order = np.argsort(energy)
     energy, mu = energy[order], mu[order]
@@ -416,8 +418,8 @@ def best_shift_pearson(
 def fit_energy_offset(
     energy_rb: ArrayLike,
     mu: ArrayLike,
-    ref_energy: ArrayLike,
-    ref_mu: ArrayLike,
+    ref_energy: Sequence[float] | np.ndarray,
+    ref_mu: Sequence[float] | np.ndarray,
     *,
     max_shift: float = 3.0,
     step: float = 0.01,
@@ -432,7 +434,7 @@ def fit_energy_offset(
     ----------
     energy_rb, mu : array_like
         The mono's readbacks and raw mu; non-finite points are dropped.
-    ref_energy, ref_mu : array_like
+    ref_energy, ref_mu : sequence of float or ndarray
         The known spectrum on the true energy axis, energies increasing.
     max_shift, step : float
         Offsets tried: ``-max_shift`` to ``max_shift`` in steps of ``step`` (eV).

@@ -23,6 +23,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -320,6 +321,7 @@ def _fill_valences(free: list[int], cand: list[tuple[int, int, int]], orders: li
                     best, best_opts = a, opts
         if best is None:
             return True
+        assert best_opts is not None  # set together with ``best``
         for a, b, k in best_opts:
             if orders[k] >= 3:
                 continue
@@ -375,7 +377,7 @@ def _mol_from_geometry(symbols: list[str], xyz: np.ndarray, pairs: np.ndarray):
     from rdkit import Chem, RDLogger
     from rdkit.Chem import rdDetermineBonds
 
-    RDLogger.DisableLog("rdApp.*")
+    RDLogger.DisableLog("rdApp.*")  # type: ignore[attr-defined]  # stubs omit rdBase re-export
     try:
         trial = Chem.Mol(_bare_mol(symbols, xyz))
         try:
@@ -399,7 +401,7 @@ def _mol_from_geometry(symbols: list[str], xyz: np.ndarray, pairs: np.ndarray):
             notes.append("valences RDKit does not accept")
         return mol, notes
     finally:
-        RDLogger.EnableLog("rdApp.*")
+        RDLogger.EnableLog("rdApp.*")  # type: ignore[attr-defined]  # stubs omit rdBase re-export
 
 
 def _n_fragments(n: int, pairs: np.ndarray) -> int:
@@ -517,7 +519,7 @@ def structures_from_frames(
             hi += 1
         _perceive_chunk(frames, batch[lo:hi], edge, out)
         lo = hi
-    return out
+    return cast("list[Structure | StructureError]", out)  # every frame's slot is filled by now
 
 
 def _perceive_chunk(frames, chunk, edge, out) -> None:
@@ -675,14 +677,15 @@ def _embed(name: str, mol):
 def _embed_one(name: str, mol):
     from rdkit.Chem import AllChem
 
-    params = AllChem.ETKDGv3()
+    # the stubs of AllChem omit its star imports (rdDistGeom, rdForceFieldHelpers): hence the ignores
+    params = AllChem.ETKDGv3()  # type: ignore[attr-defined]
     params.randomSeed = EMBED_SEED
-    if AllChem.EmbedMolecule(mol, params) != 0:
+    if AllChem.EmbedMolecule(mol, params) != 0:  # type: ignore[attr-defined]
         params.useRandomCoords = True
-        if AllChem.EmbedMolecule(mol, params) != 0:
+        if AllChem.EmbedMolecule(mol, params) != 0:  # type: ignore[attr-defined]
             raise StructureError(f"structure {name!r}: RDKit could not embed it in 3D")
-    if AllChem.MMFFHasAllMoleculeParams(mol):
-        AllChem.MMFFOptimizeMolecule(mol, maxIters=2000)
+    if AllChem.MMFFHasAllMoleculeParams(mol):  # type: ignore[attr-defined]
+        AllChem.MMFFOptimizeMolecule(mol, maxIters=2000)  # type: ignore[attr-defined]
     return mol
 
 
@@ -693,11 +696,11 @@ def structure_from_smiles(
     from rdkit import Chem, RDLogger
 
     name = name or smiles
-    RDLogger.DisableLog("rdApp.*")
+    RDLogger.DisableLog("rdApp.*")  # type: ignore[attr-defined]  # stubs omit rdBase re-export
     try:
         mol = Chem.MolFromSmiles(smiles)
     finally:
-        RDLogger.EnableLog("rdApp.*")
+        RDLogger.EnableLog("rdApp.*")  # type: ignore[attr-defined]  # stubs omit rdBase re-export
     if mol is None:
         raise StructureError(f"structure {name!r}: unparsable SMILES {smiles!r}")
     return structure_from_mol(name, mol, edge)
@@ -893,7 +896,7 @@ def _returner(result):
 def _iter_sdf(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], Structure]]]:
     from rdkit import Chem, RDLogger
 
-    RDLogger.DisableLog("rdApp.*")
+    RDLogger.DisableLog("rdApp.*")  # type: ignore[attr-defined]  # stubs omit rdBase re-export
     try:
         supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=True)
         for k in range(len(supplier)):
@@ -919,9 +922,13 @@ def _iter_sdf(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], 
 
                 yield name, fail
             else:
-                yield name, (lambda mol=mol, name=name: structure_from_mol(name, mol, edge))
+                # a def, not a lambda: mypy cannot type a lambda with defaults as Callable[[], ...]
+                def build(mol=mol, name=name) -> Structure:
+                    return structure_from_mol(name, mol, edge)
+
+                yield name, build
     finally:
-        RDLogger.EnableLog("rdApp.*")
+        RDLogger.EnableLog("rdApp.*")  # type: ignore[attr-defined]  # stubs omit rdBase re-export
 
 
 def _iter_smi(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], Structure]]]:
@@ -934,7 +941,11 @@ def _iter_smi(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], 
                 continue  # a header line
             smiles = parts[0]
             name = parts[1].strip() if len(parts) > 1 and parts[1].strip() else f"smi_{lineno}"
-            yield name, (lambda s=smiles, n=name: structure_from_smiles(s, n, edge))
+
+            def build(s=smiles, n=name) -> Structure:  # a def: see _iter_sdf
+                return structure_from_smiles(s, n, edge)
+
+            yield name, build
 
 
 _READERS = {".xyz": _iter_xyz_structures, ".sdf": _iter_sdf, ".mol": _iter_sdf, ".smi": _iter_smi}

@@ -20,7 +20,7 @@ class EchoIOC(PVGroup):
     readback = pvproperty(value=0.0, name="Readback", read_only=True, doc="echo of Setpoint")
     counter = pvproperty(value=0, name="Counter", read_only=True, doc="number of puts")
 
-    @setpoint.putter
+    @setpoint.putter  # type: ignore[no-redef]  # caproto's idiom rebinds the name (no stubs)
     async def setpoint(self, instance, value):
         await self.readback.write(value)
         await self.counter.write(self.counter.value + 1)

@@ -158,7 +158,7 @@ class MatchScoreGroup(PVGroup):
         super().__init__(*args, **kwargs)
         self._last: dict[str, object] = {}  # values this group last wrote, by PV name
 
-    @heartbeat.scan(period=1.0)
+    @heartbeat.scan(period=1.0)  # type: ignore[no-redef]  # caproto's idiom rebinds the name
     async def heartbeat(self, instance, async_lib):
         await instance.write((instance.value + 1) % 2**31)
 
@@ -168,7 +168,7 @@ class MatchScoreGroup(PVGroup):
         scores = [_num(s) for s in list(upd.top_probabilities)[:TOP_K]]
         scores += [float("nan")] * (TOP_K - len(scores))
         status = upd.status if upd.status in STATES else "Error"
-        value = {
+        fields = {
             "run_uid": _text(upd.run_uid, 64),
             "best_name": _text(upd.best_name, _NAME_LEN),
             "best_smiles": _text(upd.best_smiles, _NAME_LEN),
@@ -184,7 +184,7 @@ class MatchScoreGroup(PVGroup):
             "status": status,
             "n_events": int(upd.n_events),
         }
-        values = [(getattr(self, PV_ATTRS[name]), v) for name, v in value.items()]
+        values = [(getattr(self, PV_ATTRS[name]), v) for name, v in fields.items()]
         # only what changed: each write costs ~60 us and a monitor update per subscriber
         for pv, value in values:
             if pv is self.npoints or not _same(self._last.get(pv.name), value):

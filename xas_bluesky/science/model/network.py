@@ -162,6 +162,7 @@ class XasMPNN(nn.Module):
         # and the GRU still transform the states, and skipping them would make a molecule's
         # spectrum depend on what else is in its batch
         first, last = self.edge_net[0], self.edge_net[2]
+        assert isinstance(last, nn.Linear)  # built so in __init__
         z = torch.relu(first(self.edge_features(g.edge_type, g.edge_len)))
         w = torch.mm(z, last.weight.t()).view(-1, self.dim, self.dim)
         w0 = last.bias.view(self.dim, self.dim)

@@ -18,6 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from xas_bluesky.science.grids import energy_grid, other_edge
 from xas_bluesky.science.model.config import TrainConfig
 from xas_bluesky.science.model.network import XasMPNN
 from xas_bluesky.science.structures import StructureError, structure_from_xyz
+
+if TYPE_CHECKING:  # for the annotation only
+    from torch_geometric.data import Data
 
 __all__ = [
     "Example",
@@ -48,7 +52,7 @@ class Example:
     qm9_index: int
     smiles: str
     split: str
-    graph: object  # torch_geometric Data with y_site (n_sites, E), site_mask (n_sites,)
+    graph: Data  # torch_geometric Data with y_site (n_sites, E), site_mask (n_sites,)
     spectrum: np.ndarray  # molecular spectrum (mean of the sites FEFF finished)
     n_sites: int
 
@@ -137,7 +141,7 @@ def train_member(
         total_steps=cfg.epochs * ((len(train) + cfg.batch_size - 1) // cfg.batch_size),
     )
     val_g = _collate(val).to(device) if val else None
-    best = (np.inf, None, -1)
+    best: tuple[float, dict[str, torch.Tensor] | None, int] = (np.inf, None, -1)
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         model.train()
