@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from sim_iocs.physics import parse_slot_spec
 from xas_bluesky.services import (
     ManagedProcess,
+    environ,
     free_ports,
     loopback_ca_env,
     start_ioc,
@@ -234,14 +235,5 @@ class SimBeamline:
         ``repeater=False``: caproto would otherwise spawn a repeater daemon that outlives us."""
         from caproto.sync.client import read
 
-        env = self.client_env()
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # caproto's sync client reads the address list per call
-        try:
+        with environ(self.client_env()):
             return read(pvname, timeout=5.0, repeater=False).data
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v

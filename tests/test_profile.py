@@ -3,7 +3,6 @@ tiled server: a xanes_scan run lands in tiled with the right metadata and data."
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from sim_iocs.launcher import PROBE_PV, sim_ioc_args
+from xas_bluesky.services import environ
 from xas_bluesky.testing import next_ca_port, unique_prefix
 
 pytestmark = pytest.mark.system  # real IOCs, tiled, RunEngine or the shipped weights
@@ -20,20 +20,12 @@ STARTUP = Path(__file__).resolve().parents[1] / "profile_collection" / "startup"
 
 def load_profile(env: dict[str, str]) -> dict:
     """Execute the startup files in order in one namespace, as IPython does with a profile."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environ(env):
         ns: dict = {"__name__": "__main__"}
         for path in sorted(STARTUP.glob("*.py")):
             ns["__file__"] = str(path)
             exec(compile(path.read_text(), str(path), "exec"), ns)
         return ns
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_startup_files_are_in_order():

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -27,6 +27,7 @@ __all__ = [
     "free_ports",
     "loopback_ca_env",
     "apply_ca_env",
+    "environ",
     "start_ioc",
     "start_repeater",
     "wait_for_repeater",
@@ -105,6 +106,22 @@ def apply_ca_env(env: dict[str, str]) -> None:
     os.environ.update(env)
 
 
+@contextlib.contextmanager
+def environ(env: dict[str, str]) -> Iterator[None]:
+    """``env`` in this process's environment for the block, the previous values after it
+    (caproto's synchronous client reads the address list on every call)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @dataclass
 class ManagedProcess:
     """A child process we started, with its log file."""
@@ -173,9 +190,7 @@ def wait_for_pv(
     """Poll ``pvname`` with caproto's synchronous client until it answers; return its value."""
     from caproto.sync.client import read
 
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # caproto's sync client reads the address list per call
-    try:
+    with environ(env):
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
@@ -187,12 +202,6 @@ def wait_for_pv(
                 last = exc
                 time.sleep(0.05)
         raise ServiceError(f"{pvname} did not answer within {timeout:.0f} s ({last})")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def start_ioc(

@@ -123,8 +123,8 @@ class PredictionCache:
     ----------
     predictor_factory
         ``edge -> predictor`` with ``.predict(structures, return_std=True)``, ``.energy``,
-        ``.model_version`` (default :meth:`Predictor.load <xas_bluesky.science.model.predictor.
-        Predictor.load>`).
+        ``.model_version`` (default
+        :meth:`~xas_bluesky.science.model.predictor.Predictor.load`).
     store
         Where predictions are also looked up and saved (a :class:`PredictionStore`), or None.
     batch_size

@@ -297,7 +297,7 @@ def reliability(
     -------
     dict
         ``confidence``, ``accuracy``, ``count`` per non-empty bin, the expected calibration error
-        ``ece`` (count-weighted |accuracy - confidence|), ``top1`` accuracy, the mean top-1
+        ``ece`` (count-weighted ``abs(accuracy - confidence)``), ``top1`` accuracy, the mean top-1
         ``mean_confidence`` and the mean negative log probability of the truth ``nll``.
     """
     conf = np.array([float(np.max(p)) for p in probabilities])
