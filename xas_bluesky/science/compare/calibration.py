@@ -27,6 +27,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -205,7 +206,7 @@ def simulate_trials(
                 nxt = cmp.result().next_energy
                 if nxt is None:
                     break
-                cmp.add_points([nxt], *measure(nxt))
+                cmp.add_points(np.array([nxt]), *measure(nxt))
                 n += 1
             res = cmp.result()
             trials.append(
@@ -309,7 +310,7 @@ def reliability(
     )
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     which = np.clip(np.digitize(conf, edges) - 1, 0, n_bins - 1)
-    out = {"confidence": [], "accuracy": [], "count": []}
+    out: dict[str, Any] = {"confidence": [], "accuracy": [], "count": []}
     ece = 0.0
     for b in range(n_bins):
         m = which == b
@@ -415,6 +416,7 @@ def calibrate(
         )
         if best is None or nll.min() < best[4].min():
             best = (float(kappa), t, g, trials, nll)
+    assert best is not None  # std_scales is not empty
     kappa, t, g, trials, nll = best
     truth_idx = [tr.true_index for tr in trials]
 

@@ -494,6 +494,7 @@ class Comparator:
 
     def _accumulate(self, e: float, y: float, s: float) -> None:
         """Add one point to the sums: a fixed number of passes over (K, C)."""
+        assert self._y_ref is not None and self._a_ref is not None  # set by _rebuild first
         yy = (y - self._y_ref) / self._a_ref
         x = (e - self._x_ref) / self._x_scale
         i, t = self._locate1(e + self._delta_w)
@@ -600,6 +601,7 @@ class Comparator:
         if self._a_ref is None:
             self._y_ref = float(self._py[0])
             self._rebuild(self._bootstrap_scale(), 0.0)
+        assert self._a_ref is not None  # _rebuild set it
         prob, post, top, coef, logp = self._score(*self._live_offsets())
         a_hat = float(prob[top] @ coef[:, 0] / max(prob[top].sum(), 1e-300)) * self._a_ref
         off = float(post @ self.offsets)
@@ -851,6 +853,7 @@ class Comparator:
         x = ((e - self._x_ref) / self._x_scale)[:, None]
         a = coef[:, 0]
         pred = a * p + coef[:, 1] + coef[:, 2] * x
+        assert self._a_ref is not None  # a result has been made: the scale is set
         noise = (statistics.median(self._ps) / self._a_ref) ** 2
         var = noise + a**2 * v
         pw = prob[top] / prob[top].sum()
