@@ -14,6 +14,7 @@ from xas_bluesky.science.spectra import (
     SpectrumError,
     best_shift_pearson,
     check_spectrum,
+    find_e0,
     find_peak_energies,
     fit_energy_offset,
     load_spectrum_csv,
@@ -198,3 +199,35 @@ def test_peaks():
     assert peaks.size >= 1
     assert 528 < peaks[0] < 545
     assert find_peak_energies(energy, np.zeros_like(energy)).size == 0
+
+
+def test_larch_semantics_on_a_model_edge():
+    """A tanh edge of step 2 on a Victoreen-like pre-edge and a sloping post-edge: the line
+    fitted to mu * E**nvict removes the pre-edge exactly, the step is post - pre at E0, and flat
+    takes the post-edge slope out above E0 only (Larch's ``pre_edge``; the comparison with Larch
+    itself is tests/test_larch.py)."""
+    energy = np.arange(500.0, 580.0, 0.25)
+    pre = (3e5 - 200.0 * energy) * energy**-2.0  # ~0.7, falling
+    edge = 1.0 + np.tanh((energy - 530.0) / 0.5)
+    post = np.where(energy > 545.0, 0.01 * (energy - 530.0), 0.0)
+    n = normalize(energy, pre + edge + post, "O", pre1=-30.0, pre2=-10.0, nvict=2, norm1=16.0)
+    assert n.npre == 1 and n.nvict == 2 and n.nnorm == 0
+    np.testing.assert_allclose(n.pre_edge, pre, rtol=1e-9)
+    assert (n.pre_slope, n.pre_offset) == (pytest.approx(-200.0), pytest.approx(3e5))
+    m = normalize(energy, pre + edge + post, "O", pre1=-30.0, pre2=-10.0, nvict=2, norm1=16.0,
+                  nnorm=1)  # fmt: skip
+    assert m.edge_step == pytest.approx(2.0, rel=0.02)  # the post-edge line back at E0
+    above = energy > 550.0
+    np.testing.assert_allclose(m.flat[above], 1.0, atol=0.01)  # the slope taken out
+    np.testing.assert_array_equal(m.flat[energy < 530.0], m.norm[energy < 530.0])
+    # the windows' defaults: all the data on either side (Larch's clamps), a level for < 8 eV
+    assert (n.pre1, n.norm2) == (-30.0, energy[-1] - 530.0)
+    short = normalize(energy[energy > 524.0], (pre + edge)[energy > 524.0], "O")
+    assert short.npre == 0 and short.pre1 == -5.75 and short.pre2 == -1.0
+    # Larch's rule for E0: the steepest point of the edge
+    assert find_e0(energy, pre + edge) == pytest.approx(530.0, abs=0.25)
+    assert normalize(energy, pre + edge, e0=find_e0(energy, pre + edge)).e0 == find_e0(
+        energy, pre + edge
+    )
+    with pytest.raises(NormalizationError, match="E0 600.00 eV lies outside the data"):
+        normalize(energy, pre + edge, e0=600.0)

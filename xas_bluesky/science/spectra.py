@@ -25,9 +25,11 @@ mu from channels
 noise
     Poisson from the counts (``counts=True``), else :func:`noise_from_scatter`.
 normalisation
-    :func:`normalize`: a pre-edge line (or level) subtracted, divided by the edge step, the mean
-    of the post-edge window; E0 is the edge's onset on FEFF10's axis (:data:`ONSET_EV`) unless
-    given.  Too few points or no positive step raise :class:`NormalizationError`.
+    :func:`normalize`: Larch's ``pre_edge`` in numpy (a pre-edge line or level subtracted, a
+    post-edge polynomial, the edge step between them at E0, ``norm`` and ``flat``), with defaults
+    for O/N K-edge NEXAFS; E0 is the edge's onset on FEFF10's axis (:data:`ONSET_EV`) unless given
+    (:func:`find_e0` is Larch's rule).  Too few points or no positive step raise
+    :class:`NormalizationError`.
 energy offset
     :func:`fit_energy_offset` (the mono's calibration offset, least squares against a known
     spectrum) and :func:`best_shift_pearson` (Pearson's r after the best shift).
@@ -49,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.polynomial import Polynomial
 from numpy.typing import ArrayLike, NDArray
 
 from xas_bluesky.science.grids import ONSET_EV
@@ -62,6 +65,13 @@ __all__ = [
     "NormalizationError",
     "Normalization",
     "normalize",
+    "find_e0",
+    "PRE1",
+    "PRE2",
+    "NORM1",
+    "NORM2",
+    "NNORM",
+    "LINE_SPAN",
     "best_shift_pearson",
     "fit_energy_offset",
     "find_peak_energies",
@@ -261,22 +271,56 @@ class NormalizationError(ValueError):
     """Too few valid points, or no edge step, to normalise a spectrum or fit its energy offset."""
 
 
+#: the pre-edge window's lower end relative to E0 (eV) unless given: the first point (Larch's clamp
+#: of ``pre1`` to the data); Larch's rule (the second point, rounded to 2 eV) drops 1 of the 3 eV
+#: below the N K onset on the model grid
+PRE1 = -np.inf
+#: the pre-edge window's upper end relative to E0 (eV) unless given: NEXAFS rises at the onset,
+#: so the window ends 1 eV below it (Larch: half of ``pre1``, 2 eV of the 4 the model grid has)
+PRE2 = -1.0
+#: the post-edge window's lower end relative to E0 (eV) unless given: past the pi* and the
+#: strongest sigma* resonances (Larch's rule gives the same 15 eV on a 45 eV post-edge)
+NORM1 = 15.0
+#: the post-edge window's upper end relative to E0 (eV) unless given: the last point (Larch's
+#: clamp); Larch's rule rounds it to 5 eV and drops up to 2.5 eV of the post-edge
+NORM2 = np.inf
+#: degree of the post-edge polynomial unless given: a constant (Larch picks 1 for a 30 eV window;
+#: on NEXAFS it would follow the sigma* resonances' tail back to E0)
+NNORM = 0
+#: a pre-edge window spanning less than this (eV) gets a level (Larch's ``npre=0``), not a line
+LINE_SPAN = 8.0
+
+
 @dataclass(frozen=True)
 class Normalization:
-    """A normalised spectrum (:func:`normalize`).
+    """A normalised spectrum (:func:`normalize`), with Larch ``pre_edge``'s results.
 
     Attributes
     ----------
     energy, mu : np.ndarray
         The valid points, sorted by energy (NaN-free, repeated energies kept).
     norm : np.ndarray
-        ``(mu - pre-edge line) / edge_step`` on ``energy``.
+        ``(mu - pre_edge) / edge_step`` on ``energy``.
     e0 : float
         The edge energy the windows are relative to (eV).
     edge_step : float
-        Mean of ``mu - pre-edge line`` over the post-edge window.
+        ``post_edge - pre_edge`` at E0 (at the point nearest E0, as Larch), or the ``step``
+        given.
     pre_slope, pre_offset : float
-        The pre-edge line, ``pre_slope * energy + pre_offset`` (``pre_slope`` 0 for a level).
+        The line fitted to ``mu * energy**nvict`` in the pre-edge window (``pre_slope`` 0 for a
+        level): ``pre_edge = (pre_offset + pre_slope * energy) * energy**-nvict``.
+    flat : np.ndarray
+        ``norm`` with the post-edge polynomial's curvature taken out above E0 (Larch's ``flat``;
+        equal to ``norm`` for ``nnorm=0``).
+    pre_edge, post_edge : np.ndarray
+        The pre-edge curve and the post-edge curve (pre-edge plus the polynomial) on ``energy``.
+    pre1, pre2, norm1, norm2 : float
+        The windows used, relative to E0 (eV), after Larch's defaults and clamps.
+    npre, nvict, nnorm : int
+        Pre-edge degree used (1 a line, 0 a level), its energy exponent, the post-edge
+        polynomial's degree.
+    norm_coefs : tuple of float
+        The post-edge polynomial's coefficients, constant first (of ``mu - pre_edge``).
     """
 
     energy: np.ndarray
@@ -286,6 +330,30 @@ class Normalization:
     edge_step: float
     pre_slope: float
     pre_offset: float
+    flat: np.ndarray
+    pre_edge: np.ndarray
+    post_edge: np.ndarray
+    pre1: float
+    pre2: float
+    norm1: float
+    norm2: float
+    npre: int
+    nvict: int
+    nnorm: int
+    norm_coefs: tuple[float, ...]
+
+    def larch_kwargs(self) -> dict[str, float | int]:
+        """The arguments that make ``larch.xafs.pre_edge`` reproduce this normalisation."""
+        return {
+            "e0": self.e0,
+            "pre1": self.pre1,
+            "pre2": self.pre2,
+            "norm1": self.norm1,
+            "norm2": self.norm2,
+            "nnorm": self.nnorm,
+            "nvict": self.nvict,
+            "npre": self.npre,
+        }
 
 
 def _window(e0: float, lo: float, hi: float) -> str:
@@ -296,44 +364,199 @@ def _window(e0: float, lo: float, hi: float) -> str:
     return f"in {e0 + lo:.1f}-{e0 + hi:.1f} eV"
 
 
+def _clean(energy: ArrayLike, mu: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Finite points, sorted by energy (stable: repeated energies keep their order)."""
+    e = np.asarray(energy, dtype=float).ravel()
+    m = np.asarray(mu, dtype=float).ravel()
+    if e.shape != m.shape:
+        raise ValueError(f"energy and mu differ in length: {e.size} vs {m.size}")
+    keep: NDArray[np.bool_] = np.isfinite(e) & np.isfinite(m)  # typed: keeps e an array
+    e, m = e[keep], m[keep]
+    order = np.argsort(e, kind="stable")
+    return e[order], m[order]
+
+
+def _index_of(x: np.ndarray, value: float) -> int:
+    """Larch's ``index_of`` on sorted ``x``: the last index with ``x <= value``, 0 below all."""
+    return max(int(np.searchsorted(x, value, side="right")) - 1, 0)
+
+
+def _index_nearest(x: np.ndarray, value: float) -> int:
+    """Larch's ``index_nearest``: the (first) index of the point nearest ``value``."""
+    return int(np.abs(x - value).argmin())
+
+
+def _smooth(x: np.ndarray, y: np.ndarray, step: float) -> np.ndarray:
+    """Larch's ``smooth`` (Lorentzian, sigma = ``step``, on a uniform grid of ``step``)."""
+    npad = 5
+    xmin = step * int((x.min() - npad * step) / step)
+    xmax = step * int((x.max() + npad * step) / step)
+    npts = min(1 + int(abs(xmax - xmin + step * 0.1) / step), 50 * x.size)
+    x0 = np.linspace(xmin, xmax, npts)
+    y0 = np.interp(x0, x, y)
+    wx = np.arange(2 * npts)
+    win = 1.0 / (1.0 + (wx - npts) ** 2)  # Lorentzian of unit width (in grid points)
+    y1 = np.concatenate((y0[npts:0:-1], y0, y0[-1 : -npts - 1 : -1]))
+    y2 = np.convolve(win / win.sum(), y1, mode="valid")
+    if y2.size > x0.size:
+        nex = (y2.size - x0.size) // 2
+        y2 = y2[nex:][: x0.size]
+    return np.interp(x, x0, y2)
+
+
+def _in_order(x: np.ndarray) -> np.ndarray:
+    """Larch's selection of the points "in order" (``diff(argsort(x)) == 1``): on sorted data,
+    every point but the last."""
+    return np.where(np.diff(np.argsort(x)) == 1)[0]
+
+
+def _energy_step(energy: np.ndarray) -> float:
+    """Larch's ``find_energy_step``: the mean of the 10 smallest steps past the smallest 1 %
+    (NaN below 100 points, as in Larch, where ``[0:-0]`` is empty)."""
+    nskip = int(0.01 * energy.size)
+    ediff = np.diff(energy[_in_order(energy)][nskip:-nskip])
+    ediff = np.sort(ediff)[nskip : nskip + 10]
+    return float(ediff.mean()) if ediff.size else float("nan")
+
+
+def _finde0(energy: np.ndarray, mu: np.ndarray, estep: float | None, smooth: bool):
+    """Larch's ``_finde0``: the point of largest derivative among >= 3 neighbouring points of
+    high derivative (the 'in order' points, so not the last)."""
+    ordered = _in_order(energy)
+    en, mu = energy[ordered], mu[ordered]
+    if estep is None:
+        estep = _energy_step(en)
+    nmin = max(3, int(en.size * 0.02))
+    dmu = np.gradient(mu) / np.gradient(en)
+    if smooth:
+        dmu = _smooth(en, dmu, estep)
+    dmu[~np.isfinite(dmu)] = -1.0
+    inner = dmu[nmin:-nmin]
+    dmu = (dmu - inner.min()) / max(1e-10, float(np.ptp(inner)))
+    dhigh = 0.60 if en.size > 20 else 0.30
+    high = np.where(dmu > dhigh)[0]
+    if high.size < 3:
+        for _ in range(2):
+            if high.size > 3:
+                break
+            dhigh *= 0.5
+            high = np.where(dmu > dhigh)[0]
+    if high.size < 3:
+        high = np.where(np.isfinite(dmu))[0]
+    hset = set(high.tolist())
+    imax, dmax = 0, 0.0
+    for i in high.tolist():
+        if i < nmin or i > en.size - nmin:
+            continue
+        if dmu[i] > dmax and (i + 1) in hset and (i - 1) in hset:
+            imax, dmax = i, float(dmu[i])
+    return float(en[imax]), imax, estep
+
+
+def find_e0(energy: ArrayLike, mu: ArrayLike) -> float:
+    """E0 by Larch's rule (``larch.xafs.find_e0``): the largest derivative of mu, found once
+    unsmoothed, then refined on the Lorentzian-smoothed derivative within 75 points of it; an
+    edge in the first 5 % of the points is taken for a glitch.
+
+    On NEXAFS it is the steepest rise of the first (pi*) resonance, which moves from molecule to
+    molecule, not the absorption onset :func:`normalize` uses by default; pass it as ``e0`` to
+    normalise as Larch does by default.
+
+    Parameters
+    ----------
+    energy, mu : array_like
+        The spectrum, points in any order (non-finite ones dropped, repeated energies averaged).
+
+    Returns
+    -------
+    float
+        E0 (eV), one of the energies.
+
+    Raises
+    ------
+    NormalizationError
+        Fewer than 20 distinct valid points.
+    """
+    e, m = _sorted_unique(energy, mu)
+    if e.size < 20:
+        raise NormalizationError(f"need >= 20 distinct valid points to find E0, have {e.size}")
+    e1, ie0, estep1 = _finde0(e, m, None, smooth=False)
+    istart, istop = max(3, ie0 - 75), min(ie0 + 75, e.size - 3)
+    if ie0 < 0.05 * e.size:  # an edge in the first 5 % of the points: a glitch
+        e1 = float(e.mean())
+        istart, istop = max(3, ie0 - 20), e.size - 3
+    # Python's min/max as Larch has them: a NaN step (fewer than 100 points) gives 1 eV
+    estep = 0.5 * (max(0.01, min(1.0, estep1)) + max(0.01, min(1.0, e1 / 25000.0)))
+    found, ix, _ = _finde0(e[istart:istop], m[istart:istop], estep, smooth=True)
+    return float(e[istart + 2]) if ix < 1 else found
+
+
 def normalize(
     energy: ArrayLike,
     mu: ArrayLike,
-    edge: str,
+    edge: str | None = None,
     *,
     e0: float | None = None,
-    pre1: float = -np.inf,
-    pre2: float = -1.0,
-    norm1: float = 15.0,
-    norm2: float = np.inf,
-    line_span: float = 8.0,
+    step: float | None = None,
+    pre1: float | None = PRE1,
+    pre2: float | None = PRE2,
+    norm1: float | None = NORM1,
+    norm2: float | None = NORM2,
+    nnorm: int | None = NNORM,
+    nvict: int = 0,
+    npre: int = 1,
+    line_span: float = LINE_SPAN,
 ) -> Normalization:
-    """Pre-edge line / edge-step normalisation.
+    """Pre-edge subtraction and edge-step normalisation with the semantics of Larch's
+    ``pre_edge`` (``larch.xafs.pre_edge``), in numpy.
 
-    The pre-edge -- a line fitted to the points in ``[e0 + pre1, e0 + pre2)`` when they span at
-    least ``line_span`` eV, else their mean -- is subtracted; the result is divided by the edge
-    step, the mean of the points in ``(e0 + norm1, e0 + norm2]`` (a FEFF-like spectrum is ~1
-    there).  The window names are Larch's ``pre_edge`` ones, relative to E0; the post-edge is a
-    constant (Larch's ``nnorm=0``), the pre-edge a plain line (``nvict=0``).
+    1. E0: ``e0`` if given, else the onset of ``edge`` on FEFF10's axis (:data:`ONSET_EV`), else
+       (no edge) Larch's rule, :func:`find_e0`.
+    2. Pre-edge: a line fitted to ``mu * energy**nvict`` over ``[E0 + pre1, E0 + pre2]``,
+       divided by ``energy**nvict``; a level (the window's mean, Larch's ``npre=0``) when
+       ``npre=0``, when the window holds fewer than 3 points (Larch's rule) or when it spans less
+       than ``line_span`` eV (this package's rule: ~3 eV below the onset, a line extrapolated
+       45 eV tilts the spectrum more than the background it would remove).
+    3. Post-edge: a polynomial of degree ``nnorm`` fitted to ``mu - pre_edge`` over
+       ``[E0 + norm1, E0 + norm2]``.
+    4. ``edge_step = post_edge(E0) - pre_edge(E0)``, ``norm = (mu - pre_edge) / edge_step``,
+       ``flat`` = ``norm`` less the post-edge polynomial's change above E0.
 
-    The model's grids leave only ~3 eV below the onset: a line fitted there, extrapolated 45 eV,
-    tilts the spectrum far more than the matrix background it would remove (r 0.97 against 0.999
-    for the level on the sim beamline), hence the level for short pre-edges.
+    The windows are taken as Larch takes them: from the last point at or below the lower end to
+    the point nearest the upper end, that one excluded; ``pre1`` is raised to the first point,
+    ``norm2`` lowered to the last, ``norm1`` kept 2 eV below ``norm2``; edge quantities are read
+    at the point nearest E0.  With the same arguments (:meth:`Normalization.larch_kwargs`) the
+    result is Larch's to rounding.
+
+    Defaults, for O/N K-edge NEXAFS on the model's ~50 eV window (E0 - 4 to E0 + 45 eV):
+    E0 the edge's onset; ``pre1`` and ``norm2`` all the data on either side (:data:`PRE1`,
+    :data:`NORM2`, through Larch's clamps); ``pre2=-1`` (:data:`PRE2`), ``norm1=15``
+    (:data:`NORM1`), ``nnorm=0`` (:data:`NNORM`), ``nvict=0`` and ``npre=1`` (Larch's),
+    ``line_span=8`` (:data:`LINE_SPAN`).  ``None`` for ``pre1``, ``pre2``, ``norm1``, ``norm2``
+    or ``nnorm`` takes Larch's rule for it.
 
     Parameters
     ----------
     energy, mu : array_like
         Points in any order; non-finite ones are dropped.
-    edge : str
-        ``"O"`` or ``"N"``: E0 defaults to its onset on FEFF10's axis (:data:`ONSET_EV`).
+    edge : str, optional
+        ``"O"`` or ``"N"``: E0 defaults to its onset on FEFF10's axis.
     e0 : float, optional
-        Edge energy (eV), instead of the onset of ``edge``.
-    pre1, pre2 : float
-        Pre-edge window relative to E0 (eV); ``pre2`` excluded.
-    norm1, norm2 : float
-        Post-edge window relative to E0 (eV); ``norm1`` excluded.
+        Edge energy (eV); must lie inside the data (Larch would search one instead).
+    step : float, optional
+        A fixed edge step instead of the fitted one.
+    pre1, pre2 : float, optional
+        Pre-edge window relative to E0 (eV).
+    norm1, norm2 : float, optional
+        Post-edge window relative to E0 (eV).
+    nnorm : int, optional
+        Degree of the post-edge polynomial (0-5).
+    nvict : int
+        Energy exponent of the pre-edge fit (Victoreen): the line is fitted to mu * E**nvict.
+    npre : int
+        1: a pre-edge line; 0: a level.
     line_span : float
-        A pre-edge window narrower than this (eV) gets a level instead of a line.
+        A pre-edge window narrower than this (eV) gets a level; 0 for Larch's rule alone.
 
     Returns
     -------
@@ -342,32 +565,111 @@ def normalize(
     Raises
     ------
     NormalizationError
-        Fewer than 2 valid points in the pre-edge window or none in the post-edge window, or an
-        edge step that is not positive.
+        Fewer than 2 valid points in the pre-edge window or none in the post-edge window, E0
+        outside the data, or an edge step that is not positive.
     """
-    energy = np.asarray(energy, dtype=float)
-    mu = np.asarray(mu, dtype=float)
-    keep: NDArray[np.bool_] = np.isfinite(energy) & np.isfinite(mu)  # typed: keeps energy an array
-    energy, mu = energy[keep], mu[keep]
-    order = np.argsort(energy)
-    energy, mu = energy[order], mu[order]
-    e0 = ONSET_EV[edge] if e0 is None else float(e0)
-    pre_mask = (energy >= e0 + pre1) & (energy < e0 + pre2)
-    post_mask = (energy > e0 + norm1) & (energy <= e0 + norm2)
-    if pre_mask.sum() < 2 or post_mask.sum() < 1:
+    energy, mu = _clean(energy, mu)
+    if energy.size < 4:
+        raise NormalizationError(f"need >= 4 valid points to normalise, have {energy.size}")
+    if e0 is None:
+        e0 = ONSET_EV[edge] if edge is not None else find_e0(energy, mu)
+    e0 = float(e0)
+    if not energy[1] <= e0 <= energy[-2]:
         raise NormalizationError(
-            f"need >= 2 valid points {_window(e0, pre1, pre2)} and >= 1 "
-            f"{_window(e0, norm1, norm2)} (have {pre_mask.sum()} and {post_mask.sum()})"
+            f"E0 {e0:.2f} eV lies outside the data ({energy[0]:.2f}-{energy[-1]:.2f} eV)"
         )
-    if np.ptp(energy[pre_mask]) >= line_span:
-        slope, intercept = np.polyfit(energy[pre_mask], mu[pre_mask], 1)
-    else:  # too short a lever arm for a slope: a level
-        slope, intercept = 0.0, float(np.mean(mu[pre_mask]))
-    flat = mu - (slope * energy + intercept)
-    step = float(np.mean(flat[post_mask]))
-    if not np.isfinite(step) or step <= 0:
-        raise NormalizationError(f"no positive edge step (step = {step:.3g})")
-    return Normalization(energy, mu, flat / step, e0, step, float(slope), float(intercept))
+    n = energy.size
+    ie0 = _index_nearest(energy, e0)
+    last = float(energy[-1] - e0)
+
+    # the windows, as Larch's preedge() sets them; first what the data must hold (Larch would
+    # swap a window that lies beyond the data and fit the edge itself)
+    lo = -np.inf if pre1 is None else float(pre1)
+    open_end = norm2 is None or norm2 == np.inf  # for the message only
+    if pre1 is None:
+        grain = 5.0 if ie0 > 20 else 2.0  # the first point but one, rounded
+        pre1 = grain * round(float(energy[1] - e0) / grain)
+    pre1 = max(pre1, float(energy[0] - e0))
+    if pre2 is None:
+        pre2 = 0.5 * pre1
+    if norm2 is None:
+        norm2 = 5.0 * round(last / 5.0)
+    if norm2 < 0:
+        norm2 = last - norm2
+    norm2 = min(norm2, last)
+    if norm1 is None:
+        norm1 = min(25.0, 5.0 * round(norm2 / 15.0))
+    hi = np.inf if open_end else norm2
+    n_pre = int(np.count_nonzero((energy >= e0 + lo) & (energy < e0 + pre2)))
+    n_post = int(np.count_nonzero((energy > e0 + norm1) & (energy <= e0 + hi)))
+    if n_pre < 2 or n_post < 1:
+        raise NormalizationError(
+            f"need >= 2 valid points {_window(e0, lo, pre2)} and >= 1 "
+            f"{_window(e0, norm1, hi)} (have {n_pre} and {n_post})"
+        )
+    if pre1 > pre2:
+        pre1, pre2 = pre2, pre1
+    if _index_of(energy - e0, pre2) - _index_of(energy - e0, pre1) < 3:
+        npre, nvict = 0, 0
+    if norm1 > norm2:
+        norm1, norm2 = norm2, norm1
+    norm1 = min(norm1, norm2 - 2.0)
+    if nnorm is None:
+        nnorm = 2 if norm2 - norm1 >= 300 else 1 if norm2 - norm1 >= 30 else 0
+    nnorm = max(min(int(nnorm), 5), 0)
+
+    # pre-edge
+    p1, p2 = _index_of(energy, pre1 + e0), _index_nearest(energy, pre2 + e0)
+    if npre == 1 and line_span > 0 and np.ptp(energy[p1 : max(p2, p1 + 2)]) < line_span:
+        npre, nvict = 0, 0
+    if npre == 0:
+        p2 = p2 + 1 if p2 == p1 else p2
+        offset, slope = float(np.mean(mu[p1:p2])), 0.0
+        pre_edge = np.full(n, offset)
+    else:
+        p2 = min(n, p1 + 2) if p2 - p1 < 2 else p2
+        ex = energy[p1:p2]
+        line = Polynomial.fit(ex, mu[p1:p2] * ex**nvict, 1).convert()
+        offset, slope = (float(c) for c in np.pad(line.coef, (0, 2 - line.coef.size)))
+        pre_edge = (offset + slope * energy) * energy ** (-float(nvict))
+
+    # post-edge
+    p1, p2 = _index_of(energy, norm1 + e0), _index_nearest(energy, norm2 + e0)
+    p1 = min(p1, n - 3)
+    if p2 - p1 < 2:
+        p1, nnorm = p1 - 2, 0
+    elif p2 - p1 < 5:
+        nnorm = min(1, nnorm)
+    poly = Polynomial.fit(energy[p1:p2], (mu - pre_edge)[p1:p2], nnorm).convert()
+    post = poly(energy)
+    post_edge = pre_edge + post
+    edge_step = float(post_edge[ie0] - pre_edge[ie0]) if step is None else float(step)
+    if not np.isfinite(edge_step) or edge_step <= 0:
+        raise NormalizationError(f"no positive edge step (step = {edge_step:.3g})")
+    norm = (mu - pre_edge) / edge_step
+    residue = post / edge_step
+    flat = norm - residue + residue[ie0]
+    flat[:ie0] = norm[:ie0]
+    return Normalization(
+        energy=energy,
+        mu=mu,
+        norm=norm,
+        e0=e0,
+        edge_step=edge_step,
+        pre_slope=slope,
+        pre_offset=offset,
+        flat=flat,
+        pre_edge=pre_edge,
+        post_edge=post_edge,
+        pre1=float(pre1),
+        pre2=float(pre2),
+        norm1=float(norm1),
+        norm2=float(norm2),
+        npre=int(npre),
+        nvict=int(nvict),
+        nnorm=int(nnorm),
+        norm_coefs=tuple(float(c) for c in poly.coef),
+    )
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
