@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # The package asks for a torch range; this pin takes the CPU wheel (a GPU user: make TORCH=torch).
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.xas-bluesky-installed
+# the package's extras installed into .venv; CI adds larch (xraylarch, ~1.5 GB): make EXTRAS=...
+EXTRAS ?= simulate,test,docs
 DEMO_ARGS ?=
 
 .PHONY: demo test lint docs venv clean
@@ -16,7 +18,7 @@ $(STAMP): pyproject.toml setup.cfg
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip show torch >/dev/null 2>&1 || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[simulate,test,docs]"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 demo: $(STAMP)
