@@ -68,6 +68,10 @@ class XASStart(TypedDict, total=False):
     candidates: str | None
     #: mono calibration: true photon energy = readback + energy_offset (eV)
     energy_offset: float
+    #: XDI 1.0 metadata by namespace, ``{"Element": {"symbol", "edge"}, "Mono": {"name"[,
+    #: "d_spacing"]}, "Detector": {"I0", <mode>}, "Sample": {"name"}}``: nested, not dotted
+    #: (tiled reads a dot as a path), written into ``xas-bluesky export``'s files
+    xdi: dict[str, dict[str, str]]
 
 
 #: every key of :class:`XASStart`, in order

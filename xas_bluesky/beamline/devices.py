@@ -50,6 +50,10 @@ class Mono(PVPositionerPC):
     #: seconds a move may take beyond its nominal time before it fails (a dead IOC never calls
     #: back: without a timeout the RunEngine would wait forever)
     timeout_margin = 10.0
+    #: XDI's ``Mono.name`` (a beamline's subclass names its grating or crystal, e.g. "Si(111)")
+    xdi_name = "grating monochromator"
+    #: XDI's ``Mono.d_spacing`` in Angstrom, for a crystal monochromator; None for a grating
+    d_spacing: float | None = None
 
     def __init__(self, prefix: str = "", *, name: str, **kwargs):
         super().__init__(prefix, name=name, **kwargs)
@@ -87,6 +91,13 @@ class XASDetector(Device):
 
     #: seconds an acquisition may take beyond its count time before it fails
     timeout_margin = 10.0
+    #: what each channel measures, for XDI's ``Detector.*`` (a beamline's subclass says its own)
+    descriptions = {
+        "i0": "gold-mesh drain current",
+        "tey": "total electron yield, sample drain current",
+        "pfy": "partial fluorescence yield",
+        "it": "transmitted flux",
+    }
 
     def __init__(self, prefix: str = "", *, name: str, **kwargs):
         super().__init__(prefix, name=name, **kwargs)

@@ -12,6 +12,11 @@ The start document carries what the live analysis needs
     sample_name     the slot / sample measured
     candidates      the candidate set (a path or a label), or None
     energy_offset   mono calibration: true photon energy = readback + energy_offset (eV)
+    xdi             XDI metadata by namespace: {"Element": {"symbol", "edge"}, "Mono": {"name"},
+                    "Detector": {"I0", "TEY" | "IF" | "IT"}, "Sample": {"name"}}
+
+and ``data_session`` (NSLS-II's proposal session, e.g. ``"pass-123456"``) when given to the plan;
+otherwise the RunEngine's ``RE.md["data_session"]`` reaches the start document as usual.
 
 mu is ``signal / i0`` (TEY, PFY) or ``ln(i0 / signal)`` (TRANS); see
 :func:`xas_bluesky.science.spectra.mu_from_channels`.
@@ -25,12 +30,42 @@ from collections.abc import Sequence
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 
-from xas_bluesky.beamline.devices import mode_fields
+from xas_bluesky.beamline.devices import SIGNAL_CHANNELS, mode_fields
 from xas_bluesky.beamline.plans.regions import Region, default_regions, grid_region, region_points
 from xas_bluesky.contracts import XASStart
 from xas_bluesky.science.grids import ONSET_EV
 
-__all__ = ["xas_metadata", "measure_point", "xanes_scan", "grid_xanes_scan"]
+__all__ = ["XDI_DETECTOR_TAGS", "xas_metadata", "measure_point", "xanes_scan", "grid_xanes_scan"]
+
+#: measurement mode -> XDI's ``Detector`` tag of its signal channel (I0 is ``Detector.I0``)
+XDI_DETECTOR_TAGS = {"TEY": "TEY", "PFY": "IF", "TRANS": "IT"}
+
+
+def _xdi(mono, det, *, edge: str, mode: str, sample_name: str | None) -> dict:
+    """XDI metadata by namespace (element, edge, mono, detector channels, sample)."""
+    fields = mode_fields(mono, det, mode)
+    descriptions = getattr(det, "descriptions", {})
+    channel = SIGNAL_CHANNELS[mode.upper()]
+
+    def detector(key: str, field: str) -> str:
+        what = descriptions.get(key)
+        return f"{what} ({field})" if what else field
+
+    mono_md = {"name": str(getattr(mono, "xdi_name", None) or mono.name)}
+    d_spacing = getattr(mono, "d_spacing", None)
+    if isinstance(d_spacing, int | float) and math.isfinite(d_spacing) and d_spacing > 0:
+        mono_md["d_spacing"] = f"{float(d_spacing):.6f}"
+    out = {
+        "Element": {"symbol": edge, "edge": "K"},
+        "Mono": mono_md,
+        "Detector": {
+            "I0": detector("i0", fields["i0"]),
+            XDI_DETECTOR_TAGS[mode.upper()]: detector(channel, fields["signal"]),
+        },
+    }
+    if sample_name is not None:
+        out["Sample"] = {"name": str(sample_name)}
+    return out
 
 
 def xas_metadata(
@@ -57,6 +92,7 @@ def xas_metadata(
         sample_name=sample_name,
         candidates=None if candidates is None else str(candidates),
         energy_offset=float(energy_offset),
+        xdi=_xdi(mono, det, edge=edge, mode=mode, sample_name=sample_name),
     )
 
 
@@ -93,6 +129,7 @@ def xanes_scan(
     readables: Sequence = (),
     md: dict | None = None,
     collect: list | None = None,
+    data_session: str | None = None,
 ):
     """Step scan over region grids: at each energy move the mono, count, read.
 
@@ -122,6 +159,9 @@ def xanes_scan(
     collect
         If given, every event's reading is appended to it (plans that post-process, e.g.
         calibration).
+    data_session
+        The proposal session (NSLS-II: ``"pass-123456"``) recorded as ``data_session``; default:
+        the RunEngine's ``RE.md["data_session"]``, if any.
     """
     regions = list(regions) if regions is not None else default_regions(edge)
     energies, dwells = region_points(regions)
@@ -156,6 +196,8 @@ def xanes_scan(
             regions=regions,
         ),
     }
+    if data_session is not None:
+        _md["data_session"] = str(data_session)
     _md.update(md or {})
 
     @bpp.stage_decorator([mono, det])
