@@ -11,6 +11,13 @@ Layout (under the client's root container)::
         <raw run uid>                     table: name, smiles, probability (best first)
             metadata: kind="xas_match", run_uid, analysis_run_uid, edge, model_version, best_name,
                       best_probability, entropy, offset_ev, n_points, sample_name, measured ...
+    <run uid>                             a raw run, written by bluesky-tiled-plugins' TiledWriter:
+        metadata: start, stop             the documents
+        primary                           the event stream (read() gives an xarray Dataset)
+
+A run is named by its uid, a unique prefix of it or its scan id (:func:`resolve_run`); only XAS
+runs (``xas_fields`` in the start document) are looked among, so the analysis runs, which share the
+root, never make a prefix ambiguous.
 
 A batch is written with two requests however many candidates it holds (one write per candidate
 would cost ~70 ms each).  Queries use ``tiled.queries`` (``Key``, ``In``, and ``Contains`` on the
@@ -23,11 +30,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Sequence
 
 import numpy as np
 
-from xas_bluesky.contracts import RANKING_KEYS, TILED_KEYS, MatchSummary, ranking
+from xas_bluesky.contracts import RANKING_KEYS, TILED_KEYS, MatchSummary, is_xas_start, ranking
 from xas_bluesky.science.candidates import CandidateSet, model_calibration, structure_key
 
 __all__ = [
@@ -41,6 +49,10 @@ __all__ = [
     "query_predictions",
     "store_match",
     "get_match",
+    "RunNotFound",
+    "AmbiguousRun",
+    "resolve_run",
+    "read_run",
 ]
 
 logger = logging.getLogger(__name__)
@@ -411,3 +423,93 @@ def _jsonable(obj):
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj
+
+
+class RunNotFound(KeyError):
+    """No XAS run in tiled by that uid, uid prefix or scan id."""
+
+    def __str__(self) -> str:  # KeyError's would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class AmbiguousRun(ValueError):
+    """A uid prefix that more than one XAS run starts with."""
+
+
+#: runs an ambiguous prefix's error names (newest first)
+AMBIGUOUS_SHOWN = 5
+_UID_PREFIX = re.compile(r"[0-9a-f-]+")
+
+
+def _xas_runs(client):
+    from tiled.queries import KeyPresent
+
+    return client.search(KeyPresent("start.xas_fields"))
+
+
+def _describe(uid: str, node) -> str:
+    scan_id = (node.metadata.get("start") or {}).get("scan_id")
+    return uid if scan_id is None else f"{uid} (scan {scan_id})"
+
+
+def resolve_run(client, run: str | int) -> str:
+    """The uid of the XAS run that ``run`` names: its uid, a unique prefix of it, or a scan id
+    (the latest run with it, by start time).
+
+    Digits alone are a scan id first; if no XAS run has it they are read as a uid prefix.
+
+    Raises
+    ------
+    RunNotFound
+        No XAS run matches.
+    AmbiguousRun
+        More than one XAS run starts with the prefix; the message names them (the newest
+        :data:`AMBIGUOUS_SHOWN`) in one line.
+    """
+    from tiled.queries import Key, Like
+
+    spec = str(run).strip().lower()
+    if not spec:
+        raise RunNotFound("no run given")
+    runs = _xas_runs(client)
+    if spec.isdigit():
+        newest = runs.search(Key("start.scan_id") == int(spec)).sort(("start.time", -1))
+        for uid, node in newest.items():
+            if is_xas_start(node.metadata.get("start") or {}):
+                return str(uid)
+    if not _UID_PREFIX.fullmatch(spec):  # never a LIKE wildcard (% or _) into the query
+        raise RunNotFound(f"no XAS run {run!r}: not a uid, a uid prefix or a scan id")
+    hits = runs.search(Like("start.uid", spec + "%")).sort(("start.time", -1))
+    n = len(hits)
+    if n == 0:
+        raise RunNotFound(f"no XAS run {run!r} in tiled (by uid, uid prefix or scan id)")
+    if n > 1:
+        shown = [_describe(str(uid), node) for uid, node in hits.items()[:AMBIGUOUS_SHOWN]]
+        more = f" and {n - len(shown)} more" if n > len(shown) else ""
+        raise AmbiguousRun(
+            f"run {run!r} is ambiguous: {n} XAS runs start with it: {', '.join(shown)}{more}"
+        )
+    return str(hits.keys()[0])
+
+
+def read_run(client, uid: str) -> tuple[dict, dict | None, dict[str, np.ndarray]]:
+    """A raw XAS run as TiledWriter stored it: its start and stop documents and the primary
+    stream's columns that ``xas_fields`` names (data key -> array, in event order).
+
+    Raises
+    ------
+    RunNotFound
+        No run ``uid``, or it is not an XAS run, or it has no primary stream.
+    """
+    if uid not in client:
+        raise RunNotFound(f"no run {uid!r} in tiled")
+    node = client[uid]
+    start = dict(node.metadata.get("start") or {})
+    stop = node.metadata.get("stop")
+    if not is_xas_start(start):
+        raise RunNotFound(f"run {uid!r} is not an XAS run (no xas_fields in its start document)")
+    if "primary" not in node:
+        raise RunNotFound(f"run {uid!r} has no primary stream (no events)")
+    keys = sorted(set(start["xas_fields"].values()))
+    ds = node["primary"].read(variables=keys)
+    return start, None if stop is None else dict(stop), {k: np.asarray(ds[k].values) for k in keys}
