@@ -249,3 +249,25 @@ def test_query_run_by_prefix_and_scan_id(runs, tiled_server):
     assert ambiguous.returncode == 1 and "ambiguous" in ambiguous.stderr
     nomatch = _cli(tiled_server, "query", "--run", "2")  # a run, but no match stored for it
     assert nomatch.returncode == 1 and uids[1] in nomatch.stderr
+
+
+def test_export_athena_without_larch(runs, tmp_path, monkeypatch):
+    """Without xraylarch the package's own writer makes the project (read back by Larch's
+    read_athena where xraylarch is installed, as in CI)."""
+    import importlib.util
+
+    from xas_bluesky.apps import export
+
+    client, uids, _ = runs
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "larch" else real(name, *a)
+    )
+    path = tmp_path / "own.prj"
+    summary = export.export_run(client, "1", athena=str(path))
+    assert summary["writer"] == "xas-bluesky" and summary["run_uid"] == uids[0]
+    data = from_run(*catalog.read_run(client, uids[0]))
+    larch_io = pytest.importorskip("larch.io", reason="xraylarch is not installed (extra larch)")
+    (group,) = larch_io.read_athena(str(path)).groups.values()
+    np.testing.assert_allclose(group.mu, data.mu, rtol=1e-12)
+    assert group.label == "s_O scan 1"
