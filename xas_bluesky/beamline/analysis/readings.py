@@ -72,6 +72,13 @@ class ReadingChecks:
     max_severity: int | None = 1
     max_abs_mu: float | None = 1e12
     history: int = 64
+    #: whether a descriptor's control limits bound its channel
+    descriptor_limits: bool = True
+
+    @classmethod
+    def none(cls) -> ReadingChecks:
+        """Every check off: only what no formula can use is refused (to measure a fault)."""
+        return cls(None, None, None, None, None, descriptor_limits=False)
 
 
 def channel_range(data_key: Mapping[str, Any]) -> tuple[float | None, float | None]:
@@ -124,6 +131,8 @@ class RunReadings:
 
     def describe(self, data_keys: Mapping[str, Mapping[str, Any]]) -> None:
         """Take the channels' limits from a descriptor's data keys."""
+        if not self.checks.descriptor_limits:
+            return
         for role in ("i0", "signal"):
             key = self.fields[role]
             if key in data_keys:
