@@ -61,7 +61,7 @@ class ReadingChecks:
     max_severity
         Highest EPICS alarm severity still scored: 1 (MINOR) flags MAJOR (2) and INVALID (3).
     max_abs_mu
-        |mu| or its noise above it is absurd (a ratio of two channels never is).
+        mu or its noise above it in magnitude is absurd (a ratio of two channels never is).
     history
         I0 readings the running median is taken over.
     """
