@@ -271,6 +271,32 @@ def test_repeated_seq_num_is_counted_once(cands):
     assert final.gaps == 0
 
 
+def test_a_repeat_of_a_flagged_point_is_scored(cands):
+    """Point 10 measured while the beam was down (I0 at dark counts: flagged); the resumed plan
+    measures it again under the same seq_num with the beam back: that reading is scored, once."""
+    i0 = np.full(20, 1e6)
+    i0[9] = 50.0
+    uid, docs = _run(E33[:20], cands, i0=i0)
+    events = [d for n, d in docs if n == "event"]
+    again = dict(events[9], uid="again", data={**events[9]["data"], "det_i0": 1e6})
+    again["data"]["det_tey"] = events[8]["data"]["det_tey"]  # a plausible reading
+    docs.insert(2 + 11, ("event", again))
+    docs.insert(2 + 12, ("event", dict(again, uid="third")))  # and a plain repeat of it
+    sink = MemorySink()
+    _feed(AnalysisEngine([sink], candidates=cands), docs)
+    final = sink.finals[uid]
+    assert final.n_events == 20 and final.n_points == 20
+    assert final.n_flagged == 0 and final.n_duplicates == 2
+
+
+def test_a_run_with_no_followed_stream_has_no_gaps(cands):
+    """XAS metadata but the stream lacks the data keys: nothing followed, nothing missing."""
+    uid, docs = _run(E33[:5], cands, fields={"energy": "nope"})
+    sink = MemorySink()
+    _feed(AnalysisEngine([sink], candidates=cands), docs)
+    assert sink.finals[uid].gaps == 0 and sink.finals[uid].n_events == 0
+
+
 def test_missing_events_are_gaps_with_a_warning(cands):
     """seq_nums 6 and 7 never arrive and the stop document counts 22 events of which 20 came:
     gaps = 4 (two in the middle, two at the end), status Warning."""

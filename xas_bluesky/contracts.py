@@ -136,7 +136,8 @@ class MatchSummary:
     #: points never scored because of their reading (alarm, over range, negative counts, I0 or
     #: ring current down, mu not finite; see ``docs/faults.rst``)
     n_flagged: int = 0
-    #: events that repeated a ``seq_num`` already handled (counted, not scored again)
+    #: events that repeated a ``seq_num`` already handled (counted once in ``n_events``;
+    #: scored only when the first reading was flagged and this one is good)
     n_duplicates: int = 0
     #: ``seq_num`` s of the primary stream never received (missing events)
     gaps: int = 0

@@ -52,6 +52,8 @@ MAX_RUNS = 64
 MAX_EVENT_TIMES = 10_000
 #: engine-level error messages kept (the newest; ``errors.dropped`` counts the rest)
 MAX_ERRORS = 200
+#: seq_nums of flagged points a run remembers (a repeat of one is scored if good)
+MAX_FLAGGED_SEQS = 10_000
 
 
 class _Bounded(OrderedDict):
@@ -264,14 +266,24 @@ class AnalysisEngine(DocumentRouter):
         seq_nums = list(doc.get("seq_num", []))
         n = len(data[f["energy"]])
         gaps_before = run.seqs.missing
-        # a repeated seq_num (a resumed plan re-sends the rewound point) is counted, not scored
-        new = [j for j in range(n) if j >= len(seq_nums) or run.seqs.add(seq_nums[j])]
-        run.n_duplicates += n - len(new)
-        if n - len(new):
+        # a repeated seq_num (a resumed plan re-sends the rewound point) is counted once and
+        # not scored again -- unless the first reading was flagged: then this one may be scored
+        new: list[int] = []
+        again: set[int] = set()
+        repeats: list[int] = []
+        for j in range(n):
+            if j >= len(seq_nums) or run.seqs.add(seq_nums[j]):
+                new.append(j)
+            elif seq_nums[j] in run.flagged_seqs:
+                new.append(j)
+                again.add(j)
+            else:
+                repeats.append(j)
+        run.n_duplicates += len(repeats) + len(again)
+        if repeats:
             run.problems.append(
-                f"{n - len(new)} repeated event(s) (seq_num "
-                f"{', '.join(str(seq_nums[j]) for j in range(n) if j not in new)[:60]}) "
-                "counted once"
+                f"{len(repeats)} repeated event(s) (seq_num "
+                f"{', '.join(str(seq_nums[j]) for j in repeats)[:60]}) counted once"
             )
         if not new:
             return doc
@@ -280,7 +292,12 @@ class AnalysisEngine(DocumentRouter):
             key = f.get(role)
             if not key or key not in data:
                 return None
-            return np.asarray(data[key], dtype=float)[new]
+            try:
+                return np.asarray(data[key], dtype=float)[new]
+            except (TypeError, ValueError):  # an optional column we cannot read: not checked
+                if role in REQUIRED_FIELDS:
+                    raise
+                return None
 
         energy = np.asarray(data[f["energy"]], dtype=float)[new] + run.energy_offset
         i0, sig = column("i0"), column("signal")
@@ -295,14 +312,18 @@ class AnalysisEngine(DocumentRouter):
         readings = run.readings
         i0_ref = readings.i0_reference(i0.tolist()) if readings is not None else None
         for k, j in enumerate(new):
-            run.n_events += 1
-            point = seq_nums[j] if j < len(seq_nums) else run.n_events
+            repeat = j in again
+            if not repeat:
+                run.n_events += 1
+                if j < len(times):
+                    ev_times = self.event_times.setdefault(run.uid, {})
+                    ev_times[run.n_events] = float(times[j])
+                    if len(ev_times) > MAX_EVENT_TIMES:
+                        del ev_times[next(iter(ev_times))]
             if j < len(times):
-                ev_times = self.event_times.setdefault(run.uid, {})
-                ev_times[run.n_events] = float(times[j])
-                if len(ev_times) > MAX_EVENT_TIMES:
-                    del ev_times[next(iter(ev_times))]
                 run.last_event_time = float(times[j])
+            seq = seq_nums[j] if j < len(seq_nums) else None
+            point = run.n_events if seq is None else seq
             why = ""
             if not ok[k]:
                 why = problems[k] or "bad reading"
@@ -319,9 +340,18 @@ class AnalysisEngine(DocumentRouter):
                 if not why:
                     i0_ref = readings.i0_reference([])
             if why:
+                if repeat:
+                    run.problems.append(f"point {point} measured again, still flagged: {why}")
+                    continue
                 run.n_bad += 1
                 run.problems.append(f"point {point} flagged: {why}")
+                if seq is not None and len(run.flagged_seqs) < MAX_FLAGGED_SEQS:
+                    run.flagged_seqs.add(seq)
                 continue
+            if repeat:  # its first reading was flagged: this one replaces it
+                run.n_bad -= 1
+                run.flagged_seqs.discard(seq)
+                run.problems.append(f"point {point} measured again and scored")
             run.pending.append((float(energy[k]), float(mu[k]), float(sigma[k])))
             run.last_energy = float(energy[k])
         if run.seqs.missing > gaps_before:
@@ -336,7 +366,7 @@ class AnalysisEngine(DocumentRouter):
         if run is None:
             return doc
         expected = (doc.get("num_events") or {}).get("primary")
-        if isinstance(expected, int) and expected > run.seqs.max_seen:
+        if run.descriptors and isinstance(expected, int) and expected > run.seqs.max_seen:
             run.missing_tail = expected - run.seqs.max_seen
             run.problems.append(
                 f"{run.missing_tail} event(s) at the end of the run never received "

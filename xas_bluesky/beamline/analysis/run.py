@@ -105,6 +105,8 @@ class RunState:
     n_scored: int = 0  # ... of which the comparator has seen the good ones
     n_bad: int = 0  # flagged: never scored because of the reading
     n_duplicates: int = 0  # events that repeated a seq_num (not scored again)
+    #: seq_nums of flagged points: a repeat of one is a new chance, scored if its reading is good
+    flagged_seqs: set[int] = field(default_factory=set)
     #: seq_nums of the followed stream (one tracker: the RunEngine numbers per stream)
     seqs: SeqTracker = field(default_factory=SeqTracker)
     #: events the stop document counts beyond the highest seq_num received
