@@ -12,12 +12,13 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from caproto import ChannelType
+from caproto import AlarmSeverity, AlarmStatus, ChannelType
 from caproto.server import PVGroup, pvproperty
 
 from sim_iocs.physics import (
     DEFAULT_COUNT_TIME,
     ENERGY_LIMITS,
+    FULL_SCALE,
     Beam,
     Clock,
     Sample,
@@ -25,7 +26,15 @@ from sim_iocs.physics import (
     parse_slot_spec,
 )
 
-__all__ = ["SimState", "MonoGroup", "DetectorGroup", "SampleChangerGroup", "RingGroup"]
+__all__ = [
+    "SimState",
+    "MonoGroup",
+    "DetectorGroup",
+    "SampleChangerGroup",
+    "RingGroup",
+    "GLITCHES",
+    "parse_glitches",
+]
 
 _WAVEFORM_CHARS = 4096
 
@@ -162,14 +171,90 @@ class MonoGroup(PVGroup):
 
 
 class RingGroup(PVGroup):
-    """Storage-ring current (top-up with decay), refreshed twice a (real) second."""
+    """Storage-ring current (top-up with decay), refreshed twice a (real) second.
+
+    A put of N to ``Sim:Dump-SP`` dumps the beam for N simulated seconds: the current reads 0 at
+    once (a suspender on it trips), the photon flux -- so I0 and every signal -- follows, and the
+    ring is refilled to full after."""
 
     current = pvproperty(name="Current-I", value=400.0, read_only=True, precision=3, units="mA")
+    dump = pvproperty(
+        name="Sim:Dump-SP",
+        value=0.0,
+        lower_ctrl_limit=0.0,
+        upper_ctrl_limit=1e6,
+        units="s",
+        doc="simulation: dump the beam for this many simulated seconds",
+    )
 
     @current.scan(period=0.5)
     async def current(self, instance, async_lib):
         state = _state(self)
         await instance.write(state.beam.ring.current(state.clock.now()))
+
+    @dump.putter
+    async def dump(self, instance, value):
+        state = _state(self)
+        now = state.clock.now()
+        state.beam.ring.dump(now, float(value))
+        await self.current.write(state.beam.ring.current(now))
+        # the refill shows at once too, not up to a scan period late
+        self._refill = asyncio.create_task(self._refilled(state.clock.real(float(value))))
+        return value
+
+    async def _refilled(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        state = _state(self)
+        await self.current.write(state.beam.ring.current(state.clock.now()))
+
+
+#: glitches ``Det:Sim:Glitch-SP`` may put on the next count of a channel: value and alarm
+GLITCHES = ("saturate", "negative", "tiny", "major", "invalid")
+_CHANNELS = ("i0", "tey", "pfy", "it")
+
+
+def parse_glitches(text: str) -> dict[str, str]:
+    """``"tey:saturate,i0:tiny"`` -> ``{"tey": "saturate", "i0": "tiny"}`` (ValueError if bad)."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        channel, _, kind = part.partition(":")
+        if channel not in _CHANNELS or kind not in GLITCHES:
+            raise ValueError(
+                f"glitch {part!r}: expected CHANNEL:KIND, CHANNEL one of {', '.join(_CHANNELS)}, "
+                f"KIND one of {', '.join(GLITCHES)}"
+            )
+        out[channel] = kind
+    return out
+
+
+def _reading(counts: float, glitch: str | None) -> tuple[float, dict]:
+    """The value and alarm a counter shows for ``counts`` (full scale and its MAJOR alarm, or a
+    requested glitch)."""
+    ok = {"status": AlarmStatus.NO_ALARM, "severity": AlarmSeverity.NO_ALARM}
+    if glitch == "saturate" or counts >= FULL_SCALE:
+        return FULL_SCALE, {"status": AlarmStatus.HIHI, "severity": AlarmSeverity.MAJOR_ALARM}
+    if glitch == "negative":
+        return -max(abs(counts), 1.0), ok
+    if glitch == "tiny":
+        return 1e-320, ok
+    if glitch == "major":
+        return counts, {"status": AlarmStatus.HIGH, "severity": AlarmSeverity.MAJOR_ALARM}
+    if glitch == "invalid":
+        return counts, {"status": AlarmStatus.READ, "severity": AlarmSeverity.INVALID_ALARM}
+    return counts, ok
+
+
+def _counter(name: str, doc: str) -> pvproperty:
+    return pvproperty(
+        name=name,
+        value=0.0,
+        read_only=True,
+        units="cts",
+        lower_ctrl_limit=0.0,
+        upper_ctrl_limit=FULL_SCALE,
+        alarm_group=name,  # each counter its own alarm (a group's PVs share one by default)
+        doc=doc,
+    )
 
 
 class DetectorGroup(PVGroup):
@@ -177,6 +262,9 @@ class DetectorGroup(PVGroup):
 
     A put of 1 to ``Acquire-Cmd`` counts for ``CountTime-SP`` simulated seconds and completes
     (put-callback) once every channel holds the new counts; ``Count-I`` then has been incremented.
+    The counters are 24-bit scalers (control limits 0 and 2^24 - 1): a count beyond full scale
+    reads 2^24 - 1 in MAJOR alarm (HIHI).  ``Sim:Glitch-SP`` (``CHANNEL:KIND[,...]``, KIND one of
+    :data:`GLITCHES`) spoils the next count of a channel on purpose, then clears itself.
     """
 
     acquire = pvproperty(name="Acquire-Cmd", value=0, doc="put 1 to count (put-completion)")
@@ -192,11 +280,22 @@ class DetectorGroup(PVGroup):
     dark_rate = pvproperty(
         name="DarkRate-SP", value=50.0, lower_ctrl_limit=0.0, upper_ctrl_limit=1e9, units="cts/s"
     )
-    i0 = pvproperty(name="I0-I", value=0.0, read_only=True, units="cts", doc="gold mesh")
-    tey = pvproperty(name="TEY-I", value=0.0, read_only=True, units="cts", doc="electron yield")
-    pfy = pvproperty(name="PFY-I", value=0.0, read_only=True, units="cts", doc="partial fluor.")
-    it = pvproperty(name="It-I", value=0.0, read_only=True, units="cts", doc="transmitted")
+    i0 = _counter("I0-I", "gold mesh")
+    tey = _counter("TEY-I", "electron yield")
+    pfy = _counter("PFY-I", "partial fluorescence")
+    it = _counter("It-I", "transmitted")
     count = pvproperty(name="Count-I", value=0, read_only=True, doc="acquisitions so far")
+    glitch = pvproperty(
+        name="Sim:Glitch-SP",
+        value="",
+        dtype=ChannelType.STRING,
+        doc="simulation: spoil the next count, e.g. 'tey:saturate,i0:tiny'",
+    )
+
+    @glitch.putter
+    async def glitch(self, instance, value):
+        parse_glitches(value)  # refuse a bad spec with its reason
+        return value
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -216,10 +315,12 @@ class DetectorGroup(PVGroup):
             counts = state.beam.measure(
                 sample, energy, ring_ma, t, state.rng, dark_rate=float(self.dark_rate.value)
             )
-            await self.i0.write(counts["i0"])
-            await self.tey.write(counts["tey"])
-            await self.pfy.write(counts["pfy"])
-            await self.it.write(counts["it"])
+            glitches = parse_glitches(self.glitch.value)
+            if glitches:
+                await self.glitch.write("")
+            for key in _CHANNELS:
+                value, alarm = _reading(counts[key], glitches.get(key))
+                await getattr(self, key).write(value, verify_value=False, **alarm)
             await self.count.write(self.count.value + 1)
             await self.acquiring.write(0)
         return 0

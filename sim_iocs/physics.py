@@ -45,12 +45,15 @@ __all__ = [
     "Beam",
     "DEFAULT_COUNT_TIME",
     "ENERGY_LIMITS",
+    "FULL_SCALE",
 ]
 
 #: count time (simulation seconds) at which the noise is ~1% of the edge step per point
 DEFAULT_COUNT_TIME = 1.0
 #: the mono's travel range in eV (a soft X-ray grating monochromator)
 ENERGY_LIMITS = (250.0, 1500.0)
+#: full scale of the 24-bit scalers: a count beyond it reads as this, in MAJOR alarm
+FULL_SCALE = float(2**24 - 1)
 
 
 @dataclass(frozen=True)
@@ -201,13 +204,21 @@ class Clock:
 @dataclass
 class Ring:
     """Storage-ring current in top-up: decays with ``lifetime`` and is refilled every
-    ``period`` seconds (NSLS-II: 400 mA, ~1 min)."""
+    ``period`` seconds (NSLS-II: 400 mA, ~1 min).  :meth:`dump` loses the beam for a while."""
 
     current_ma: float = 400.0
     lifetime_s: float = 8 * 3600.0
     period_s: float = 60.0
+    #: simulated seconds during which the beam is dumped: [start, end)
+    dumped: tuple[float, float] = (0.0, 0.0)
+
+    def dump(self, t: float, duration: float) -> None:
+        """Lose the beam at ``t`` for ``duration`` simulated seconds; refilled to full after."""
+        self.dumped = (float(t), float(t) + max(0.0, float(duration)))
 
     def current(self, t: float) -> float:
+        if self.dumped[0] <= t < self.dumped[1]:
+            return 0.0
         return self.current_ma * math.exp(-(t % self.period_s) / self.lifetime_s)
 
 

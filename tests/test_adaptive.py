@@ -53,6 +53,8 @@ def test_adaptive_scan_follows_the_score_pvs(setup):
     devs = setup["devs"]
     RE = RunEngine({}, context_managers=[])
     docs = _collect(RE)
+    # predicted before the scan waits on it (a cold model takes ~30 s on a loaded 2-core box)
+    shared_cache().from_file(setup["cands"], "O")
     prefix = unique_prefix("AD")
     analysis = subscribe_live_analysis(
         RE, score_prefix=prefix, port=next_ca_port(), candidates=str(setup["cands"]),
@@ -118,3 +120,98 @@ def test_adaptive_scan_stops_when_no_analysis_answers(setup):
     n_events = sum(1 for n, _ in docs if n == "event")
     assert n_events == coarse_energies("O").size  # no blind points after the coarse pass
     assert RE.state == "idle"
+
+
+def _landed_measure_point(mono, det, energy, readables):
+    """measure_point as landed: a checkpoint before the point, none after it."""
+    import bluesky.plan_stubs as bps
+
+    yield from bps.checkpoint()
+    yield from bps.mv(mono, energy)
+    return (yield from bps.trigger_and_read(list(readables)))
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["landed-plan", "fixed-plan"])
+def test_a_beam_dump_during_the_adaptive_scan(setup, monkeypatch, landed):
+    """The simulated ring dumps right after the first point the analysis chose, while the plan
+    waits for its score; the profile's kind of ring suspender trips, the scan waits for the
+    refill and resumes.  The landed plan resumed by measuring that point again (a second event
+    with the same seq_num: 21 points scored on a 20-point budget); the fixed plan measures every
+    energy once, and the analysis counts a repeat once in any case."""
+    import time
+    from collections import Counter
+
+    import epics
+    from bluesky import RunEngine
+    from bluesky.suspenders import SuspendFloor
+    from ophyd import EpicsSignalRO
+
+    from xas_bluesky.beamline.analysis import subscribe_live_analysis
+    from xas_bluesky.beamline.epics.devices import MatchScores
+    from xas_bluesky.beamline.plans import adaptive as adaptive_mod
+    from xas_bluesky.beamline.plans import adaptive_xanes_scan
+
+    if landed:
+        monkeypatch.setattr(adaptive_mod, "measure_point", _landed_measure_point)
+    devs = setup["devs"]
+    ring_pv = devs.ring_current.pvname
+    RE = RunEngine({}, context_managers=[])
+    docs = _collect(RE)
+    monitor = EpicsSignalRO(ring_pv, name="ring_monitor", auto_monitor=True)
+    monitor.wait_for_connection(timeout=10)
+    susp = SuspendFloor(monitor, 100.0, resume_thresh=300.0, sleep=0.2)
+    RE.install_suspender(susp)
+    n_coarse = coarse_energies("O").size
+    target = n_coarse + 1
+    tripped: list[bool] = []
+
+    def dump(name, doc):
+        if name == "event" and doc["seq_num"] == target and not tripped:
+            if doc["data"].get("mono_energy") is None:
+                return  # the adaptive stream's event
+            epics.caput(ring_pv.replace("Current-I", "Sim:Dump-SP"), 0.6 * 200.0, wait=True)
+            deadline = time.monotonic() + 5
+            while not susp.tripped and time.monotonic() < deadline:
+                time.sleep(0.005)
+            tripped.append(susp.tripped)
+
+    RE.subscribe(dump)
+    shared_cache().from_file(setup["cands"], "O")  # predicted before the scan waits on it
+    prefix = unique_prefix("DUMP")
+    analysis_docs: list[tuple[str, dict]] = []
+    analysis = subscribe_live_analysis(
+        RE, score_prefix=prefix, port=next_ca_port(), candidates=str(setup["cands"]),
+        cache=shared_cache(), analysis_callbacks=[lambda n, d: analysis_docs.append((n, d))],
+    )  # fmt: skip
+    try:
+        scores = MatchScores(prefix, name="scores", wait_timeout=60)
+        scores.wait_for_connection(timeout=10)
+        (uid,) = RE(
+            adaptive_xanes_scan(devs.mono, devs.det, scores, edge="O", max_points=20,
+                                threshold=1.01, score_timeout=30.0, sample=setup["sample"],
+                                sample_changer=devs.sample_changer,
+                                ring_current=devs.ring_current),
+        )  # fmt: skip
+        assert analysis.wait_idle(60)
+    finally:
+        analysis.shutdown()
+        RE.remove_suspender(susp)
+    assert tripped == [True]
+    stop = next(d for n, d in docs if n == "stop")
+    assert stop["exit_status"] == "success" and stop["reason"].startswith("budget"), stop
+    streams = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+    primary = [d for n, d in docs if n == "event" and streams[d["descriptor"]] == "primary"]
+    seqs = Counter(e["seq_num"] for e in primary)
+    energies = Counter(round(e["data"]["mono_energy_setpoint"], 3) for e in primary)
+    last = [d["data"] for n, d in analysis_docs if n == "event"][-1]
+    result = analysis.results[uid]
+    if landed:  # the fault: the point before the dump measured twice, under one seq_num
+        assert len(primary) == 21 and seqs[target] == 2
+        assert sorted(energies.values())[-1] == 2
+        assert last["n_duplicates"] == 1  # ... and now counted once by the analysis
+    else:
+        assert len(primary) == 20 and set(seqs.values()) == {1}
+        assert set(energies.values()) == {1}, energies
+        assert last["n_duplicates"] == 0
+    assert sorted(seqs) == list(range(1, 21)) and last["gaps"] == 0
+    assert result.n_points == 20 and last["n_events"] == 20

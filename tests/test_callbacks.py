@@ -183,7 +183,7 @@ def test_bad_readings_refused_and_shown(RE_fresh, server, make_analysis, cands):
     assert cagets(p + "Match:RunUID-I") == uid
     assert cagets(p + "Match:Status-Sts") == "Warning"
     msg = cagets(p + "Match:Message-Name")
-    assert "refused" in msg and "det_" in msg
+    assert "flagged" in msg and "det_" in msg
     result = analysis.results[uid]
     assert_published(p, result, cands.names[TRUTH], top=5)
     assert result.n_points == len(ENERGIES) - len(bad)  # never scored

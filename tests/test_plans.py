@@ -76,6 +76,11 @@ def _events(docs):
     return [d for n, d in docs if n == "event"]
 
 
+def _primary(docs):
+    streams = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+    return [d for n, d in docs if n == "event" and streams[d["descriptor"]] == "primary"]
+
+
 def test_region_points():
     e, d = region_points(grid_region("O", 0.1))
     assert e.size == 491 and e[0] == 526.0 and e[-1] == 575.0
@@ -111,7 +116,13 @@ def test_xanes_scan_start_document_and_events(beamline, RE):
     (start,) = [d for n, d in RE.docs if n == "start"]
     assert set(START_KEYS) <= set(start)
     assert start["xas_element"] == "O" and start["xas_edge"] == "K" and start["xas_mode"] == "TEY"
-    assert start["xas_fields"] == {"energy": "mono_energy", "i0": "det_i0", "signal": "det_tey"}
+    assert start["xas_fields"] == {
+        "energy": "mono_energy",
+        "i0": "det_i0",
+        "signal": "det_tey",
+        "i0_alarm": "det_i0_severity",
+        "signal_alarm": "det_tey_severity",
+    }
     assert start["sample_name"] == "ref_O" and start["candidates"] == "candidates_O.xyz"
     assert start["energy_offset"] == pytest.approx(0.25)
     assert start["xas_regions"][1] == {"start": 529, "stop": 533, "step": 1.0, "dwell": 1.0}
@@ -197,6 +208,19 @@ def test_measurement_chain_full_grid(beamline, RE, edge):
     assert r >= 0.99, f"{edge}: r = {r:.4f}"
 
 
+def _once_each(events, expected):
+    """Every expected energy measured exactly once, in order: a list with counts, not a set
+    (a set hides a point measured twice), and no seq_num twice."""
+    from collections import Counter
+
+    energies = [round(e["data"]["mono_energy"], 1) for e in events]
+    counts = Counter(energies)
+    assert [e for e, n in counts.items() if n > 1] == [], counts
+    assert energies == [round(x, 1) for x in expected]
+    seqs = [e["seq_num"] for e in events]
+    assert seqs == list(range(1, len(expected) + 1))
+
+
 def test_pause_and_resume(beamline, RE):
     import threading
 
@@ -218,8 +242,7 @@ def test_pause_and_resume(beamline, RE):
     assert RE.state == "idle"
     (stop,) = [d for n, d in RE.docs if n == "stop"]
     assert stop["exit_status"] == "success"
-    energies = {round(e["data"]["mono_energy"], 1) for e in _events(RE.docs)}
-    assert energies == {round(x, 1) for x in np.arange(396, 400.01, 0.5)}
+    _once_each(_primary(RE.docs), np.arange(396, 400.01, 0.5))
 
 
 def test_suspender_holds_the_scan_while_the_beam_is_down(beamline, RE):
@@ -243,8 +266,51 @@ def test_suspender_holds_the_scan_while_the_beam_is_down(beamline, RE):
     RE(xanes_scan(b.mono, b.det, edge="N", regions=[Region(396, 399, 0.5, 0.1)]))
     (stop,) = [d for n, d in RE.docs if n == "stop"]
     assert suspended and stop["exit_status"] == "success"
-    energies = {round(e["data"]["mono_energy"], 1) for e in _events(RE.docs)}
-    assert energies == {round(x, 1) for x in np.arange(396, 399.01, 0.5)}
+    _once_each(_primary(RE.docs), np.arange(396, 399.01, 0.5))
+
+
+def test_ring_suspender_holds_the_scan_through_a_real_beam_dump(beamline, RE):
+    """The simulated ring dumps (Ring:Sim:Dump-SP) right after point 3; the profile's kind of
+    suspender (SuspendFloor on the monitored ring current) trips, the scan waits, resumes once
+    the ring is refilled, and every energy is measured once, with the beam."""
+    import time
+
+    import epics
+    from bluesky.suspenders import SuspendFloor
+    from ophyd import EpicsSignalRO
+
+    b = beamline
+    prefix = b.ring_current.pvname[: -len("Ring:Current-I")]
+    monitor = EpicsSignalRO(b.ring_current.pvname, name="ring_monitor", auto_monitor=True)
+    monitor.wait_for_connection(timeout=10)
+    susp = SuspendFloor(monitor, 100.0, resume_thresh=300.0, sleep=0.1)
+    RE.install_suspender(susp)
+    tripped = []
+
+    def dump_once(name, doc):
+        if name == "event" and doc["seq_num"] == 3 and not tripped:
+            epics.caput(prefix + "Ring:Sim:Dump-SP", 0.6 * CLOCK, wait=True)  # 0.6 s real
+            deadline = time.monotonic() + 5
+            while not susp.tripped and time.monotonic() < deadline:
+                time.sleep(0.005)
+            tripped.append(susp.tripped)
+
+    RE.subscribe(dump_once)
+    try:
+        RE(
+            xanes_scan(b.mono, b.det, edge="N", regions=[Region(396, 399, 0.5, 0.1)],
+                       ring_current=b.ring_current)
+        )  # fmt: skip
+    finally:
+        RE.remove_suspender(susp)
+    assert tripped == [True]
+    (stop,) = [d for n, d in RE.docs if n == "stop"]
+    assert stop["exit_status"] == "success"
+    events = _primary(RE.docs)
+    _once_each(events, np.arange(396, 399.01, 0.5))
+    assert all(e["data"]["ring_current"] > 300 for e in events)  # nothing measured in the dump
+    # the points after the dump came after the refill (0.6 s real)
+    assert events[3]["time"] - events[2]["time"] >= 0.5
 
 
 def test_dead_ioc_fails_the_run_not_the_runengine(ioc_factory, RE):

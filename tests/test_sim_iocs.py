@@ -141,6 +141,65 @@ def test_i0_follows_ring_current(sim):
     assert i0 == pytest.approx(2.0e6 * ring / 400.0 * (530.0 / 500.0) ** -0.5, rel=0.12)
 
 
+def test_counters_saturate_in_alarm_and_glitches_spoil_one_count(sim):
+    """24-bit scalers: control limits 0 and 2^24 - 1 (in the descriptor), a count beyond full
+    scale reads 2^24 - 1 in MAJOR alarm; Sim:Glitch-SP spoils the next count only and the
+    detector's *_severity data keys carry each reading's alarm."""
+    import epics
+
+    prefix, devs = sim
+    det = devs.det
+    assert det.describe()["det_tey"]["upper_ctrl_limit"] == 2**24 - 1
+    det.count_time.put(20.0)  # I0 ~ 4e7 counts: over full scale
+    try:
+        det.trigger().wait(10)
+        r = det.read()
+        assert r["det_i0"]["value"] == 2**24 - 1 and r["det_i0_severity"]["value"] == 2
+        assert r["det_tey_severity"]["value"] == 0
+    finally:
+        det.count_time.put(1.0)
+    for glitch, check in (
+        ("tey:saturate", lambda r: r["det_tey"] == 2**24 - 1 and r["det_tey_severity"] == 2),
+        ("tey:negative", lambda r: r["det_tey"] < 0 and r["det_tey_severity"] == 0),
+        ("i0:tiny", lambda r: 0 < r["det_i0"] < 1e-300),
+        (
+            "pfy:major,i0:invalid",
+            lambda r: r["det_pfy_severity"] == 2 and r["det_i0_severity"] == 3,
+        ),
+    ):
+        epics.caput(prefix + "Det:Sim:Glitch-SP", glitch, wait=True)
+        det.trigger().wait(10)
+        reading = {k: v["value"] for k, v in det.read().items()}
+        assert check(reading), (glitch, reading)
+        det.trigger().wait(10)  # once only
+        after = {k: v["value"] for k, v in det.read().items()}
+        assert after["det_i0"] > 1e5 and after["det_tey"] > 0
+        assert all(after[f"det_{c}_severity"] == 0 for c in ("i0", "tey", "pfy", "it"))
+    from caproto import ErrorResponseReceived
+
+    with pytest.raises(ErrorResponseReceived, match="ECA_PUTFAIL"):  # an unknown glitch
+        _write_ca(prefix + "Det:Sim:Glitch-SP", "tey:melt")
+
+
+def test_a_beam_dump_drops_the_ring_current_and_i0_then_refills(sim):
+    """Ring:Sim:Dump-SP = N: the ring current reads 0 at once (a suspender sees it), I0 counts
+    dark only, and after N simulated seconds the ring is full again."""
+    import time
+
+    import epics
+
+    prefix, devs = sim
+    dump_s = 100.0  # 1 s of real time at x100
+    epics.caput(prefix + "Ring:Sim:Dump-SP", dump_s, wait=True)
+    assert devs.ring_current.get() == 0.0
+    devs.det.trigger().wait(10)
+    assert devs.det.i0.get() < 1000  # dark counts only
+    time.sleep(dump_s / CLOCK + 0.3)
+    assert devs.ring_current.get() > 390.0
+    devs.det.trigger().wait(10)
+    assert devs.det.i0.get() > 1e6
+
+
 def test_sample_changer_slots_and_refusals(sim, tmp_path):
     from caproto import ErrorResponseReceived
 

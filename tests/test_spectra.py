@@ -83,6 +83,21 @@ def test_non_strict_flags_points_and_never_returns_a_number():
     assert len(r.problems) == 2 and "point 1" in r.problems[0]
 
 
+def test_negative_counts_and_an_overflowing_ratio_are_bad_points():
+    """Counts cannot be negative (a yield signal of -12 counts is a bad reading), and a tiny
+    positive I0 that makes mu (or its noise) overflow is one bad point, never an inf."""
+    r = mu_from_channels(
+        "TEY", [1e6, 1e6, 1e-320, 1e6], [3e4, -12.0, 3e4, 3e4], counts=True, strict=False
+    )
+    assert r.ok.tolist() == [True, False, False, True]
+    assert np.isnan(r.mu[[1, 2]]).all() and np.isnan(r.sigma[[1, 2]]).all()
+    assert "counts cannot be negative" in r.problems[0]
+    assert "overflows" in r.problems[1] and "point 2" in r.problems[1]
+    assert mu_from_channels("TEY", [1e6], [-12.0], strict=False).ok.all()  # currents may
+    with pytest.raises(BadReading, match="overflows"):
+        mu_from_channels("PFY", 5e-324, 1e3)
+
+
 def test_chain_drops_bad_points():
     mu = mu_from_channels(
         "TEY", [1e6, 0, np.nan, 1e6, -5], [1e4, 1e4, 1e4, np.nan, 1e4], strict=False

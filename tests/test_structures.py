@@ -11,6 +11,7 @@ from xas_bluesky.resources import candidates_file
 from xas_bluesky.science.graphs import molecule_graph
 from xas_bluesky.science.structures import (
     StructureError,
+    StructureLimits,
     perceive_bonds,
     read_structures,
     structure_from_mol,
@@ -329,7 +330,68 @@ def test_a_conjugated_system_deeper_than_the_recursion_limit_is_flagged_not_fata
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(len(inspect.stack(0)) + 120)
     try:
-        s = structure_from_xyz("polyene", symbols, np.array(xyz), "O")
+        big = StructureLimits(max_atoms=1000)  # 804 atoms: over the default limit of 500
+        s = structure_from_xyz("polyene", symbols, np.array(xyz), "O", big)
     finally:
         sys.setrecursionlimit(limit)
     assert not s.in_domain and "402 heavy atoms" in s.domain_notes[0]
+
+
+# -- bounds: a candidate file named in a start document must not take the process down ---------
+@pytest.mark.parametrize("waters", [1000, 4000])
+def test_a_structure_over_the_atom_limit_is_refused_in_one_line(tmp_path, waters):
+    """A 3,000-atom frame (2 GB before) and a 12,000-atom one (MemoryError at a 6 GB cap): one
+    invalid structure each, refused before any distance is computed; the file's other frames are
+    read."""
+    import time
+    import tracemalloc
+
+    path = tmp_path / "big.xyz"
+    path.write_text(ETHANOL + _water_cluster(waters) + ACETONITRILE)
+    skipped: list[StructureError] = []
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        structs = read_structures(path, skip_invalid=True, on_skip=skipped.append)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - t0 < 5
+    assert [s.name for s in structs] == ["ethanol", "acetonitrile"]
+    (err,) = skipped
+    assert str(err) == (
+        f"structure 'cluster_{waters}': {3 * waters:,} atoms, over the limit of 500 "
+        "(StructureLimits)"
+    )
+    assert peak < 50e6
+    with pytest.raises(StructureError, match="over the limit of 500"):
+        read_structures(path)
+
+
+def test_a_large_smiles_is_refused_before_embedding():
+    """HO(CH2)39OH: 121 atoms with hydrogens, over the 100 atoms that may be embedded in 3D
+    (ETKDG + MMFF took 25 s for a 121-atom SMILES); refused at once, with the limit named."""
+    import time
+
+    smiles = "O" + "C" * 39 + "O"
+    t0 = time.perf_counter()
+    with pytest.raises(StructureError) as info:
+        structure_from_smiles(smiles, "long", edge="O")
+    assert time.perf_counter() - t0 < 1
+    assert str(info.value) == (
+        "structure 'long': 121 atoms to embed in 3D, over the limit of 100 (StructureLimits)"
+    )
+    assert "\n" not in str(info.value)
+    # configurable: a smaller molecule under a smaller limit
+    with pytest.raises(StructureError, match="9 atoms to embed in 3D, over the limit of 8"):
+        structure_from_smiles("CCO", edge="O", limits=StructureLimits(max_embed_atoms=8))
+
+
+def test_file_size_and_structure_count_limits(tmp_path):
+    path = tmp_path / "two.xyz"
+    path.write_text(ETHANOL + ACETONITRILE)
+    with pytest.raises(StructureError, match=r"two.xyz: 0.0 MB, over the limit of 0.0 MB"):
+        read_structures(path, limits=StructureLimits(max_file_bytes=100))
+    with pytest.raises(StructureError, match="more than 1 structures, the limit for one file"):
+        read_structures(path, skip_invalid=True, limits=StructureLimits(max_structures=1))
+    assert len(read_structures(path, limits=StructureLimits(max_structures=2))) == 2

@@ -21,6 +21,8 @@ __all__ = [
     "DEFAULT_MODE",
     "XASStart",
     "START_KEYS",
+    "REQUIRED_FIELDS",
+    "OPTIONAL_FIELDS",
     "STATES",
     "TOP_K",
     "MatchSummary",
@@ -56,7 +58,9 @@ class XASStart(TypedDict, total=False):
     xas_edge: str
     #: one of :data:`MODES`
     xas_mode: str
-    #: data keys of the primary stream: ``{"energy": ..., "i0": ..., "signal": ...}``
+    #: data keys of the primary stream: ``{"energy": ..., "i0": ..., "signal": ...}`` and, where
+    #: the run records them, the optional :data:`OPTIONAL_FIELDS` (``"ring_current"`` in mA,
+    #: ``"i0_alarm"`` / ``"signal_alarm"``: the EPICS alarm severity of each channel's reading)
     xas_fields: dict[str, str]
     #: the scan's regions: ``[{"start", "stop", "step", "dwell"}, ...]``
     xas_regions: list[dict[str, float]]
@@ -77,6 +81,12 @@ class XASStart(TypedDict, total=False):
 #: every key of :class:`XASStart`, in order
 START_KEYS: tuple[str, ...] = tuple(XASStart.__annotations__)
 
+#: keys of ``xas_fields`` every XAS run has
+REQUIRED_FIELDS = ("energy", "i0", "signal")
+#: keys of ``xas_fields`` a run may add: the data key of the ring current (mA) and of the EPICS
+#: alarm severity (0 NO_ALARM, 1 MINOR, 2 MAJOR, 3 INVALID) of the I0 and signal readings
+OPTIONAL_FIELDS = ("ring_current", "i0_alarm", "signal_alarm")
+
 
 def is_xas_start(start: Mapping[str, Any]) -> bool:
     """Whether a start document describes an XAS run the live analysis can follow."""
@@ -84,7 +94,7 @@ def is_xas_start(start: Mapping[str, Any]) -> bool:
     return (
         start.get("xas_element") is not None
         and isinstance(fields_, dict)
-        and all(fields_.get(k) for k in ("energy", "i0", "signal"))
+        and all(fields_.get(k) for k in REQUIRED_FIELDS)
     )
 
 
@@ -105,10 +115,11 @@ class MatchSummary:
     """
 
     run_uid: str = ""
-    #: primary events handled so far, refused points included (``Match:NPoints-I``: a plan
-    #: waits for it to reach the count of its own events)
+    #: primary events handled so far, flagged points included, repeated ones (a resumed plan's
+    #: re-sent ``seq_num``) not (``Match:NPoints-I``: a plan waits for it to reach the count of
+    #: its own events)
     n_events: int = 0
-    #: points the comparator holds (the refused ones not)
+    #: points the comparator holds (the flagged ones not)
     n_points: int = 0
     status: str = "Idle"
     message: str = ""
@@ -126,6 +137,14 @@ class MatchSummary:
     n_candidates: int = 0
     top_names: Sequence[str] = ()
     top_probabilities: Sequence[float] = ()
+    #: points never scored because of their reading (alarm, over range, negative counts, I0 or
+    #: ring current down, mu not finite; see ``docs/faults.rst``)
+    n_flagged: int = 0
+    #: events that repeated a ``seq_num`` already handled (counted once in ``n_events``;
+    #: scored only when the first reading was flagged and this one is good)
+    n_duplicates: int = 0
+    #: ``seq_num`` s of the primary stream never received (missing events)
+    gaps: int = 0
     #: ``time.time()`` of the newest event this summary includes (latency bookkeeping only)
     event_time: float | None = field(default=None, compare=False)
 
@@ -187,6 +206,11 @@ ANALYSIS_KEYS = {
     "next_energy": "next_energy",
     "top_names": "top_names",
     "top_probabilities": "top_probabilities",
+    "n_flagged": "n_flagged",
+    "n_duplicates": "n_duplicates",
+    "gaps": "gaps",
+    "status": "status",
+    "message": "message",
 }
 
 #: :class:`MatchSummary` field -> metadata key of tiled's match record
@@ -199,6 +223,9 @@ TILED_KEYS = {
     "offset_ev": "offset_ev",
     "next_energy": "next_energy",
     "n_points": "n_points",
+    "n_flagged": "n_flagged",
+    "n_duplicates": "n_duplicates",
+    "gaps": "gaps",
 }
 
 #: keys of one entry of a final ranking (tiled's match table, ``query --run``, the demo's JSON)

@@ -32,7 +32,7 @@ def xanes(edge="O", sample=None, *, regions=None, mode="TEY", candidates=None, *
             sample=sample,
             sample_changer=sample_changer,
             candidates=candidates,
-            readables=[ring_current],
+            ring_current=ring_current,
             **kwargs,
         )
     )
@@ -49,7 +49,7 @@ def grid_xanes(edge="O", sample=None, *, step=0.1, dwell=1.0, **kwargs):
             dwell=dwell,
             sample=sample,
             sample_changer=sample_changer,
-            readables=[ring_current],
+            ring_current=ring_current,
             **kwargs,
         )
     )
@@ -72,7 +72,7 @@ def adaptive(edge="O", sample=None, *, threshold=0.99, max_points=49, **kwargs):
             max_points=max_points,
             sample=sample,
             sample_changer=sample_changer,
-            readables=[ring_current],
+            ring_current=ring_current,
             **kwargs,
         )
     )

@@ -340,7 +340,12 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     progress = _Progress(config, analysis.server)
     RE.subscribe(progress)
     slot = sample_name[:39]
-    common = dict(sample=slot, sample_changer=devs.sample_changer, candidates=str(candidates))
+    common = dict(
+        sample=slot,
+        sample_changer=devs.sample_changer,
+        candidates=str(candidates),
+        ring_current=devs.ring_current,  # points measured with the beam down are flagged
+    )
     if config.mode == "grid":
         plan = grid_xanes_scan(devs.mono, devs.det, edge=edge, **common)
     else:

@@ -6,6 +6,12 @@ NSLS-II ``Signal-Suffix`` style; a real beamline maps its own PVs by subclassing
 Readings are always fresh: every read-back signal is created with ``auto_monitor=False``, so a
 ``read()`` after a put-completed acquisition or move makes an explicit Channel Access get rather
 than returning a monitor value that may still predate the put (see FACTS.md).
+
+ophyd's events carry a value and a timestamp per data key, no alarm; a descriptor carries a
+channel's control limits, no alarm either.  :class:`XASDetector` therefore reads each channel's
+EPICS alarm severity as a data key of its own (``det_tey_severity``: the severity that came with
+that very reading), and :func:`mode_fields` names the I0 and signal ones in the start document
+(``i0_alarm``, ``signal_alarm``), where the live analysis finds them.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ophyd import Component as Cpt
-from ophyd import Device, EpicsSignal, EpicsSignalRO, PVPositionerPC
+from ophyd import Device, EpicsSignal, EpicsSignalRO, PVPositionerPC, Signal
 from ophyd.status import DeviceStatus, Status
 
 from xas_bluesky.contracts import MODES
@@ -25,6 +31,7 @@ __all__ = [
     "BeamlineDevices",
     "make_devices",
     "SIGNAL_CHANNELS",
+    "ChannelSeverity",
     "mode_fields",
 ]
 
@@ -70,13 +77,43 @@ class Mono(PVPositionerPC):
         return super().move(position, wait=wait, timeout=timeout, moved_cb=moved_cb)
 
 
+class ChannelSeverity(Signal):
+    """The EPICS alarm severity (0 NO_ALARM, 1 MINOR, 2 MAJOR, 3 INVALID) of a sibling channel's
+    last reading.
+
+    A channel read with an explicit Channel Access get (``auto_monitor=False``) keeps the
+    severity that came with its value; a component declared after the channel is read after it,
+    so the event holds the severity of that very value.
+    """
+
+    def __init__(self, *, channel: str, **kwargs):
+        self._channel = channel
+        super().__init__(value=0, **kwargs)
+
+    def get(self, **kwargs) -> int:
+        sev = getattr(self.parent, self._channel).alarm_severity
+        return 0 if sev is None else int(sev)
+
+    @property
+    def timestamp(self) -> float:
+        return getattr(self.parent, self._channel).timestamp
+
+    def describe(self):
+        desc = super().describe()
+        desc[self.name].update(
+            dtype="integer", source=f"SEVR of {self.parent.name}.{self._channel}"
+        )
+        return desc
+
+
 class XASDetector(Device):
     """I0 (gold mesh), TEY, PFY and transmitted-flux counters, acquired together.
 
     ``trigger()`` puts 1 to ``Acquire-Cmd`` and completes on the IOC's put-callback, i.e. when
     every channel holds the new counts; the channels are then read with explicit gets.
     ``count_time`` (simulated seconds) is read with every event, so a plan may change the dwell
-    between points of one run.
+    between points of one run.  ``<channel>_severity`` is the alarm severity of each channel's
+    reading (:class:`ChannelSeverity`).
     """
 
     acquire = Cpt(EpicsSignal, "Acquire-Cmd", kind="omitted", put_complete=True)
@@ -86,6 +123,11 @@ class XASDetector(Device):
     tey = Cpt(EpicsSignalRO, "TEY-I", kind="hinted", auto_monitor=False)
     pfy = Cpt(EpicsSignalRO, "PFY-I", kind="normal", auto_monitor=False)
     it = Cpt(EpicsSignalRO, "It-I", kind="normal", auto_monitor=False)
+    # after the channels: read after them, so each holds the severity of the value just read
+    i0_severity = Cpt(ChannelSeverity, channel="i0", kind="normal")
+    tey_severity = Cpt(ChannelSeverity, channel="tey", kind="normal")
+    pfy_severity = Cpt(ChannelSeverity, channel="pfy", kind="normal")
+    it_severity = Cpt(ChannelSeverity, channel="it", kind="normal")
     count = Cpt(EpicsSignalRO, "Count-I", kind="omitted", auto_monitor=False)
     dark_rate = Cpt(EpicsSignal, "DarkRate-SP", kind="config")
 
@@ -179,16 +221,28 @@ class SampleChanger(Device):
         return [s for s in str(text).split("\n") if s]
 
 
-def mode_fields(mono: Mono, det: XASDetector, mode: str = "TEY") -> dict[str, str]:
-    """The data keys the analysis needs for ``mode``: ``energy``, ``i0`` and ``signal``."""
+def mode_fields(
+    mono: Mono, det: XASDetector, mode: str = "TEY", ring_current=None
+) -> dict[str, str]:
+    """The data keys the analysis needs for ``mode``: ``energy``, ``i0`` and ``signal``, the
+    alarm severities of I0 and the signal (``i0_alarm``, ``signal_alarm``) where the detector
+    reads them, and ``ring_current`` when that signal is given (read with every point)."""
     mode = mode.upper()
     if mode not in SIGNAL_CHANNELS:
         raise ValueError(f"unknown measurement mode {mode!r}: expected one of {', '.join(MODES)}")
-    return {
+    channel = SIGNAL_CHANNELS[mode]
+    fields = {
         "energy": mono.readback.name,
         "i0": det.i0.name,
-        "signal": det.field(SIGNAL_CHANNELS[mode]),
+        "signal": det.field(channel),
     }
+    for role, ch in (("i0_alarm", "i0"), ("signal_alarm", channel)):
+        severity = getattr(det, f"{ch}_severity", None)
+        if severity is not None:
+            fields[role] = severity.name
+    if ring_current is not None:
+        fields["ring_current"] = ring_current.name
+    return fields
 
 
 @dataclass

@@ -33,6 +33,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: candidate files whose CandidateSet a PredictionCache keeps
+_MAX_FILES = 16
+
 
 def structure_key(structure: Structure) -> str:
     """Identity of a structure for the prediction cache: its elements and geometry (to 1e-4 A).
@@ -72,9 +75,43 @@ class CandidateSet:
     keys: list[str] = field(default_factory=list)  # structure keys
     skipped: list[str] = field(default_factory=list)  # why some input structures were left out
     calibration: dict = field(default_factory=dict)  # comparator keywords of the model
+    #: candidates merged into another of the same geometry (``"b -> a|b"``)
+    merged: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def deduplicated(self, sep: str = "|") -> CandidateSet:
+        """One candidate per geometry (:func:`structure_key`): the first of each, its names
+        joined with ``sep`` (``"a|b"``), so that two names of one molecule do not split its
+        probability.  ``self`` when no two keys are equal (or there are no keys)."""
+        if not self.keys or len(set(self.keys)) == len(self.keys):
+            return self
+        first: dict[str, int] = {}
+        groups: list[list[int]] = []
+        for i, k in enumerate(self.keys):
+            if k in first:
+                groups[first[k]].append(i)
+            else:
+                first[k] = len(groups)
+                groups.append([i])
+        keep = [g[0] for g in groups]
+        names = [sep.join(dict.fromkeys(self.names[i] for i in g)) for g in groups]
+        merged = [f"{self.names[i]} -> {names[n]}" for n, g in enumerate(groups) for i in g[1:]]
+        return CandidateSet(
+            names=names,
+            smiles=[self.smiles[i] for i in keep],
+            energy=self.energy,
+            mean=self.mean[keep],
+            std=None if self.std is None else self.std[keep],
+            edge=self.edge,
+            model_version=self.model_version,
+            source=self.source,
+            keys=[self.keys[i] for i in keep],
+            skipped=list(self.skipped),
+            calibration=dict(self.calibration),
+            merged=list(self.merged) + merged,
+        )
 
     @property
     def ident(self) -> str:
@@ -170,8 +207,10 @@ class PredictionCache:
                 raise StructureError(
                     f"{path.name}: no valid candidate structure ({len(skipped)} bad)"
                 )
-            cands = self._from_structures(structures, edge, source=str(path))
+            cands = self._from_structures(structures, edge, source=str(path)).deduplicated()
             cands.skipped = skipped
+            if len(self._files) >= _MAX_FILES:  # a long session names many files: keep the newest
+                self._files.pop(next(iter(self._files)))
             self._files[memo] = cands
             return cands
 

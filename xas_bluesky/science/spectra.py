@@ -174,7 +174,8 @@ def mu_from_channels(
         Dark currents (or dark counts over the same dwell time) subtracted before anything else.
     counts : bool
         True when the channels are photon / electron counts: then the noise is Poisson,
-        var(N) = N of the raw (not dark-subtracted) counts, propagated to mu.  For currents from
+        var(N) = N of the raw (not dark-subtracted) counts, propagated to mu, and a negative
+        signal (counts cannot be) is a bad reading in every mode.  For currents from
         electrometers the noise is unknown here and ``sigma`` is None.
     strict : bool
         True: raise :class:`BadReading` at the first bad point.  False: flag bad points in
@@ -213,27 +214,36 @@ def mu_from_channels(
     flag(a0 <= 0, i0_name, a0, "incident flux must be > 0 after dark subtraction")
     if mode == "transmission":
         flag(s <= 0, signal_name, s, "transmitted flux must be > 0 after dark subtraction")
+    elif counts:
+        flag(raws < 0, signal_name, raws, "counts cannot be negative")
+
+    mu = np.full(raw0.shape, np.nan)
+    sigma = np.full(raw0.shape, np.nan) if counts else None
+    g = ok.copy()
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        if mode == "transmission":
+            mu[g] = np.log(a0[g] / s[g])
+        else:
+            mu[g] = s[g] / a0[g]
+        if counts:
+            assert sigma is not None  # allocated above when ``counts``
+            # Poisson: var = raw counts (the dark level is treated as known exactly)
+            v0 = np.maximum(raw0[g], 1.0) / a0[g] ** 2  # relative variance of I0
+            if mode == "transmission":
+                sigma[g] = np.sqrt(v0 + np.maximum(raws[g], 1.0) / s[g] ** 2)
+            else:
+                # var(S/I0) = var(S)/I0^2 + S^2 var(I0)/I0^4
+                sigma[g] = np.sqrt(np.maximum(raws[g], 1.0) / a0[g] ** 2 + mu[g] ** 2 * v0)
+    # a tiny positive I0 (or It) passes the checks above and overflows the ratio: one bad point
+    overflow = ~np.isfinite(mu) if sigma is None else ~(np.isfinite(mu) & np.isfinite(sigma))
+    flag(g & overflow, i0_name, a0, "mu (or its noise) overflows: incident flux too small")
+    mu[~ok] = np.nan
+    if sigma is not None:
+        sigma[~ok] = np.nan
     errors.sort(key=lambda err: err.index or 0)  # report in point order
     if errors and strict:
         raise errors[0]
     problems = [str(err) for err in errors]
-
-    mu = np.full(raw0.shape, np.nan)
-    sigma = np.full(raw0.shape, np.nan) if counts else None
-    g = ok
-    if mode == "transmission":
-        mu[g] = np.log(a0[g] / s[g])
-    else:
-        mu[g] = s[g] / a0[g]
-    if counts:
-        assert sigma is not None  # allocated above when ``counts``
-        # Poisson: var = raw counts (the dark level is treated as known exactly)
-        v0 = np.maximum(raw0[g], 1.0) / a0[g] ** 2  # relative variance of I0
-        if mode == "transmission":
-            sigma[g] = np.sqrt(v0 + np.maximum(raws[g], 1.0) / s[g] ** 2)
-        else:
-            # var(S/I0) = var(S)/I0^2 + S^2 var(I0)/I0^4
-            sigma[g] = np.sqrt(np.maximum(raws[g], 1.0) / a0[g] ** 2 + mu[g] ** 2 * v0)
     if scalar:
         mu, sigma, ok = mu[:1], None if sigma is None else sigma[:1], ok[:1]
     return MuResult(mu, sigma, ok, problems)

@@ -15,6 +15,12 @@ naming the structure; an XYZ file is read on from the next frame after a bad one
 handle but was not trained for (more than nine heavy atoms, charged atoms, unusual valences,
 several fragments, dative or zero-order bonds) is kept and flagged: ``in_domain`` is False and
 ``domain_notes`` says why.
+
+Reading is bounded (:class:`StructureLimits`): a file over ``max_file_bytes`` or with more than
+``max_structures`` structures is refused as a whole, a structure of more than ``max_atoms`` atoms
+(or, to be embedded in 3D from SMILES or a 2D record, more than ``max_embed_atoms``) is one
+invalid structure, each with a one-line :class:`StructureError` -- a candidate file named in a
+start document must not take the memory or the minutes of the process that reads it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -30,6 +37,7 @@ import numpy as np
 __all__ = [
     "Structure",
     "StructureError",
+    "StructureLimits",
     "TRAINED_ELEMENTS",
     "read_structures",
     "iter_structures",
@@ -79,6 +87,40 @@ _SYMBOL_OF_Z = {
 
 class StructureError(ValueError):
     """A structure the model cannot predict; the message is one line naming it and the problem."""
+
+
+@dataclass(frozen=True)
+class StructureLimits:
+    """Bounds of what a structure file may ask of the reader.
+
+    Parameters
+    ----------
+    max_atoms
+        Atoms (hydrogens included) of one structure; the pairwise distances of 3,000 atoms
+        alone take 2 GB.  The model was trained on at most 29.
+    max_embed_atoms
+        Atoms of a structure that must be embedded in 3D (SMILES, an SDF record without 3D
+        coordinates): ETKDG and MMFF take seconds to tens of seconds beyond ~100 atoms.
+    max_structures
+        Structures of one file (the shipped libraries hold a few thousand).
+    max_file_bytes
+        Size of one file.
+    """
+
+    max_atoms: int = 500
+    max_embed_atoms: int = 100
+    max_structures: int = 200_000
+    max_file_bytes: int = 200 * 1024**2
+
+
+#: the limits the readers apply unless given others
+DEFAULT_LIMITS = StructureLimits()
+
+
+def _too_many_atoms(name: str, n: int, limit: int, what: str = "atoms") -> StructureError:
+    return StructureError(
+        f"structure {name!r}: {n:,} {what}, over the limit of {limit:,} (StructureLimits)"
+    )
 
 
 class Structure:
@@ -436,10 +478,14 @@ def _smiles_of(mol) -> str:
 
 
 def structure_from_xyz(
-    name: str, symbols: list[str], xyz: np.ndarray, edge: str | None = None
+    name: str,
+    symbols: list[str],
+    xyz: np.ndarray,
+    edge: str | None = None,
+    limits: StructureLimits = DEFAULT_LIMITS,
 ) -> Structure:
     """A validated :class:`Structure` from elements and coordinates (bonds perceived)."""
-    result = structures_from_frames([(name, list(symbols), xyz)], edge)[0]
+    result = structures_from_frames([(name, list(symbols), xyz)], edge, limits)[0]
     if isinstance(result, StructureError):
         raise result
     return result
@@ -468,7 +514,9 @@ def _neutral_structure(name, symbols, xyz, pairs, orders, n_frags: int) -> Struc
 
 
 def structures_from_frames(
-    frames: list[tuple[str, list[str], np.ndarray]], edge: str | None = None
+    frames: list[tuple[str, list[str], np.ndarray]],
+    edge: str | None = None,
+    limits: StructureLimits = DEFAULT_LIMITS,
 ) -> list[Structure | StructureError]:
     """Validate and perceive the bonds of many XYZ frames at once.
 
@@ -476,7 +524,8 @@ def structures_from_frames(
     padded arrays (one NumPy call for all instead of a dozen per molecule), in chunks of frames of
     similar size; only bond orders of unsaturated molecules, the rare molecules with over-bonded
     atoms, and molecules of more than 64 atoms take per-molecule Python.
-    Gives exactly what :func:`structure_from_xyz` gives each frame (a test checks it).
+    Gives exactly what :func:`structure_from_xyz` gives each frame (a test checks it).  A frame of
+    more than ``limits.max_atoms`` atoms is an error, its distances never computed.
 
     Returns
     -------
@@ -486,6 +535,9 @@ def structures_from_frames(
     out: list[Structure | StructureError | None] = [None] * len(frames)
     batch = []  # (frame index, codes, xyz)
     for k, (name, symbols, xyz) in enumerate(frames):
+        if len(symbols) > limits.max_atoms:
+            out[k] = _too_many_atoms(name, len(symbols), limits.max_atoms)
+            continue
         xyz = np.asarray(xyz, dtype=float).reshape(-1, 3)
         try:
             codes = [_CODE[s] for s in symbols]
@@ -572,12 +624,26 @@ def _perceive_chunk(frames, chunk, edge, out) -> None:
         out[k] = _neutral_structure(name, symbols, xyz, pairs, orders, n_frags)
 
 
-def structure_from_mol(name: str, mol, edge: str | None = None) -> Structure:
-    """A validated :class:`Structure` from an RDKit molecule with bonds (3D made when missing)."""
+def structure_from_mol(
+    name: str, mol, edge: str | None = None, limits: StructureLimits = DEFAULT_LIMITS
+) -> Structure:
+    """A validated :class:`Structure` from an RDKit molecule with bonds (3D made when missing).
+
+    More atoms (hydrogens to be added included) than ``limits.max_atoms``, or than
+    ``limits.max_embed_atoms`` when it must be embedded in 3D, raise :class:`StructureError`
+    before any work."""
     from rdkit import Chem
 
     if any(a.GetSymbol() not in _VALENCE for a in mol.GetAtoms()):
         _check_atoms(name, [a.GetSymbol() for a in mol.GetAtoms()], np.zeros((0, 3)), edge)
+    counted = Chem.Mol(mol)  # implicit hydrogens need a property cache the input may lack
+    counted.UpdatePropertyCache(strict=False)
+    n_atoms = counted.GetNumAtoms() + sum(a.GetTotalNumHs() for a in counted.GetAtoms())
+    if n_atoms > limits.max_atoms:
+        raise _too_many_atoms(name, n_atoms, limits.max_atoms)
+    embed = mol.GetNumConformers() == 0 or not mol.GetConformer().Is3D()
+    if embed and n_atoms > limits.max_embed_atoms:
+        raise _too_many_atoms(name, n_atoms, limits.max_embed_atoms, "atoms to embed in 3D")
     mol, bond_notes = _plain_bonds(name, mol)
     mol = Chem.AddHs(mol, addCoords=mol.GetNumConformers() > 0)
     if mol.GetNumConformers() == 0 or not mol.GetConformer().Is3D():
@@ -690,9 +756,13 @@ def _embed_one(name: str, mol):
 
 
 def structure_from_smiles(
-    smiles: str, name: str | None = None, edge: str | None = None
+    smiles: str,
+    name: str | None = None,
+    edge: str | None = None,
+    limits: StructureLimits = DEFAULT_LIMITS,
 ) -> Structure:
-    """A validated :class:`Structure` from SMILES, in 3D by ETKDG + MMFF (seeded)."""
+    """A validated :class:`Structure` from SMILES, in 3D by ETKDG + MMFF (seeded); at most
+    ``limits.max_embed_atoms`` atoms, hydrogens included."""
     from rdkit import Chem, RDLogger
 
     name = name or smiles
@@ -703,7 +773,7 @@ def structure_from_smiles(
         RDLogger.EnableLog("rdApp.*")  # type: ignore[attr-defined]  # stubs omit rdBase re-export
     if mol is None:
         raise StructureError(f"structure {name!r}: unparsable SMILES {smiles!r}")
-    return structure_from_mol(name, mol, edge)
+    return structure_from_mol(name, mol, edge, limits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -767,11 +837,14 @@ def _failing(message: str) -> Callable[[], tuple]:
     return build
 
 
-def _iter_xyz(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], tuple]]]:
+def _iter_xyz(
+    path: Path, edge: str | None, limits: StructureLimits = DEFAULT_LIMITS
+) -> Iterator[tuple[str, Callable[[], tuple]]]:
     """Frames of an XYZ file, each a name and a ``build()`` that parses it or raises.
 
     A frame that cannot be read is one failing ``build()`` and reading goes on at the next line
-    that starts a plausible frame, so that ``skip_invalid`` keeps the frames after it.
+    that starts a plausible frame, so that ``skip_invalid`` keeps the frames after it.  A frame of
+    more than ``limits.max_atoms`` atoms is one failing ``build()``, its lines skipped unread.
     """
     with open(path, errors="replace") as fh:
         lines = fh.read().splitlines()
@@ -792,6 +865,10 @@ def _iter_xyz(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], 
             continue
         name = lines[k + 1].strip() if k + 1 < len(lines) else ""
         name = name or f"{path.stem}_{frame}"
+        if n > limits.max_atoms:
+            yield name, _failing(str(_too_many_atoms(name, n, limits.max_atoms)))
+            k += 2 + n
+            continue
         rows = []
         for line in lines[k + 2 : k + 2 + n]:
             parts = line.split()
@@ -840,10 +917,10 @@ def _coordinates(path: Path, name: str, rows: list[list[str]], start: int) -> np
 
 
 def _iter_xyz_structures(
-    path: Path, edge: str | None
+    path: Path, edge: str | None, limits: StructureLimits = DEFAULT_LIMITS
 ) -> Iterator[tuple[str, Callable[[], Structure]]]:
     """Frames of an XYZ file, validated and perceived in batches (:func:`structures_from_frames`)."""
-    frames = _iter_xyz(path, edge)
+    frames = _iter_xyz(path, edge, limits)
     while True:
         parsed: list = []
         for _name, build in frames:
@@ -877,7 +954,7 @@ def _iter_xyz_structures(
                     continue
             ready.append((name, symbols, xyz))
             where.append(k)
-        for k, result in zip(where, structures_from_frames(ready, edge), strict=True):
+        for k, result in zip(where, structures_from_frames(ready, edge, limits), strict=True):
             results[k] = result
         for result in results:
             name = result.args[0] if isinstance(result, StructureError) else result.name
@@ -893,7 +970,9 @@ def _returner(result):
     return build
 
 
-def _iter_sdf(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], Structure]]]:
+def _iter_sdf(
+    path: Path, edge: str | None, limits: StructureLimits = DEFAULT_LIMITS
+) -> Iterator[tuple[str, Callable[[], Structure]]]:
     from rdkit import Chem, RDLogger
 
     RDLogger.DisableLog("rdApp.*")  # type: ignore[attr-defined]  # stubs omit rdBase re-export
@@ -924,14 +1003,16 @@ def _iter_sdf(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], 
             else:
                 # a def, not a lambda: mypy cannot type a lambda with defaults as Callable[[], ...]
                 def build(mol=mol, name=name) -> Structure:
-                    return structure_from_mol(name, mol, edge)
+                    return structure_from_mol(name, mol, edge, limits)
 
                 yield name, build
     finally:
         RDLogger.EnableLog("rdApp.*")  # type: ignore[attr-defined]  # stubs omit rdBase re-export
 
 
-def _iter_smi(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], Structure]]]:
+def _iter_smi(
+    path: Path, edge: str | None, limits: StructureLimits = DEFAULT_LIMITS
+) -> Iterator[tuple[str, Callable[[], Structure]]]:
     with open(path, errors="replace") as fh:
         for lineno, line in enumerate(fh, start=1):
             parts = line.split(None, 1)
@@ -943,7 +1024,7 @@ def _iter_smi(path: Path, edge: str | None) -> Iterator[tuple[str, Callable[[], 
             name = parts[1].strip() if len(parts) > 1 and parts[1].strip() else f"smi_{lineno}"
 
             def build(s=smiles, n=name) -> Structure:  # a def: see _iter_sdf
-                return structure_from_smiles(s, n, edge)
+                return structure_from_smiles(s, n, edge, limits)
 
             yield name, build
 
@@ -956,6 +1037,7 @@ def iter_structures(
     edge: str | None = None,
     skip_invalid: bool = False,
     on_skip: Callable[[StructureError], None] | None = None,
+    limits: StructureLimits = DEFAULT_LIMITS,
 ) -> Iterator[Structure]:
     """Structures of ``path`` one at a time (see :func:`read_structures`)."""
     path = Path(path)
@@ -966,7 +1048,20 @@ def iter_structures(
         )
     if not path.is_file():
         raise StructureError(f"{path}: no such file")
-    for _name, build in reader(path, edge):
+    size = path.stat().st_size
+    if size > limits.max_file_bytes:
+        raise StructureError(
+            f"{path.name}: {size / 1024**2:,.1f} MB, over the limit of "
+            f"{limits.max_file_bytes / 1024**2:,.1f} MB for a structure file (StructureLimits)"
+        )
+    count = 0
+    for _name, build in reader(path, edge, limits):
+        count += 1
+        if count > limits.max_structures:
+            raise StructureError(
+                f"{path.name}: more than {limits.max_structures:,} structures, the limit for "
+                "one file (StructureLimits): split it"
+            )
         try:
             yield build()
         except StructureError as exc:
@@ -981,6 +1076,7 @@ def read_structures(
     edge: str | None = None,
     skip_invalid: bool = False,
     on_skip: Callable[[StructureError], None] | None = None,
+    limits: StructureLimits = DEFAULT_LIMITS,
 ) -> list[Structure]:
     """Read and validate every structure of a file.
 
@@ -996,6 +1092,8 @@ def read_structures(
         Skip invalid structures (calling ``on_skip`` with each error) instead of raising.
     on_skip
         Called with the :class:`StructureError` of each skipped structure.
+    limits
+        :class:`StructureLimits`: the file's size and structure count, each structure's atoms.
 
     Returns
     -------
@@ -1005,9 +1103,11 @@ def read_structures(
     ------
     StructureError
         On the first invalid structure (unless ``skip_invalid``), or when the file cannot be read.
-        A file that holds no structure at all is an error too.
+        A file that holds no structure at all is an error too, and so is one over ``limits``
+        (its size or its count of structures; a structure over the atom limits is one invalid
+        structure).
     """
-    structures = list(iter_structures(path, edge, skip_invalid, on_skip))
+    structures = list(iter_structures(path, edge, skip_invalid, on_skip, limits))
     if not structures and not skip_invalid:
         raise StructureError(f"{Path(path).name}: no structures in the file")
     return structures

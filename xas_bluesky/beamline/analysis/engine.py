@@ -12,22 +12,31 @@ No threads and no EPICS here: the caller decides when to score (the worker threa
 queued documents, so one update covers every point that arrived meanwhile); unit tests drive the
 engine with plain documents and an in-memory sink.  An exception of ours is reported to the
 sinks as an ``Error`` status; it never reaches the caller.
+
+Every point is checked before it is scored (:mod:`.readings`: alarms, range, negative counts,
+I0 and ring current, mu not finite); a flagged point is counted, named and never scored.  Events
+are keyed by ``seq_num``: one that repeats a number already handled (a resumed plan re-sends
+the rewound point) is counted as a duplicate and not scored again; numbers that never arrive
+are counted as gaps (status Warning).  What the engine keeps per run and across runs is bounded
+(``docs/faults.rst``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 from event_model import DocumentRouter, pack_event_page
 
-from xas_bluesky.beamline.analysis.run import RunState
+from xas_bluesky.beamline.analysis.readings import ReadingChecks, RunReadings
+from xas_bluesky.beamline.analysis.run import CappedList, RunState
 from xas_bluesky.beamline.analysis.sinks import AnalysisSink
 from xas_bluesky.beamline.catalog import load_candidate_set
-from xas_bluesky.contracts import DEFAULT_MODE, TOP_K, is_xas_start
+from xas_bluesky.contracts import DEFAULT_MODE, REQUIRED_FIELDS, TOP_K, is_xas_start
 from xas_bluesky.resources import candidates_file
 from xas_bluesky.science.candidates import CandidateSet, PredictionCache
 from xas_bluesky.science.compare import Comparator, MatchResult
@@ -36,6 +45,28 @@ from xas_bluesky.science.spectra import mu_from_channels, noise_from_scatter
 __all__ = ["AnalysisEngine"]
 
 logger = logging.getLogger(__name__)
+
+#: finished runs whose result, analysis uid and event times the engine keeps (the oldest go)
+MAX_RUNS = 64
+#: event times kept per run (the newest), for latency bookkeeping
+MAX_EVENT_TIMES = 10_000
+#: engine-level error messages kept (the newest; ``errors.dropped`` counts the rest)
+MAX_ERRORS = 200
+#: seq_nums of flagged points a run remembers (a repeat of one is scored if good)
+MAX_FLAGGED_SEQS = 10_000
+
+
+class _Bounded(OrderedDict):
+    """A dict that forgets its oldest entries beyond ``cap``."""
+
+    def __init__(self, cap: int):
+        super().__init__()
+        self.cap = cap
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.cap:
+            self.popitem(last=False)
 
 
 class AnalysisEngine(DocumentRouter):
@@ -66,6 +97,11 @@ class AnalysisEngine(DocumentRouter):
         calibration is applied by default).
     comparator_factory
         Builds the comparator instead of :class:`~xas_bluesky.science.compare.Comparator`.
+    checks
+        Thresholds of the per-point checks (:class:`~.readings.ReadingChecks`: alarm severity,
+        saturation, I0 fraction of its running median, ring current, absurd mu).
+    max_runs
+        Finished runs kept in :attr:`results`, :attr:`analysis_uids` and :attr:`event_times`.
     """
 
     def __init__(
@@ -81,6 +117,8 @@ class AnalysisEngine(DocumentRouter):
         top_k: int = TOP_K,
         comparator_kwargs: Mapping[str, Any] | None = None,
         comparator_factory: Callable[..., Any] | None = None,
+        checks: ReadingChecks | None = None,
+        max_runs: int = MAX_RUNS,
     ):
         super().__init__()
         self.sinks: list[AnalysisSink] = list(sinks)
@@ -92,17 +130,20 @@ class AnalysisEngine(DocumentRouter):
         self.sigma_floor = sigma_floor
         self.top_k = top_k
         self.comparator_kwargs = dict(comparator_kwargs or {})
+        self.checks = checks or ReadingChecks()
         self._comparator_factory = comparator_factory or Comparator
         self._comparators: dict[str, Any] = {}
         self._runs: dict[str, RunState] = {}
         self._desc_run: dict[str, RunState] = {}
-        #: raw run uid -> the final match result
-        self.results: dict[str, MatchResult | None] = {}
-        #: raw run uid -> uid of its analysis run (where a sink opened one)
-        self.analysis_uids: dict[str, str] = {}
-        #: raw run uid -> (event times by point count); for latency bookkeeping
-        self.event_times: dict[str, dict[int, float]] = {}
-        self.errors: list[str] = []
+        #: raw run uid -> the final match result (the last ``max_runs`` runs)
+        self.results: dict[str, MatchResult | None] = _Bounded(max_runs)
+        #: raw run uid -> uid of its analysis run (where a sink opened one; the last ``max_runs``)
+        self.analysis_uids: dict[str, str] = _Bounded(max_runs)
+        #: raw run uid -> (event times by point count); for latency bookkeeping (the last
+        #: ``max_runs`` runs, the newest ``MAX_EVENT_TIMES`` points of each)
+        self.event_times: dict[str, dict[int, float]] = _Bounded(max_runs)
+        #: failures so far (the newest ``MAX_ERRORS``; ``errors.dropped`` counts the rest)
+        self.errors: CappedList = CappedList(MAX_ERRORS)
 
     # -- entry points ---------------------------------------------------------------------------
     def __call__(self, name: str, doc: dict, validate: bool = False):
@@ -132,6 +173,13 @@ class AnalysisEngine(DocumentRouter):
         self.errors.append(msg)
         self._status("Error", msg)
 
+    def report_problem(self, message: str) -> None:
+        """A problem that belongs to no run (e.g. the worker dropped events): kept in
+        :attr:`errors`, shown on the sinks' status as Warning."""
+        logger.warning("live analysis: %s", message)
+        self.errors.append(message)
+        self._status("Warning", message)
+
     # -- sinks ----------------------------------------------------------------------------------
     def _call_sinks(self, hook: str, *args) -> None:
         for sink in self.sinks:
@@ -160,6 +208,7 @@ class AnalysisEngine(DocumentRouter):
         except (TypeError, ValueError):
             offset = 0.0
         run = RunState(doc, element, mode, fields, offset if math.isfinite(offset) else 0.0)
+        run.readings = RunReadings(self.checks, fields, self.counts)
         self._runs[run.uid] = run
         self.event_times[run.uid] = {}
         # a fresh run: show it at once so that a plan never reads the previous run's scores
@@ -182,7 +231,11 @@ class AnalysisEngine(DocumentRouter):
         if run.analysis_uid is not None:
             self.analysis_uids[run.uid] = run.analysis_uid
         status = "Warning" if run.problems else "Running"
-        self._status(status, "; ".join(run.problems) or f"{len(run.candidates)} candidates", run)
+        merged = len(run.candidates.merged)
+        note = f" ({merged} duplicate geometries merged)" if merged else ""
+        self._status(
+            status, "; ".join(run.problems) or f"{len(run.candidates)} candidates{note}", run
+        )
         return doc
 
     def descriptor(self, doc):
@@ -191,10 +244,12 @@ class AnalysisEngine(DocumentRouter):
             return doc
         keys = doc.get("data_keys", {})
         if doc.get("name", "primary") == "primary" and all(
-            run.fields[k] in keys for k in ("energy", "i0", "signal")
+            run.fields[k] in keys for k in REQUIRED_FIELDS
         ):
             run.descriptors.add(doc["uid"])
             self._desc_run[doc["uid"]] = run
+            if run.readings is not None:
+                run.readings.describe(keys)
         return doc
 
     def event(self, doc):
@@ -208,29 +263,115 @@ class AnalysisEngine(DocumentRouter):
             return doc
         data = doc["data"]
         f = run.fields
-        energy = np.asarray(data[f["energy"]], dtype=float) + run.energy_offset
-        i0 = np.asarray(data[f["i0"]], dtype=float)
-        sig = np.asarray(data[f["signal"]], dtype=float)
+        seq_nums = list(doc.get("seq_num", []))
+        n = len(data[f["energy"]])
+        gaps_before = run.seqs.missing
+        # a repeated seq_num (a resumed plan re-sends the rewound point) is counted once and
+        # not scored again -- unless the first reading was flagged: then this one may be scored
+        new: list[int] = []
+        again: set[int] = set()
+        repeats: list[int] = []
+        for j in range(n):
+            if j >= len(seq_nums) or run.seqs.add(seq_nums[j]):
+                new.append(j)
+            elif seq_nums[j] in run.flagged_seqs:
+                new.append(j)
+                again.add(j)
+            else:
+                repeats.append(j)
+        run.n_duplicates += len(repeats) + len(again)
+        if repeats:
+            run.problems.append(
+                f"{len(repeats)} repeated event(s) (seq_num "
+                f"{', '.join(str(seq_nums[j]) for j in repeats)[:60]}) counted once"
+            )
+        if not new:
+            return doc
+
+        def column(role: str) -> np.ndarray | None:
+            key = f.get(role)
+            if not key or key not in data:
+                return None
+            try:
+                return np.asarray(data[key], dtype=float)[new]
+            except (TypeError, ValueError):  # an optional column we cannot read: not checked
+                if role in REQUIRED_FIELDS:
+                    raise
+                return None
+
+        energy = np.asarray(data[f["energy"]], dtype=float)[new] + run.energy_offset
+        i0, sig = column("i0"), column("signal")
+        assert i0 is not None and sig is not None  # the descriptor holds them (followed)
+        ring, i0_alarm, sig_alarm = (
+            column("ring_current"),
+            column("i0_alarm"),
+            column("signal_alarm"),
+        )
         times = list(doc.get("time", []))
         mu, sigma, ok, problems = self._mu(run, i0, sig)
-        for j in range(energy.size):
-            run.n_events += 1
+        readings = run.readings
+        i0_ref = readings.i0_reference(i0.tolist()) if readings is not None else None
+        for k, j in enumerate(new):
+            repeat = j in again
+            if not repeat:
+                run.n_events += 1
+                if j < len(times):
+                    ev_times = self.event_times.setdefault(run.uid, {})
+                    ev_times[run.n_events] = float(times[j])
+                    if len(ev_times) > MAX_EVENT_TIMES:
+                        del ev_times[next(iter(ev_times))]
             if j < len(times):
-                self.event_times[run.uid][run.n_events] = float(times[j])
                 run.last_event_time = float(times[j])
-            if not ok[j] or not math.isfinite(energy[j]):
+            seq = seq_nums[j] if j < len(seq_nums) else None
+            point = run.n_events if seq is None else seq
+            why = ""
+            if not ok[k]:
+                why = problems[k] or "bad reading"
+            elif not math.isfinite(energy[k]):
+                why = "energy not finite"
+            elif readings is not None:
+                why = readings.check(
+                    float(i0[k]), float(sig[k]), mu=float(mu[k]), sigma=float(sigma[k]),
+                    i0_reference=i0_ref,
+                    ring_current=None if ring is None else float(ring[k]),
+                    i0_alarm=None if i0_alarm is None else float(i0_alarm[k]),
+                    signal_alarm=None if sig_alarm is None else float(sig_alarm[k]),
+                )  # fmt: skip
+                if not why:
+                    i0_ref = readings.i0_reference([])
+            if why:
+                if repeat:
+                    run.problems.append(f"point {point} measured again, still flagged: {why}")
+                    continue
                 run.n_bad += 1
-                why = problems[j] if j < len(problems) and problems[j] else "energy not finite"
-                run.problems.append(f"point {run.n_events} refused: {why}")
+                run.problems.append(f"point {point} flagged: {why}")
+                if seq is not None and len(run.flagged_seqs) < MAX_FLAGGED_SEQS:
+                    run.flagged_seqs.add(seq)
                 continue
-            run.pending.append((float(energy[j]), float(mu[j]), float(sigma[j])))
-            run.last_energy = float(energy[j])
+            if repeat:  # its first reading was flagged: this one replaces it
+                run.n_bad -= 1
+                run.flagged_seqs.discard(seq)
+                run.problems.append(f"point {point} measured again and scored")
+            run.pending.append((float(energy[k]), float(mu[k]), float(sigma[k])))
+            run.last_energy = float(energy[k])
+        if run.seqs.missing > gaps_before:
+            run.problems.append(
+                f"{run.seqs.missing} event(s) missing so far (seq_num gaps, up to "
+                f"{run.seqs.max_seen})"
+            )
         return doc
 
     def stop(self, doc):
         run = self._runs.get(doc["run_start"])
         if run is None:
             return doc
+        expected = (doc.get("num_events") or {}).get("primary")
+        if run.descriptors and isinstance(expected, int) and expected > run.seqs.max_seen:
+            run.missing_tail = expected - run.seqs.max_seen
+            run.problems.append(
+                f"{run.missing_tail} event(s) at the end of the run never received "
+                f"(the stop document counts {expected})"
+            )
         self._score_run(run)
         run.stopped = True
         try:
@@ -247,13 +388,14 @@ class AnalysisEngine(DocumentRouter):
         if isinstance(spec, CandidateSet):
             if spec.edge != element:
                 raise ValueError(f"candidate set is for the {spec.edge} edge, run is {element}")
-            return spec
+            return spec.deduplicated()
         if isinstance(spec, str) and spec.startswith("tiled:"):
             if self.tiled_client is None:
                 raise ValueError(f"candidates {spec!r} need a tiled client")
-            return load_candidate_set(self.tiled_client, spec[len("tiled:") :])
+            return load_candidate_set(self.tiled_client, spec[len("tiled:") :]).deduplicated()
         if spec is None:
             spec = candidates_file(element)
+        # read on this (the analysis worker's) thread, within the readers' size limits
         return self.cache.from_file(spec, element)
 
     def comparator_for(self, cands: CandidateSet):
@@ -278,7 +420,8 @@ class AnalysisEngine(DocumentRouter):
         problems = [""] * i0.size
         bad = np.flatnonzero(~res.ok)
         for idx, msg in zip(bad, res.problems, strict=False):
-            problems[int(idx)] = msg
+            # the engine names the point by its seq_num, not its index in this page
+            problems[int(idx)] = msg.replace(f" at point {int(idx)}", "")
         sigma = res.sigma
         if sigma is None:  # currents: noise from the scatter of what we have so far
             good = res.mu[res.ok]
@@ -307,16 +450,23 @@ class AnalysisEngine(DocumentRouter):
             e, y, s = (np.array(c) for c in zip(*pts, strict=True))
             try:
                 run.comparator.add_points(e, y, s)
-            except ValueError as exc:  # refused as a whole: nothing was added
-                run.n_bad += len(pts)
-                run.problems.append(f"points refused by the comparator: {exc}")
+            except ValueError:  # refused as a whole (nothing added): one point at a time
+                for point in pts:
+                    try:
+                        run.comparator.add_points(*(np.array([v]) for v in point))
+                    except ValueError as exc:
+                        run.n_bad += 1
+                        run.problems.append(f"point at {point[0]:.3f} eV refused: {exc}")
+                    else:
+                        run.energies.append(point[0])
+                        run.mus.append(point[1])
             else:
                 run.energies.extend(e.tolist())
                 run.mus.extend(y.tolist())
         run.n_scored = run.n_events
         if run.comparator.n_points:
             run.result = run.comparator.result()
-        status = "Warning" if run.problems else "Running"
+        status = "Warning" if run.problems or run.gaps else "Running"
         msg = run.problems[-1] if run.problems else ""
         self._call_sinks("update", run, run.summary(status, msg, self.top_k), True)
 
@@ -329,9 +479,20 @@ class AnalysisEngine(DocumentRouter):
         # sinks that keep the result go first: a failure of theirs is part of the final status
         self._call_sinks("run_closing", run, raw_stop)
         exit_status = raw_stop.get("exit_status", "success")
-        done = "Warning" if run.problems else "Done"
-        msg = "; ".join(run.problems[-3:]) or (
+        done = "Warning" if run.problems or run.gaps else "Done"
+        counts = [
+            f"{n} {what}"
+            for n, what in (
+                (run.n_bad, "flagged"),
+                (run.n_duplicates, "repeated"),
+                (run.gaps, "missing"),
+            )
+            if n
+        ]
+        msg = (
             f"run finished ({exit_status}): {run.n_scored} points"
+            + (f", {', '.join(counts)}" if counts else "")
+            + (f"; {run.problems[-1]}" if run.problems else "")
         )
         summary = run.summary(done, msg, self.top_k)
         self._call_sinks("update", run, summary, False)

@@ -9,12 +9,82 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from xas_bluesky.beamline.analysis.readings import RunReadings
 from xas_bluesky.beamline.catalog import final_ranking
 from xas_bluesky.contracts import TOP_K, MatchSummary
 from xas_bluesky.science.candidates import CandidateSet
 from xas_bluesky.science.compare import MatchResult
 
-__all__ = ["RunState"]
+__all__ = ["RunState", "CappedList", "SeqTracker"]
+
+#: messages a run keeps (the newest; older ones are counted in ``dropped``)
+MAX_PROBLEMS = 100
+
+
+class CappedList(list):
+    """A list that keeps its newest ``cap`` items on :meth:`append`; ``dropped`` counts the rest.
+
+    Messages of a long run (refused points, errors) stay bounded.  Only ``append`` caps.
+    """
+
+    def __init__(self, cap: int = MAX_PROBLEMS):
+        super().__init__()
+        self.cap = max(1, int(cap))
+        self.dropped = 0
+
+    def append(self, item) -> None:
+        super().append(item)
+        if len(self) > self.cap:
+            extra = len(self) - self.cap
+            del self[:extra]
+            self.dropped += extra
+
+
+class SeqTracker:
+    """The ``seq_num`` s seen of one event stream: repeats and gaps in bounded memory.
+
+    The RunEngine numbers events per stream from 1, and a resumed plan re-sends a rewound
+    point with the ``seq_num`` it had.  Every number up to ``floor`` is settled (seen, or
+    given up as missing once ``window`` newer ones have arrived); seen numbers above it are kept
+    in a set; numbers given up are kept (up to ``window``) so that a late one is still scored.
+    """
+
+    def __init__(self, window: int = 4096):
+        self.window = max(1, int(window))
+        self.floor = 0
+        self.above: set[int] = set()
+        self.lost: set[int] = set()
+        self.max_seen = 0
+        self.n_seen = 0
+
+    def add(self, seq: int) -> bool:
+        """Record ``seq``; False when it was seen before (a repeat)."""
+        seq = int(seq)
+        if seq <= self.floor:
+            if seq not in self.lost:
+                return False
+            self.lost.discard(seq)
+        elif seq in self.above:
+            return False
+        else:
+            self.above.add(seq)
+        self.n_seen += 1
+        self.max_seen = max(self.max_seen, seq)
+        while self.floor + 1 in self.above:
+            self.floor += 1
+            self.above.discard(self.floor)
+        while self.max_seen - self.floor > self.window:  # give up on the oldest missing one
+            self.floor += 1
+            if self.floor in self.above:
+                self.above.discard(self.floor)
+            elif len(self.lost) < self.window:
+                self.lost.add(self.floor)
+        return True
+
+    @property
+    def missing(self) -> int:
+        """Numbers up to the highest one seen that never arrived."""
+        return self.max_seen - self.n_seen
 
 
 @dataclass
@@ -31,13 +101,23 @@ class RunState:
     comparator: Any = None
     #: (energy, mu, sigma) not scored yet
     pending: list[tuple[float, float, float]] = field(default_factory=list)
-    n_events: int = 0  # primary events handled (bad points included)
+    n_events: int = 0  # distinct primary events handled (flagged points included)
     n_scored: int = 0  # ... of which the comparator has seen the good ones
-    n_bad: int = 0
+    n_bad: int = 0  # flagged: never scored because of the reading
+    n_duplicates: int = 0  # events that repeated a seq_num (not scored again)
+    #: seq_nums of flagged points: a repeat of one is a new chance, scored if its reading is good
+    flagged_seqs: set[int] = field(default_factory=set)
+    #: seq_nums of the followed stream (one tracker: the RunEngine numbers per stream)
+    seqs: SeqTracker = field(default_factory=SeqTracker)
+    #: events the stop document counts beyond the highest seq_num received
+    missing_tail: int = 0
+    #: the per-point checks of this run (set by the engine)
+    readings: RunReadings | None = None
     last_energy: float = math.nan
     last_event_time: float | None = None
     result: MatchResult | None = None
-    problems: list[str] = field(default_factory=list)
+    #: the newest messages (flagged points, gaps, skipped candidates); ``problems.dropped`` more
+    problems: CappedList = field(default_factory=CappedList)
     fatal: str | None = None
     energies: list[float] = field(default_factory=list)
     mus: list[float] = field(default_factory=list)
@@ -53,6 +133,11 @@ class RunState:
     def sample_name(self) -> str | None:
         return self.start.get("sample_name")
 
+    @property
+    def gaps(self) -> int:
+        """Events of the followed stream never received."""
+        return self.seqs.missing + self.missing_tail
+
     def summary(self, status: str, message: str, top_k: int = TOP_K) -> MatchSummary:
         """The run's state as a :class:`~xas_bluesky.contracts.MatchSummary`.
 
@@ -65,6 +150,9 @@ class RunState:
             message=message,
             last_energy=self.last_energy,
             n_candidates=len(self.candidates) if self.candidates is not None else 0,
+            n_flagged=self.n_bad,
+            n_duplicates=self.n_duplicates,
+            gaps=self.gaps,
             event_time=self.last_event_time,
         )
         r = None if self.fatal else self.result

@@ -22,7 +22,7 @@ from typing import Any
 
 from event_model import compose_run
 
-from xas_bluesky.beamline.analysis.run import RunState
+from xas_bluesky.beamline.analysis.run import CappedList, RunState
 from xas_bluesky.beamline.catalog import store_match
 from xas_bluesky.beamline.epics.score_ioc import ScoreServer
 from xas_bluesky.contracts import ANALYSIS_KEYS, MatchSummary
@@ -53,6 +53,12 @@ _DATA_KEYS = {
     "top_names": _TEXT,
     # text, parallel to top_names: TiledWriter's tables would stringify an array anyway
     "top_probabilities": _TEXT,
+    "n_flagged": {**_SCALAR, "dtype": "integer"},
+    "n_duplicates": {**_SCALAR, "dtype": "integer"},
+    "gaps": {**_SCALAR, "dtype": "integer"},
+    "status": _TEXT,
+    # the newest problem: why the last flagged point was not scored, a gap, ...
+    "message": _TEXT,
 }
 
 
@@ -109,7 +115,7 @@ class AnalysisRunSink(AnalysisSink):
         self.score_prefix = score_prefix
         self._bundles: dict[str, Any] = {}  # raw uid -> (run bundle, descriptor bundle)
         self._seq: dict[str, int] = {}
-        self.errors: list[str] = []
+        self.errors: CappedList = CappedList(200)
 
     def _emit(self, name: str, doc: Any) -> None:
         for cb in self.callbacks:
@@ -172,9 +178,10 @@ class AnalysisRunSink(AnalysisSink):
             return
         r = run.result
         exit_status = raw_stop.get("exit_status", "success")
-        reason = f"raw run {exit_status}; {run.n_events} events, {run.n_bad} refused" + (
-            f"; best {r.best_name} p={r.best_probability:.4f}" if r is not None else ""
-        )
+        reason = (
+            f"raw run {exit_status}; {run.n_events} events, {run.n_bad} flagged, "
+            f"{run.n_duplicates} repeated, {run.gaps} missing"
+        ) + (f"; best {r.best_name} p={r.best_probability:.4f}" if r is not None else "")
         self._emit(
             "stop",
             bundle.compose_stop(exit_status="success" if r is not None else "fail", reason=reason),
@@ -204,6 +211,7 @@ class TiledMatchSink(AnalysisSink):
                     "n_events": run.n_events,
                     "n_refused": run.n_bad,
                     "problems": run.problems[-20:],
+                    "problems_dropped": run.problems.dropped,
                     "measured_energy_eV": run.energies,
                     "measured_mu": run.mus,
                 },

@@ -7,6 +7,12 @@ no fixed sleep -- until ``Match:NPoints-I``/``Match:RunUID-I`` show that point s
 :class:`~xas_bluesky.science.adaptive.AdaptivePolicy`, the same rule the identification benchmark
 measures.  Every decision is recorded in an ``adaptive`` event stream, and why the scan stopped is
 the stop document's ``reason``.
+
+Checkpoints surround every point (:func:`~xas_bluesky.beamline.plans.xanes.measure_point`): a
+pause or a suspender (the ring-current one of the profile) during the wait for a score resumes
+by waiting again, never by measuring the point again; one during a point measures that point
+(whose event was not emitted) after the resume.  So each energy is measured once, and the
+analysis, which keys events by ``seq_num``, counts every point once.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import numpy as np
 from ophyd.utils import StatusTimeoutError, WaitTimeoutError
 
 from xas_bluesky.beamline.devices import mode_fields
-from xas_bluesky.beamline.plans.xanes import _sample_name, measure_point, xas_metadata
+from xas_bluesky.beamline.plans.xanes import _read_list, _sample_name, measure_point, xas_metadata
 from xas_bluesky.science.adaptive import STOP_NO_ANALYSIS, AdaptivePolicy
 
 __all__ = ["adaptive_xanes_scan"]
@@ -53,6 +59,7 @@ def adaptive_xanes_scan(
     candidates: str | None = None,
     energy_offset: float | None = None,
     readables=(),
+    ring_current=None,
     md: dict | None = None,
 ):
     """Adaptive XANES: a coarse pass, then the analysis' recommended energies, until confident.
@@ -79,7 +86,7 @@ def adaptive_xanes_scan(
     score_timeout
         Seconds to wait for the analysis to score a point; on a timeout the scan stops with
         reason ``analysis-timeout`` rather than measure blind.
-    sample, sample_changer, candidates, energy_offset, readables, md
+    sample, sample_changer, candidates, energy_offset, readables, ring_current, md
         As for :func:`~xas_bluesky.beamline.plans.xanes.xanes_scan`.
     """
     policy = AdaptivePolicy(
@@ -89,8 +96,8 @@ def adaptive_xanes_scan(
     if energy_offset is None:
         energy_offset = float((yield from bps.rd(mono.calib_offset)))
     sample = yield from _sample_name(sample_changer, sample)
-    fields = mode_fields(mono, det, mode)
-    read_list = [mono, det, *readables]
+    fields = mode_fields(mono, det, mode, ring_current)
+    read_list = _read_list(mono, det, readables, ring_current)
     _md = {
         "plan_name": "adaptive_xanes_scan",
         "plan_args": {
@@ -118,6 +125,7 @@ def adaptive_xanes_scan(
             sample_name=sample,
             candidates=candidates,
             energy_offset=energy_offset,
+            ring_current=ring_current,
         ),
     }
     _md.update(md or {})

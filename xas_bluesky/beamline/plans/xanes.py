@@ -7,6 +7,8 @@ The start document carries what the live analysis needs
     xas_edge        "K"
     xas_mode        "TEY" | "PFY" | "TRANS"
     xas_fields      {"energy": ..., "i0": ..., "signal": ...}   data keys of the primary stream
+                    (+ "i0_alarm", "signal_alarm": the channels' alarm severities, and
+                    "ring_current" when the plan reads it)
     xas_regions     [{"start", "stop", "step", "dwell"}, ...]
     xas_e0          onset on FEFF10's axis (eV)
     sample_name     the slot / sample measured
@@ -78,15 +80,17 @@ def xas_metadata(
     candidates: str | None,
     energy_offset: float,
     regions: Sequence[Region] = (),
+    ring_current=None,
 ) -> XASStart:
-    """The XAS keys of a start document (:class:`~xas_bluesky.contracts.XASStart`)."""
+    """The XAS keys of a start document (:class:`~xas_bluesky.contracts.XASStart`);
+    ``ring_current`` is the signal of the ring current when the plan reads it with every point."""
     if edge not in ONSET_EV:
         raise ValueError(f"unknown edge {edge!r}: expected one of {', '.join(ONSET_EV)}")
     return XASStart(
         xas_element=edge,
         xas_edge="K",
         xas_mode=mode.upper(),
-        xas_fields=mode_fields(mono, det, mode),
+        xas_fields=mode_fields(mono, det, mode, ring_current),
         xas_regions=[r.as_dict() for r in regions],
         xas_e0=ONSET_EV[edge],
         sample_name=sample_name,
@@ -98,11 +102,26 @@ def xas_metadata(
 
 def measure_point(mono, det, energy: float, readables: Sequence):
     """Move the mono to ``energy``, count and read one event of the primary stream; returns the
-    reading.  A checkpoint precedes it, so a pause or a suspender resumes by re-measuring this
-    point."""
+    reading.
+
+    A checkpoint precedes it, so a pause or a suspender during the point resumes by measuring it
+    again (its event was not emitted).  One follows it, so an interruption after the point (a
+    plan waiting for its score, moving on) never measures it again: a rewind re-sends every
+    message since the last checkpoint, an emitted event included, with its ``seq_num``.
+    """
     yield from bps.checkpoint()
     yield from bps.mv(mono, energy)
-    return (yield from bps.trigger_and_read(list(readables)))
+    reading = yield from bps.trigger_and_read(list(readables))
+    yield from bps.checkpoint()
+    return reading
+
+
+def _read_list(mono, det, readables: Sequence, ring_current) -> list:
+    """What a point reads: the mono, the detector, the extra readables, the ring current once."""
+    out = [mono, det, *readables]
+    if ring_current is not None and all(r is not ring_current for r in out):
+        out.append(ring_current)
+    return out
 
 
 def _sample_name(sample_changer, sample):
@@ -127,6 +146,7 @@ def xanes_scan(
     candidates: str | None = None,
     energy_offset: float | None = None,
     readables: Sequence = (),
+    ring_current=None,
     md: dict | None = None,
     collect: list | None = None,
     data_session: str | None = None,
@@ -153,7 +173,10 @@ def xanes_scan(
         Mono calibration for the analysis; default: the mono's ``calib_offset`` PV, as written by
         :func:`~.calibration.calibrate_energy`.
     readables
-        Extra devices read with every point (e.g. the ring current).
+        Extra devices read with every point.
+    ring_current
+        The ring current's signal (mA): read with every point and named in ``xas_fields``, so
+        that the live analysis refuses points measured with the beam down.
     md
         Extra start-document metadata (overrides the defaults).
     collect
@@ -165,13 +188,13 @@ def xanes_scan(
     """
     regions = list(regions) if regions is not None else default_regions(edge)
     energies, dwells = region_points(regions)
-    fields = mode_fields(mono, det, mode)  # an unknown mode fails here, before any run
+    fields = mode_fields(mono, det, mode, ring_current)  # an unknown mode fails here
     if energy_offset is None:
         energy_offset = float((yield from bps.rd(mono.calib_offset)))
     if not math.isfinite(energy_offset):
         raise ValueError(f"energy offset {energy_offset!r} is not a number: recalibrate the mono")
     sample_name = yield from _sample_name(sample_changer, sample)
-    read_list = [mono, det, *readables]
+    read_list = _read_list(mono, det, readables, ring_current)
     _md = {
         "plan_name": "xanes_scan",
         "plan_args": {
@@ -194,6 +217,7 @@ def xanes_scan(
             candidates=candidates,
             energy_offset=energy_offset,
             regions=regions,
+            ring_current=ring_current,
         ),
     }
     if data_session is not None:
