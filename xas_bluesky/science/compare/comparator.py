@@ -408,6 +408,7 @@ class Comparator:
         self._a_ref: float | None = None
         self._delta_w = 0.0
         self._scale_moves = 0
+        self._offset_moves = 0
         self._zero_sums()
 
     def _zero_sums(self) -> None:
@@ -609,12 +610,18 @@ class Comparator:
         # is worth it (the reference scale and offset only place the model's spread).  The
         # scale moves half-way (geometrically): a_ref changes the weights, hence which
         # candidates are probable, hence a_hat -- a full step can oscillate between two values.
+        # The offset's threshold does not grow with the points: the variance places the
+        # model's slope (the offset grid's discretisation) at delta_w, and a measurement that
+        # arrives all at once (a grid scan) must still have it where the spectrum is -- left at
+        # 0 while the true offset was 1.3 eV, sharp FEFF peaks made the right candidate lose
+        # confidently (p ~ 1e-100).  After 3 moves only a large one counts (no thrashing).
         late = self.n_points > self.REBUILD_LATE or self._scale_moves >= 3
         move_a = a_hat > 0 and abs(np.log(a_hat / self._a_ref)) > np.log(3.0 if late else 1.5)
-        move_d = abs(off - self._delta_w) > (1.5 if late else 0.5)
+        move_d = abs(off - self._delta_w) > (1.5 if self._offset_moves >= 3 else 0.5)
         if move_a or move_d:  # at most one rebuild per result
             a_new = float(np.sqrt(a_hat * self._a_ref)) if move_a else self._a_ref
             self._scale_moves += move_a
+            self._offset_moves += move_d
             self._rebuild(a_new, off if move_d else self._delta_w)
             prob, post, top, coef, logp = self._score()
         self._post = post
@@ -629,8 +636,8 @@ class Comparator:
             logp=logp,
         )
 
-    #: after this many points (or 3 moves of a_ref), only large moves of a_ref (x3) / delta_w
-    #: (1.5 eV) trigger a rebuild
+    #: after this many points (or 3 moves of a_ref), only a large move of a_ref (x3) triggers a
+    #: rebuild; delta_w needs 1.5 eV only after 3 moves
     REBUILD_LATE = 24
 
     #: offsets whose posterior (at the last result) is below this fraction of the largest are
