@@ -57,7 +57,7 @@ def _line(label: str, m: dict) -> str:
     )
 
 
-def run(edge: str) -> dict:
+def run(edge: str, candidate: str | None = None) -> dict:
     mols = dataset.load_molecules(dataset.default_data_files(), edge)
     train = [m for m in mols if m.split == "train"]
     test = [m for m in mols if m.split == "test" and m.complete]
@@ -67,6 +67,13 @@ def run(edge: str) -> dict:
     train_spectra = np.stack([m.spectrum() for m in train])
     results = {
         "model (ensemble mean)": evaluate(p.energy, truth, p.predict(structs).values),
+    }
+    if candidate is not None:  # a retrained ensemble beside the shipped one, same molecules
+        q = Predictor.load(edge, device="cpu", directory=f"{candidate}/{edge}")
+        results[f"candidate {q.model_version}"] = evaluate(
+            q.energy, truth, q.predict(structs).values
+        )
+    results |= {
         "mean training spectrum": evaluate(
             p.energy, truth, np.broadcast_to(train_spectra.mean(0), truth.shape)
         ),
@@ -91,9 +98,12 @@ def run(edge: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--edge", nargs="+", default=["O", "N"], choices=["O", "N"])
+    ap.add_argument(
+        "--candidate", metavar="DIR", help="also score the ensembles in DIR/<edge> (train --out)"
+    )
     args = ap.parse_args()
     for edge in args.edge:
-        run(edge)
+        run(edge, args.candidate)
 
 
 if __name__ == "__main__":
