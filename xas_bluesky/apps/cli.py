@@ -24,6 +24,7 @@ SUBCOMMANDS = (
     "sim_beamline",
     "worker",
     "query",
+    "replay",
 )
 
 

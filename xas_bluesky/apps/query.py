@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -28,7 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--tiled-uri", help="a running tiled server, e.g. http://127.0.0.1:8000")
     where.add_argument("--data-dir", help="the demo's data directory (starts tiled on it)")
-    p.add_argument("--api-key", help="the tiled server's API key (with --tiled-uri)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("TILED_API_KEY"),
+        help="the tiled server's API key (with --tiled-uri; default: $TILED_API_KEY)",
+    )
     p.add_argument("--edge", choices=("O", "N"), help="only predictions of this edge")
     p.add_argument("--smiles", help="only this molecule (any valid SMILES of it)")
     p.add_argument("--model-version", help="only predictions of this model version")
