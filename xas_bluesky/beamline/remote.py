@@ -69,8 +69,8 @@ try:  # msgpack's C implementation, else its pure-Python one: never msgpack_nump
     from msgpack._cmsgpack import Packer as _Packer
     from msgpack._cmsgpack import unpackb as _unpackb
 except ImportError:  # pragma: no cover
-    from msgpack.fallback import Packer as _Packer  # type: ignore[assignment]
-    from msgpack.fallback import unpackb as _unpackb  # type: ignore[assignment]
+    from msgpack.fallback import Packer as _Packer
+    from msgpack.fallback import unpackb as _unpackb
 
 logger = logging.getLogger(__name__)
 
@@ -323,11 +323,14 @@ class StreamGuard:
         elif name == "event_page":
             self._events(doc["descriptor"], [dict(e) for e in unpack_event_page(doc)])  # type: ignore[arg-type]
         elif name == "stop":
-            track = self._runs.pop(doc["run_start"], None)
+            track = self._runs.get(doc["run_start"])
             if track is not None:
-                self._close(track, doc)
-                for d in track.streams:
-                    self._desc_run.pop(d, None)
+                try:
+                    self._close(track, doc)  # may pass read-back events on first
+                finally:
+                    self._runs.pop(track.uid, None)
+                    for d in track.streams:
+                        self._desc_run.pop(d, None)
             self._out(name, doc)
         else:
             self._out(name, doc)
@@ -350,6 +353,8 @@ class StreamGuard:
             seq = int(ev["seq_num"])
             if seq in seen:
                 track.duplicates += 1
+                # read from tiled on joining, yet it did arrive: not missed after all
+                track.joined.get(desc_uid, set()).discard(seq)
                 continue
             if seen and seq > max(seen) + 1:
                 logger.warning(
@@ -495,9 +500,14 @@ class StreamGuard:
                 missing[desc] = gone
         back: dict[str, set[int]] = {}
         if missing and self.client is not None:
-            back = self._backfill(track, missing)
+            try:
+                back = self._backfill(track, missing)
+            except Exception:
+                logger.exception("run %s: missed events not read back", track.uid[:8])
         notes = self._notes.setdefault(track.uid, [])
         for desc, joined in track.joined.items():
+            if not joined:
+                continue
             notes.append(
                 f"worker joined the run late: {track.streams[desc]} events "
                 f"{_ranges(joined)} missed over {self.transport}, read from tiled"
@@ -646,7 +656,9 @@ def make_kafka_dispatcher(
     """
     from bluesky_kafka import RemoteDispatcher as KafkaDispatcher
 
-    servers = bootstrap_servers if isinstance(bootstrap_servers, str) else ",".join(bootstrap_servers)
+    servers = (
+        bootstrap_servers if isinstance(bootstrap_servers, str) else ",".join(bootstrap_servers)
+    )
 
     class _Dispatcher(KafkaDispatcher):
         uncommitted = 0
