@@ -10,7 +10,8 @@ from xas_bluesky.beamline.remote import StreamGuard
 
 
 def _run(n: int):
-    bundle = compose_run(metadata={"xas_element": "O"})
+    xas = {"xas_element": "O", "xas_fields": {"energy": "x", "i0": "x", "signal": "x"}}
+    bundle = compose_run(metadata=xas)
     desc = bundle.compose_descriptor(
         name="primary", data_keys={"x": {"dtype": "number", "shape": [], "source": "s"}}
     )

@@ -444,11 +444,13 @@ class StreamGuard:
 
     def _resume(self, run_uid: str, first_seen: str | None = None) -> None:
         """Pass on a run read from tiled: start (unless known), descriptors, the events tiled
-        holds; then what was held for it."""
+        holds (of an XAS run only: the analysis ignores the others); then what was held for
+        it."""
         run = self.client[run_uid]
         track = self._runs.get(run_uid)
         if track is None:
             track = self._begin(dict(run.metadata["start"]))
+        history = is_xas_start(track.start)
         for stream in list(run):
             smd = dict(run[stream].metadata)
             smd.pop("_config_updates", None)
@@ -460,7 +462,7 @@ class StreamGuard:
             held = self._held.pop(desc["uid"], [])
             self._held_since.pop(desc["uid"], None)
             arrived = {int(e["seq_num"]) for e in held}
-            events = stream_events(self.client, run_uid, stream, desc["uid"])
+            events = stream_events(self.client, run_uid, stream, desc["uid"]) if history else []
             seen = track.seen[desc["uid"]]
             new = [e for e in events if e["seq_num"] not in seen and e["seq_num"] not in arrived]
             if new:
