@@ -127,11 +127,12 @@ def test_pickle_refused_msgpack_accepted(tmp_path):
             return (Path.touch, (marker,))
 
     got: list = []
+    reported: list = []  # the worker shows these on its status
     ready = threading.Event()
     holder: dict = {}
 
     def serve():
-        d = ReadyRemoteDispatcher(out_addr, on_ready=ready.set)
+        d = ReadyRemoteDispatcher(out_addr, on_ready=ready.set, on_refused=reported.append)
         holder["d"] = d
         d.subscribe(lambda name, doc: got.append((name, doc)))
         try:
@@ -154,7 +155,7 @@ def test_pickle_refused_msgpack_accepted(tmp_path):
         time.sleep(0.5)
         assert [doc["uid"] for _, doc in got] == ["good"]
         assert got[0][1]["arr"] == [0.0, 1.0, 2.0]
-        assert holder["d"].refused == 1
+        assert holder["d"].refused == 1 and reported == [1]
         assert not marker.exists()
         raw.close()
         pub.close()

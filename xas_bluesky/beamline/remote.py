@@ -130,13 +130,16 @@ class ReadyRemoteDispatcher(RemoteDispatcher):
     security (bluesky's own ``RemoteDispatcher`` has it; the worker does not use it).
 
     Documents are msgpack (:func:`unpack_document`) unless ``deserializer`` says otherwise; one
-    that does not decode is dropped and counted in :attr:`refused`.  The SUB socket's receive
+    that does not decode is dropped, counted in :attr:`refused` and reported to
+    ``on_refused(count)`` (at 1, 10, 100, then every 1000).  The SUB socket's receive
     queue has no limit (``RCVHWM`` 0): while this process is busy, 0MQ's I/O thread keeps
     taking documents off the wire instead of letting the proxy drop them (a process that is
     stopped altogether still loses them at the proxy: :class:`StreamGuard` finds those).
     """
 
-    def __init__(self, address, *, on_ready=None, settle_s: float = 0.05, **kwargs):
+    def __init__(
+        self, address, *, on_ready=None, on_refused=None, settle_s: float = 0.05, **kwargs
+    ):
         self.refused = 0
         deserializer = kwargs.pop("deserializer", unpack_document)
 
@@ -147,6 +150,8 @@ class ReadyRemoteDispatcher(RemoteDispatcher):
                 self.refused += 1
                 if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
                     logger.warning("%d undecodable 0MQ message(s) dropped", self.refused)
+                    if on_refused is not None:
+                        on_refused(self.refused)
                 raise
 
         super().__init__(address, deserializer=counted, **kwargs)
@@ -630,7 +635,14 @@ def run_zmq_worker(
             session.wait_idle(5)
         logger.warning("worker ready: subscribed to %s, score PVs %s", address, score_prefix)
 
-    dispatcher = ReadyRemoteDispatcher(address, prefix=zmq_prefix, on_ready=ready)
+    def refused(n: int) -> None:  # a publisher in pickle (bluesky's default), say
+        session.server.set_status(
+            "Warning", f"{n} 0MQ message(s) not msgpack, dropped: publish with make_publisher"
+        )
+
+    dispatcher = ReadyRemoteDispatcher(
+        address, prefix=zmq_prefix, on_ready=ready, on_refused=refused
+    )
     dispatcher.subscribe(guard)
     _serve(dispatcher, session)
 
