@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml setup.cfg
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip show torch >/dev/null 2>&1 || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[simulate,test,docs]"
+	$(PY) -m pip install -q -e ".[simulate,test,docs,kafka]"
 	touch $(STAMP)
 
 demo: $(STAMP)
