@@ -72,10 +72,11 @@ def zmq_worker(ca_env, tmp_path):
 @pytest.mark.slow
 def test_worker_over_zmq_proxy(zmq_worker):
     from bluesky import RunEngine
-    from bluesky.callbacks.zmq import Publisher
+
+    from xas_bluesky.beamline.remote import make_publisher
 
     cands = shared_cache().from_file(zmq_worker["cands"], "O")
-    publisher = Publisher(zmq_worker["address"])
+    publisher = make_publisher(zmq_worker["address"])  # msgpack: the worker refuses pickle
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(publisher)
     p = zmq_worker["prefix"]

@@ -310,7 +310,13 @@ def start_tiled(
     timeout: float = 60.0,
 ) -> TiledServer:
     """Serve a writable tiled catalog (SQLite metadata, files and DuckDB tables under
-    ``directory``) on ``127.0.0.1``, creating it if needed, and wait until it answers."""
+    ``directory``) on ``127.0.0.1``, creating it if needed, and wait until it answers.
+
+    The API key reaches the server in its environment (``TILED_SINGLE_USER_API_KEY``), never on
+    its command line, where ``ps`` would show it to every user of the host.  Called again with the
+    same ``directory``, ``port`` and ``api_key`` it restarts the same catalog: clients made before
+    go on working.
+    """
     import httpx
 
     directory = Path(directory).resolve()
@@ -332,12 +338,11 @@ def start_tiled(
         "127.0.0.1",
         "--port",
         str(port),
-        "--api-key",
-        api_key,
     ]
     if not db.exists():
         cmd.append("--init")
-    proc = _spawn(f"tiled-{port}", cmd, {}, directory / "logs")
+    # the key in the child's environment only (/proc/PID/environ is readable by its user alone)
+    proc = _spawn(f"tiled-{port}", cmd, {"TILED_SINGLE_USER_API_KEY": api_key}, directory / "logs")
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while True:

@@ -6,7 +6,13 @@ Environment (defaults fit ``xas-bluesky sim-beamline`` on this machine):
 - ``XAS_BEAMLINE_ID``      ``RE.md["beamline_id"]`` (``xas-sim``)
 - ``XAS_SCORE_PREFIX``     PV prefix of the structure-match score IOC (``XAS:``)
 - ``XAS_TILED_URI``        tiled server to write runs to (unset: runs are not stored)
-- ``XAS_TILED_API_KEY``    its API key
+- ``XAS_TILED_API_KEY``    its API key (else ``TILED_API_KEY``)
+- ``XAS_BACKUP_DIR``       where runs and match results wait while tiled is away
+                           (``~/.cache/xas_bluesky/backup``; ``xas-bluesky replay`` writes them)
+- ``XAS_TILED_BATCH``      events the raw-run writer gathers per write (``1``: every event at once,
+                           so a restarted remote worker finds the run in flight in tiled)
+- ``XAS_ZMQ_PUBLISH``      a ``bluesky-0MQ-proxy``'s in address (``HOST:PORT``): documents are
+                           published there in msgpack for ``xas-bluesky worker --zmq``
 - ``XAS_MD_DIR``           directory of a persistent ``RE.md`` (unset: in memory)
 - ``XAS_SCORE_PORT``       CA port of the in-process score IOC (a free one)
 - ``XAS_CANDIDATES``       default candidate structure file (the shipped library of the edge)
@@ -26,7 +32,8 @@ from xas_bluesky.contracts import DEFAULT_PREFIX
 BEAMLINE_PREFIX = os.environ.get("XAS_BEAMLINE_PREFIX", "SIM:")
 SCORE_PREFIX = os.environ.get("XAS_SCORE_PREFIX", DEFAULT_PREFIX)
 TILED_URI = os.environ.get("XAS_TILED_URI") or None
-TILED_API_KEY = os.environ.get("XAS_TILED_API_KEY") or None
+TILED_API_KEY = os.environ.get("XAS_TILED_API_KEY") or os.environ.get("TILED_API_KEY") or None
+BACKUP_DIR = os.environ.get("XAS_BACKUP_DIR") or os.path.expanduser("~/.cache/xas_bluesky/backup")
 
 RE = RunEngine({})
 if os.environ.get("XAS_MD_DIR"):
@@ -44,12 +51,26 @@ if TILED_URI:
     from tiled.client import from_uri
 
     tiled_client = from_uri(TILED_URI, api_key=TILED_API_KEY)
-    tiled_writer = TiledWriter(tiled_client)
+    # a run tiled does not take (an outage) is kept whole in BACKUP_DIR as JSON lines
+    tiled_writer = TiledWriter(
+        tiled_client,
+        backup_directory=BACKUP_DIR,
+        batch_size=int(os.environ.get("XAS_TILED_BATCH", "1")),
+    )
     # the writer makes HTTP requests: behind a buffer it never holds up the RunEngine
     tiled_writer_buffer = BufferingWrapper(tiled_writer)
     RE.subscribe(tiled_writer_buffer)
 else:
     print("00-base: XAS_TILED_URI not set; runs are not stored in tiled")
+
+
+zmq_publisher = None
+if os.environ.get("XAS_ZMQ_PUBLISH"):
+    from xas_bluesky.beamline.remote import make_publisher
+
+    # msgpack, as the worker expects (never pickle)
+    zmq_publisher = make_publisher(os.environ["XAS_ZMQ_PUBLISH"])
+    RE.subscribe(zmq_publisher)
 
 
 def close_tiled_writer():

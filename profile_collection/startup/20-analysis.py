@@ -3,7 +3,8 @@
 :func:`xas_bluesky.beamline.analysis.subscribe_live_analysis` hosts the score IOC in this
 process (``XAS_SCORE_PREFIX``, CA port ``XAS_SCORE_PORT`` or a free one) and subscribes the
 analysis; ``XAS_CANDIDATES`` (a structure file) is the default candidate set of runs that name
-none (else the shipped library of the run's edge).  ``XAS_ANALYSIS=0`` leaves it out; without
+none (else the shipped library of the run's edge).  ``XAS_ANALYSIS=0`` leaves it out (run
+``xas-bluesky worker`` on the published documents instead, see 00-base.py); without
 the analysis package the profile still loads.
 """
 
@@ -22,6 +23,7 @@ if os.environ.get("XAS_ANALYSIS", "1") != "0":
             score_prefix=SCORE_PREFIX,
             port=int(os.environ["XAS_SCORE_PORT"]) if os.environ.get("XAS_SCORE_PORT") else None,
             tiled_client=tiled_client,
+            backup_directory=BACKUP_DIR,
             candidates=os.environ.get("XAS_CANDIDATES") or None,
         )
         # drain the analysis and stop the score IOC before the interpreter goes

@@ -25,6 +25,7 @@ SUBCOMMANDS = (
     "worker",
     "query",
     "export",
+    "replay",
 )
 
 

@@ -306,14 +306,15 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     client = tiled.client()
     RE = RunEngine({})  # its SIGINT handler pauses a scan on Ctrl-C; we then abort it
     RE.md.update({"beamline_id": "xas-bluesky-sim", "demo": True})
-    raw_writer = BufferingWrapper(TiledWriter(client))
+    backup = Path(config.data_dir).resolve() / "backup"  # what tiled does not take: replay
+    raw_writer = BufferingWrapper(TiledWriter(client, backup_directory=str(backup)))
     RE.subscribe(raw_writer)
     stack.callback(raw_writer.shutdown)  # drained before tiled stops (LIFO)
 
     candidates = Path(config.candidates or candidates_file(edge)).resolve()
     analysis = subscribe_live_analysis(
         RE, score_prefix=SCORE_PREFIX, tiled_client=client, candidates=str(candidates),
-        port=score_port,
+        port=score_port, backup_directory=backup,
     )  # fmt: skip
     stack.callback(analysis.shutdown)
     _say(config, f"demo: predicting {candidates.name} with the GNN (cached in tiled) ...")

@@ -7,6 +7,7 @@ embedded tiled on a data directory (the demo's) for the command and stops it aft
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,7 +20,11 @@ def add_tiled_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--tiled-uri", help="a running tiled server, e.g. http://127.0.0.1:8000")
     where.add_argument("--data-dir", help="the demo's data directory (starts tiled on it)")
-    p.add_argument("--api-key", help="the tiled server's API key (with --tiled-uri)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("TILED_API_KEY"),
+        help="the tiled server's API key (with --tiled-uri; default: $TILED_API_KEY)",
+    )
 
 
 @contextmanager

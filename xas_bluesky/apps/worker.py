@@ -5,6 +5,12 @@ address, or Kafka topics), scores XAS runs and hosts the score PVs itself (``--p
 plans read the same PVs wherever the analysis runs.  It shows ``Match:Message-Name`` = ``ready:
 ...`` once it is subscribed; wait for that before the first run
 (:func:`xas_bluesky.beamline.remote.wait_for_worker`).
+
+Documents arrive as msgpack (never pickle): publish them with
+:func:`xas_bluesky.beamline.remote.make_publisher`.  With ``--tiled-uri``, what tiled does not take
+waits in ``--backup-dir`` (``xas-bluesky replay`` writes it later), events missed over 0MQ are
+read back from tiled, and a worker started during a run picks that run up.  The score IOC listens
+on ``--interfaces`` (loopback by default: give the host's address for other hosts to read it).
 """
 
 from __future__ import annotations
@@ -30,6 +36,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--prefix", default=DEFAULT_PREFIX, help=f"score PV prefix (default {DEFAULT_PREFIX})"
     )
     p.add_argument("--port", type=int, help="Channel Access server port (default: environment)")
+    p.add_argument(
+        "--interfaces",
+        nargs="+",
+        default=["127.0.0.1"],
+        metavar="ADDR",
+        help="addresses the score IOC listens on (default 127.0.0.1: this host only; "
+        "0.0.0.0 or the host's address for plans on other hosts)",
+    )
     p.add_argument("--candidates", help="default candidates (.xyz, .sdf, .smi)")
     p.add_argument(
         "--edge",
@@ -39,7 +53,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="predict this edge's candidates before declaring ready (repeatable)",
     )
     p.add_argument("--tiled-uri", help="tiled server for predictions, matches, analysis runs")
-    p.add_argument("--api-key", default=os.environ.get("TILED_API_KEY"), help="its API key")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("TILED_API_KEY"),
+        help="its API key (default: $TILED_API_KEY, which keeps it off the command line)",
+    )
+    p.add_argument(
+        "--backup-dir",
+        default=os.environ.get("XAS_BACKUP_DIR")
+        or os.path.expanduser("~/.cache/xas_bluesky/backup"),
+        help="where runs and match results wait while tiled is away "
+        "(default: $XAS_BACKUP_DIR or ~/.cache/xas_bluesky/backup)",
+    )
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="do not pick up the runs in flight that tiled holds when starting",
+    )
     p.set_defaults(func=run)
 
 
@@ -58,12 +88,16 @@ def run(args: argparse.Namespace) -> int:
     common = dict(
         score_prefix=args.prefix,
         port=args.port,
+        interfaces=args.interfaces,
         tiled_client=client,
+        backup_directory=args.backup_dir if client is not None else None,
         candidates=args.candidates,
         edges=args.edge,
     )
     if args.zmq:
-        remote.run_zmq_worker(args.zmq, zmq_prefix=args.zmq_prefix.encode(), **common)
+        remote.run_zmq_worker(
+            args.zmq, zmq_prefix=args.zmq_prefix.encode(), resume=not args.no_resume, **common
+        )
     else:
         if not args.topic:
             raise CLIError("--kafka needs at least one --topic")

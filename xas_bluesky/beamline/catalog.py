@@ -48,6 +48,8 @@ __all__ = [
     "load_candidate_set",
     "query_predictions",
     "store_match",
+    "match_record",
+    "store_match_record",
     "get_match",
     "RunNotFound",
     "AmbiguousRun",
@@ -353,6 +355,55 @@ def final_ranking(result, candidates: CandidateSet | None) -> list[dict]:
     return ranking(result.names, smiles, result.probabilities, order)
 
 
+def match_record(
+    summary: MatchSummary,
+    ranking: list[dict],
+    candidates: CandidateSet | None = None,
+    *,
+    analysis_run_uid: str | None = None,
+    metadata: dict | None = None,
+) -> dict:
+    """A run's final ranking and summary as one JSON-able record (what :func:`store_match`
+    writes; a record can wait on disk for tiled and be stored later by
+    :func:`store_match_record`)."""
+    fields = summary.as_dict()
+    md = {
+        "kind": "xas_match",
+        "analysis_run_uid": analysis_run_uid,
+        "edge": getattr(candidates, "edge", None),
+        "model_version": getattr(candidates, "model_version", None),
+        "candidate_set": getattr(candidates, "ident", None),
+        "candidates_source": getattr(candidates, "source", None),
+        **{key: fields[name] for name, key in TILED_KEYS.items()},
+    }
+    md = _jsonable({**md, **(metadata or {})})
+    rows = [{k: r[k] for k in RANKING_KEYS} for r in ranking]
+    return {"run_uid": summary.run_uid, "ranking": _jsonable(rows), "metadata": md}
+
+
+def store_match_record(client, record: dict) -> str:
+    """Store a :func:`match_record` in tiled; returns its path.
+
+    Idempotent for one analysis: a record of the same run and ``analysis_run_uid`` already in
+    tiled (an earlier attempt that succeeded, though its answer was lost) is not written again.
+    """
+    import pandas as pd  # tiled's table writer needs it; nothing else here does
+
+    md = record["metadata"]
+    df = pd.DataFrame(record["ranking"], columns=list(RANKING_KEYS))
+    root = _container(client, MATCHES)
+    key = record["run_uid"]
+    analysis = md.get("analysis_run_uid")
+    alt = f"{key}-{hashlib.sha1(str(analysis).encode()).hexdigest()[:8]}"
+    for k in (key, alt):
+        if k in root:
+            if analysis is not None and root[k].metadata.get("analysis_run_uid") == analysis:
+                return f"{MATCHES}/{k}"
+            key = alt  # a re-analysis of the same run keeps the earlier one
+    root.write_table(df, key=key, metadata=md)
+    return f"{MATCHES}/{key}"
+
+
 def store_match(
     client,
     summary: MatchSummary,
@@ -367,26 +418,10 @@ def store_match(
     The record's keys are :data:`~xas_bluesky.contracts.TILED_KEYS` of ``summary`` and
     the candidate set's identity, then ``metadata``.
     """
-    import pandas as pd  # tiled's table writer needs it; nothing else here does
-
-    df = pd.DataFrame(ranking, columns=list(RANKING_KEYS))
-    fields = summary.as_dict()
-    md = {
-        "kind": "xas_match",
-        "analysis_run_uid": analysis_run_uid,
-        "edge": getattr(candidates, "edge", None),
-        "model_version": getattr(candidates, "model_version", None),
-        "candidate_set": getattr(candidates, "ident", None),
-        "candidates_source": getattr(candidates, "source", None),
-        **{key: fields[name] for name, key in TILED_KEYS.items()},
-    }
-    md = _jsonable({**md, **(metadata or {})})
-    root = _container(client, MATCHES)
-    key = summary.run_uid
-    if key in root:  # a re-analysis of the same run keeps the earlier one
-        key = f"{key}-{hashlib.sha1(str(analysis_run_uid).encode()).hexdigest()[:8]}"
-    root.write_table(df, key=key, metadata=md)
-    return f"{MATCHES}/{key}"
+    record = match_record(
+        summary, ranking, candidates, analysis_run_uid=analysis_run_uid, metadata=metadata
+    )
+    return store_match_record(client, record)
 
 
 def get_match(client, run_uid: str) -> dict:

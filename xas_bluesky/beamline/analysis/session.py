@@ -7,6 +7,7 @@ and the remote worker (:mod:`xas_bluesky.beamline.remote`) build an :class:`Anal
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -47,8 +48,15 @@ class AnalysisSession:
         tiled container: predictions are cached there, match results stored, and the analysis
         runs written by a ``TiledWriter`` behind a ``BufferingWrapper`` (unless
         ``analysis_callbacks`` is given).
+    backup_directory
+        Where what tiled does not take waits (see :mod:`xas_bluesky.beamline.backup`): the
+        ``TiledWriter`` keeps a run it could not write as JSON lines there, and the match results
+        wait there until stored.  None: an outage of tiled loses them.
     analysis_callbacks
         Receive the analysis runs' documents (on the worker thread).
+    sinks
+        More sinks, before the built-in ones (e.g. the remote worker's
+        :class:`~xas_bluesky.beamline.remote.TransportSink`).
     cache
         The prediction cache (one storing in ``tiled_client`` when None).
     candidates, engine_kwargs
@@ -63,7 +71,9 @@ class AnalysisSession:
         port: int | None = None,
         interfaces: Sequence[str] = ("127.0.0.1",),
         tiled_client: Any = None,
+        backup_directory: str | os.PathLike | None = None,
         analysis_callbacks: Iterable[Callable] | None = None,
+        sinks: Iterable[AnalysisSink] = (),
         cache: PredictionCache | None = None,
         candidates: str | CandidateSet | None = None,
         **engine_kwargs: Any,
@@ -76,19 +86,28 @@ class AnalysisSession:
         if analysis_callbacks is None:
             analysis_callbacks = []
             if tiled_client is not None:
-                buffered = BufferingWrapper(TiledWriter(tiled_client))
+                bdir = None if backup_directory is None else str(backup_directory)
+                buffered = BufferingWrapper(TiledWriter(tiled_client, backup_directory=bdir))
                 self._writers.append(buffered)
                 analysis_callbacks = [buffered]
         if cache is None:
             store = None if tiled_client is None else TiledPredictionStore(tiled_client)
             cache = PredictionCache(store=store)
         self.runs_sink = AnalysisRunSink(analysis_callbacks, score_prefix=self.server.prefix)
-        sinks: list[AnalysisSink] = []
+        # the extra sinks first: what they add to a run's problems at its close reaches the
+        # match record and the final status
+        all_sinks: list[AnalysisSink] = list(sinks)
+        self.match_sink: TiledMatchSink | None = None
         if tiled_client is not None:
-            sinks.append(TiledMatchSink(tiled_client))
-        sinks += [ScorePVSink(self.server), self.runs_sink]
+            self.match_sink = TiledMatchSink(tiled_client, backup_directory=backup_directory)
+            all_sinks.append(self.match_sink)
+        all_sinks += [ScorePVSink(self.server), self.runs_sink]
         self.engine = AnalysisEngine(
-            sinks, candidates=candidates, cache=cache, tiled_client=tiled_client, **engine_kwargs
+            all_sinks,
+            candidates=candidates,
+            cache=cache,
+            tiled_client=tiled_client,
+            **engine_kwargs,
         )
         self.analysis = LiveXASAnalysis(self.engine)
         self._RE = None
@@ -153,6 +172,8 @@ class AnalysisSession:
                 w.shutdown(wait=True)
             except Exception:
                 logger.exception("could not drain the analysis-run writer")
+        if self.match_sink is not None:
+            self.match_sink.close(min(timeout, 10.0))
         if self._own_server:
             self.server.stop()
 

@@ -15,15 +15,20 @@ A sink's exception is logged by the engine and never stops the others.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from event_model import compose_run
 
 from xas_bluesky.beamline.analysis.run import CappedList, RunState
-from xas_bluesky.beamline.catalog import store_match
+from xas_bluesky.beamline.backup import pending_match_records, save_match_record
+from xas_bluesky.beamline.catalog import match_record, store_match_record
 from xas_bluesky.beamline.epics.score_ioc import ScoreServer
 from xas_bluesky.contracts import ANALYSIS_KEYS, MatchSummary
 
@@ -190,35 +195,129 @@ class AnalysisRunSink(AnalysisSink):
 
 class TiledMatchSink(AnalysisSink):
     """Store each run's final ranking and summary in tiled
-    (:func:`~xas_bluesky.beamline.catalog.store_match`)."""
+    (:func:`~xas_bluesky.beamline.catalog.store_match_record`), retrying until tiled takes it.
 
-    def __init__(self, client: Any):
+    :meth:`run_closing` hands the record to a thread of its own (tiled's client retries a failed
+    request for up to ~45 s: the analysis must not wait for that) and waits ``wait_s`` for it.  A
+    record tiled does not take is retried with a growing pause (``retry_s``: first, largest) until
+    it is stored; with a ``backup_directory`` it is kept there meanwhile
+    (``matches/<run uid>.json``), so a process that exits does not lose it: the next sink on that
+    directory retries it, and so does ``xas-bluesky replay``.  Not stored within ``wait_s``, the
+    run's final status says so (a Warning naming where the record waits).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        backup_directory: str | os.PathLike | None = None,
+        wait_s: float = 5.0,
+        retry_s: tuple[float, float] = (1.0, 60.0),
+    ):
         self.client = client
+        self.backup_directory = None if backup_directory is None else Path(backup_directory)
+        self.wait_s = wait_s
+        self.retry_s = retry_s
+        #: raw run uid -> tiled path of the stored record
+        self.stored: dict[str, str] = {}
+        #: the last failure of a store, for the status
+        self.last_error: str | None = None
+        self._pending: list[tuple[dict, Path | None]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        if self.backup_directory is not None:  # what an earlier process left
+            for path in pending_match_records(self.backup_directory):
+                try:
+                    self._pending.append((json.loads(path.read_text()), path))
+                except Exception:
+                    logger.exception("unreadable match record %s left in place", path)
+        self._thread = threading.Thread(target=self._work, name="tiled-match", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Records not stored yet."""
+        with self._cond:
+            return len(self._pending)
 
     def run_closing(self, run: RunState, raw_stop: dict) -> None:
         if run.result is None:
             return
-        try:
-            store_match(
-                self.client,
-                run.summary("Done", ""),
-                run.ranking(),
-                run.candidates,
-                analysis_run_uid=run.analysis_uid,
-                metadata={
-                    "sample_name": run.sample_name,
-                    "raw_exit_status": raw_stop.get("exit_status", "success"),
-                    "n_events": run.n_events,
-                    "n_refused": run.n_bad,
-                    "problems": run.problems[-20:],
-                    "problems_dropped": run.problems.dropped,
-                    "measured_energy_eV": run.energies,
-                    "measured_mu": run.mus,
-                },
-            )
-        except Exception as exc:
-            run.problems.append(f"match result not stored in tiled: {exc}")
-            logger.exception("could not store the match result of %s", run.uid)
+        record = match_record(
+            run.summary("Done", ""),
+            run.ranking(),
+            run.candidates,
+            analysis_run_uid=run.analysis_uid,
+            metadata={
+                "sample_name": run.sample_name,
+                "raw_exit_status": raw_stop.get("exit_status", "success"),
+                "n_events": run.n_events,
+                "n_refused": run.n_bad,
+                "problems": run.problems[-20:],
+                "problems_dropped": run.problems.dropped,
+                "measured_energy_eV": run.energies,
+                "measured_mu": run.mus,
+            },
+        )
+        path = None
+        if self.backup_directory is not None:
+            try:
+                path = save_match_record(self.backup_directory, record)
+            except Exception as exc:
+                logger.exception("could not keep the match record of %s on disk", run.uid)
+                run.problems.append(f"match result not kept on disk: {exc}")
+        with self._cond:
+            self._pending.append((record, path))
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: run.uid in self.stored or self._closed, self.wait_s)
+            if run.uid in self.stored:
+                return
+        where = f"kept in {path}" if path else "not kept on disk: lost if this process exits"
+        run.problems.append(
+            f"match result not in tiled yet ({self.last_error or 'slow'}); retrying, {where}"
+        )
+
+    def _work(self) -> None:
+        pause = self.retry_s[0]
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._closed)
+                if self._closed:
+                    return
+                record, path = self._pending[0]
+            try:
+                where = store_match_record(self.client, record)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logger.warning(
+                    "match result of %s not stored (%s); retry in %.0f s",
+                    record["run_uid"], self.last_error, pause,
+                )  # fmt: skip
+                with self._cond:
+                    self._cond.wait_for(lambda: self._closed, pause)
+                pause = min(pause * 2, self.retry_s[1])
+                continue
+            pause = self.retry_s[0]
+            if path is not None:
+                path.unlink(missing_ok=True)
+            with self._cond:
+                self._pending.pop(0)
+                self.stored[record["run_uid"]] = where
+                self._cond.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every record is stored; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending, timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Give pending records ``timeout`` seconds, then stop retrying (those kept in the
+        backup directory wait there)."""
+        self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
 
 
 class MemorySink(AnalysisSink):
