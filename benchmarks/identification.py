@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # sim_iocs from a 
 from sim_iocs.physics import Beam, Sample, Spectrum  # noqa: E402
 from xas_bluesky.resources import candidates_file, heldout_samples  # noqa: E402
 from xas_bluesky.science.adaptive import AdaptivePolicy, grid_energies  # noqa: E402
-from xas_bluesky.science.compare import Comparator  # noqa: E402
+from xas_bluesky.science.compare import Comparator, calibration_for, reliability  # noqa: E402
 from xas_bluesky.science.model.predictor import Predictor  # noqa: E402
 from xas_bluesky.science.spectra import mu_from_channels  # noqa: E402
 from xas_bluesky.science.structures import (  # noqa: E402
@@ -199,12 +199,14 @@ def main() -> None:
 
         policy = AdaptivePolicy(edge)
         stats = defaultdict(list)
+        probs = defaultdict(list)
         for set_name, per_sample in sets.items():
             for i, s in enumerate(samples):
                 structs = per_sample[s["name"]]
                 mean, std = predict(structs)
                 names = [x.name for x in structs]
-                comp = Comparator(grid, mean, std, names)
+                # the model's own calibration, as the live analysis applies it
+                comp = Comparator(grid, mean, std, names, **calibration_for(predictor))
                 for mode in ("grid", "adaptive"):
                     seed = args.seed * 100003 + i
                     rs = np.random.default_rng(seed)
@@ -221,10 +223,14 @@ def main() -> None:
                             secs,
                             len(set(names)),
                             abs(res.offset_ev - offset),
+                            res.best_probability,
                         )
                     )
+                    probs[key].append((res.probabilities, names.index(s["name"])))
         for (e, set_name, mode), vals in stats.items():
             a = np.array(vals, dtype=float)
+            sure = a[:, 6] >= 0.99
+            rel = reliability(*zip(*probs[(e, set_name, mode)], strict=True))
             rows.append(
                 (
                     e,
@@ -236,17 +242,20 @@ def main() -> None:
                     a[:, 1].mean(),
                     a[:, 2].mean(),
                     a[:, 3].mean(),
+                    rel["ece"],
+                    int(sure.sum()),
+                    int((sure & (a[:, 0] == 0)).sum()),
                 )
             )
 
     print(
         f"{'edge':4} {'set':7} {'mode':9} {'samples':>7} {'cands':>5} {'top1':>6} {'top5':>6} "
-        f"{'points':>7} {'s/scan':>7}"
+        f"{'points':>7} {'s/scan':>7} {'ECE':>6} {'p>=.99':>6} {'wrong':>5}"
     )
     for r in rows:
         print(
             f"{r[0]:4} {r[1]:7} {r[2]:9} {r[3]:7d} {r[4]:5d} {r[5]:6.1%} {r[6]:6.1%} "
-            f"{r[7]:7.1f} {r[8]:7.3f}"
+            f"{r[7]:7.1f} {r[8]:7.3f} {r[9]:6.3f} {r[10]:6d} {r[11]:5d}"
         )
 
 
