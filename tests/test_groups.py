@@ -390,6 +390,28 @@ def test_open_world_end_to_end(world):
     assert np.mean(np.array(p_in) >= 0.5) >= 0.85
 
 
+def _model_version(edge):
+    import json
+
+    from xas_bluesky.resources import RESOURCES
+
+    return json.loads((RESOURCES / "models" / edge / "metadata.json").read_text())["model_version"]
+
+
+@pytest.mark.parametrize("edge", ["O", "N"])
+def test_shipped_calibration_belongs_to_the_shipped_model(edge):
+    from xas_bluesky.resources import open_world_calibration
+
+    assert open_world_calibration(edge) is not None
+    cal = NoveltyCalibration.shipped(edge)
+    assert cal.edge == edge
+    assert cal.temperature > 0 and cal.feff_temperature > 0 and cal.in_temperature > 0
+    assert 0.0 <= cal.floor < 1.0 and 0.0 <= cal.feff_floor < 1.0
+    assert len(cal.in_coef) == 3 and cal.combine[1] > 0
+    # refit (benchmarks/groups.py --calibrate) when the ensemble changes
+    assert _model_version(edge) in cal.source
+
+
 @pytest.mark.parametrize("edge", ["O", "N"])
 def test_shipped_libraries_hold_training_molecules_only(edge):
     from xas_bluesky.resources import library_file
@@ -405,3 +427,37 @@ def test_shipped_libraries_hold_training_molecules_only(edge):
     assert feff.groups.any(axis=1).mean() > 0.99
     for n in names + feff.names:
         assert split_of(int(n.removeprefix("qm9_"))) == "train", n
+
+
+@pytest.mark.parametrize("edge", ["O", "N"])
+def test_groups_of_heldout_feff_spectra_from_the_shipped_feff_library(edge):
+    """Real spectra: held-out FEFF samples, measured on a 0.5 eV grid with 1% noise and an
+    offset, against the shipped FEFF library at its shipped calibration."""
+    from xas_bluesky.resources import heldout_samples
+    from xas_bluesky.science.groups import shipped_feff_library
+    from xas_bluesky.science.structures import structure_from_xyz
+
+    cal = NoveltyCalibration.shipped(edge)
+    feff = shipped_feff_library(edge)
+    as_model = NoveltyCalibration(
+        edge,
+        temperature=cal.feff_temperature,
+        exponent=cal.feff_exponent,
+        floor=cal.feff_floor,
+    )
+    cmp = Comparator(feff.energy, feff.mean, None, feff.names, temperature=5.0)
+    energy, samples = heldout_samples(edge)
+    rng = np.random.default_rng(0)
+    mono = np.arange(energy[0] + 2.0, energy[-1] - 2.0, 0.5)
+    hits, conf = [], []
+    for s in samples[:20]:
+        truth = groups_of(structure_from_xyz(s["name"], s["symbols"], np.asarray(s["xyz"])), edge)
+        y = 0.02 * np.interp(mono + 0.3, energy, s["mu"]) + 0.05
+        sig = np.full(mono.size, 2e-4)
+        cmp.reset()
+        cmp.add_points(mono, y + sig * rng.standard_normal(mono.size), sig)
+        res = assess(cmp, feff.groups, None, as_model)
+        hits.append(res.top_group in truth)
+        conf.append(res.top_probability)
+    assert np.mean(hits) >= 0.85
+    assert 0.7 <= np.mean(conf) <= 1.0
