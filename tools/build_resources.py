@@ -9,6 +9,15 @@ Run from the source tree after the FEFF data grows::
 - ``xas_bluesky/resources/candidates_{edge}.xyz``: at least 500 QM9 molecules containing the edge's
   element, all from the held-out split (so never training data either), every held-out sample
   among them.  Line 2 of each frame is the name (``qm9_NNNNNN``).
+
+With ``--open-world`` it builds only the references of the open-world analysis
+(``xas_bluesky.science.compare.novelty``; refit its calibration afterwards with
+``python benchmarks/groups.py --calibrate``):
+
+- ``xas_bluesky/resources/library_{edge}.npz``: the model library's structures, 10,000 random
+  training-split QM9 molecules with the edge's element (seed 0);
+- ``xas_bluesky/resources/feff_library_{edge}.npz``: FEFF's spectra of the data set's complete
+  training molecules with their functional groups (float16).
 """
 
 from __future__ import annotations
@@ -31,11 +40,29 @@ def xyz_frame(name: str, symbols, xyz) -> str:
     return "\n".join(lines) + "\n"
 
 
+def build_open_world(size: int) -> None:
+    import numpy as np
+
+    from xas_bluesky.science.groups import feff_library, qm9_structures, save_library_structures
+
+    for edge in EDGES:
+        structures = qm9_structures(edge, size, seed=0)
+        save_library_structures(RES / f"library_{edge}.npz", structures)
+        feff = feff_library(edge, "train")
+        feff.save(RES / f"feff_library_{edge}.npz", dtype=np.float16)
+        print(f"{edge}: model library {len(structures)} structures, FEFF library {len(feff)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n-candidates", type=int, default=600)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--open-world", action="store_true", help="only the open-world libraries")
+    ap.add_argument("--library-size", type=int, default=10000)
     args = ap.parse_args()
+    if args.open_world:
+        build_open_world(args.library_size)
+        return
     files = default_data_files()
     for edge in EDGES:
         held = [m for m in load_molecules(files, edge) if m.split == "test" and m.complete]

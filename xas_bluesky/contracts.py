@@ -33,6 +33,7 @@ __all__ = [
     "RANKING_KEYS",
     "ranking",
     "is_xas_start",
+    "GROUPS",
 ]
 
 #: default prefix of the score PVs (``XAS:Match:BestProb-I``)
@@ -226,6 +227,23 @@ TILED_KEYS = {
     "n_flagged": "n_flagged",
     "n_duplicates": "n_duplicates",
     "gaps": "gaps",
+}
+
+#: functional groups of the absorbing atom that the open-world analysis names, per K edge (the
+#: SMARTS of each are :data:`xas_bluesky.science.groups.SITE_RULES`; add, never rename or reorder)
+GROUPS: dict[str, tuple[str, ...]] = {
+    "O": (
+        "carbonyl",
+        "carboxyl",
+        "alcohol",
+        "ether",
+        "amide",
+        "carbamate",
+        "carbonate",
+        "N-O",
+        "aromatic-O",
+    ),
+    "N": ("amine", "amide", "nitrile", "aromatic-N", "pyrrole-N", "nitro"),
 }
 
 #: keys of one entry of a final ranking (tiled's match table, ``query --run``, the demo's JSON)

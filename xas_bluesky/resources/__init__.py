@@ -18,6 +18,9 @@ __all__ = [
     "heldout_samples",
     "reference_spectrum",
     "candidates_file",
+    "open_world_calibration",
+    "library_file",
+    "feff_library_file",
 ]
 
 RESOURCES = Path(__file__).resolve().parent
@@ -65,3 +68,25 @@ def reference_spectrum(edge: str) -> tuple[np.ndarray, np.ndarray]:
 def candidates_file(edge: str) -> Path:
     """The shipped candidate library of ``edge`` (multi-frame XYZ, >= 500 QM9 molecules)."""
     return RESOURCES / f"candidates_{edge}.xyz"
+
+
+def open_world_calibration(edge: str) -> dict | None:
+    """The shipped calibration of the open-world analysis of ``edge`` (``open_world.json``,
+    written by ``benchmarks/groups.py --calibrate`` on the validation split), or None."""
+    path = RESOURCES / "open_world.json"
+    if not path.exists():
+        return None
+    entry = json.loads(path.read_text()).get(edge)
+    return dict(entry) if entry else None
+
+
+def library_file(edge: str) -> Path:
+    """The shipped reference library of the open-world analysis of ``edge``: training-split QM9
+    structures (``.npz``, read by :func:`xas_bluesky.science.groups.load_library_structures`)."""
+    return RESOURCES / f"library_{edge}.npz"
+
+
+def feff_library_file(edge: str) -> Path:
+    """FEFF's spectra of the data set's training molecules of ``edge`` with their functional
+    groups (read by :func:`xas_bluesky.science.groups.shipped_feff_library`)."""
+    return RESOURCES / f"feff_library_{edge}.npz"

@@ -1,9 +1,11 @@
 """Score a partially measured spectrum against N candidate spectra, and calibrate the scores.
 
 Modules: :mod:`.comparator` (the live hot path: :class:`Comparator`, :class:`MatchResult`,
-:func:`calibration_for`; pure numpy) and :mod:`.calibration` (offline: simulated scans, the
+:func:`calibration_for`; pure numpy), :mod:`.calibration` (offline: simulated scans, the
 temperature fit, reliability, :func:`calibrate` and storing a trained ensemble's calibration in
-its checkpoint).  Every public name of both is importable from here; the offline ones load
+its checkpoint) and :mod:`.novelty` (the open world: functional groups from the spectrum and
+whether the sample is among the candidates, read from comparators' results; import it as
+``xas_bluesky.science.compare.novelty``).  Every public name of both is importable from here; the offline ones load
 :mod:`.calibration` on first use, so the live path never imports it (nor its data-set modules),
 and ``python -m xas_bluesky.science.compare.calibration`` runs a module not yet imported.
 """
