@@ -39,6 +39,7 @@ __all__ = [
     "load_spectrum_csv",
     "heldout_spectra",
     "parse_slot_spec",
+    "measured_like",
     "Sample",
     "Ring",
     "Clock",
@@ -113,6 +114,42 @@ def heldout_names(edge: str | None = None) -> list[str]:
     for e in [edge] if edge else ["N", "O"]:
         names.update(s["name"] for s in heldout_samples(e)[1])
     return sorted(names)
+
+
+def measured_like(
+    spectrum: Spectrum, broadening_ev: float = 0.0, axis_offset_ev: float = 0.0
+) -> Spectrum:
+    """``spectrum`` as a real beamline would show it: broader and on another energy axis.
+
+    Parameters
+    ----------
+    spectrum : Spectrum
+        A FEFF-like spectrum on FEFF10's axis.
+    broadening_ev : float
+        FWHM (eV) of a Gaussian convolved with it (mono resolution, vibrations), on a
+        uniform grid of step <= sigma / 4 (the pre-edge and the post-edge held at their ends).
+    axis_offset_ev : float
+        Shift (eV) of its energy axis: a feature at FEFF energy E appears at E + axis_offset_ev.
+
+    Returns
+    -------
+    Spectrum
+        ``spectrum`` itself when both are 0.
+    """
+    if broadening_ev == 0 and axis_offset_ev == 0:
+        return spectrum
+    from xas_bluesky.science.compare.broadening import FWHM_PER_SIGMA, gaussian_broaden
+
+    e, mu = spectrum.energy, spectrum.mu
+    if broadening_ev > 0:
+        step = min(broadening_ev / FWHM_PER_SIGMA / 4.0, float(np.diff(e).min()))
+        fine = np.arange(e[0], e[-1] + 0.5 * step, step)
+        mu = gaussian_broaden(fine, np.interp(fine, e, mu), broadening_ev)
+        e = fine
+    elif broadening_ev < 0:
+        raise SpectrumError(f"broadening must be >= 0 eV, got {broadening_ev}")
+    tag = f"{spectrum.source} broadened {broadening_ev:g} eV shifted {axis_offset_ev:+g} eV"
+    return Spectrum(e + float(axis_offset_ev), mu, source=tag)
 
 
 def parse_slot_spec(spec: str) -> tuple[str, list[Spectrum]]:

@@ -18,6 +18,7 @@ __all__ = ["main", "build_parser", "CLIError", "SUBCOMMANDS"]
 SUBCOMMANDS = (
     "demo",
     "predict",
+    "match",
     "train",
     "simulate",
     "serve_ioc",

@@ -65,6 +65,10 @@ __all__ = [
     "write_xdi",
     "athena_text",
     "write_athena",
+    "MeasuredSpectrum",
+    "read_xdi",
+    "read_athena",
+    "read_measured",
 ]
 
 #: measurement mode -> XDI column names of the signal channel and of mu (XDI's dictionary has
@@ -389,3 +393,206 @@ def write_athena(
     with gzip.open(path, "wt") as fh:
         fh.write(athena_text(spectra, creator=creator))
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# reading a finished measurement back: XDI, an Athena project's first group, or a CSV
+
+
+@dataclass(frozen=True)
+class MeasuredSpectrum:
+    """A measured spectrum read from a file.
+
+    Attributes
+    ----------
+    energy, mu : np.ndarray
+        Strictly increasing energies (eV; rows sorted, repeated energies averaged) and mu.
+    label : str
+        The file's name for it (XDI ``Sample.name``, Athena's group label, the file stem).
+    source : str
+        The file.
+    column : str
+        What ``mu`` is (``"mu"`` for a CSV, an XDI column name, ``"itey/i0"``, Athena's ``y``).
+    """
+
+    energy: np.ndarray
+    mu: np.ndarray
+    label: str
+    source: str
+    column: str = "mu"
+
+
+#: XDI columns read as mu, in this order of preference
+XDI_MU_COLUMNS = ("mutey", "mufluor", "mutrans", "mu", "xmu", "normtey", "norm")
+
+
+def _sorted_spectrum(energy: np.ndarray, mu: np.ndarray, source: str):
+    from xas_bluesky.science.spectra import SpectrumError, check_spectrum
+
+    e = np.asarray(energy, dtype=float)
+    m = np.asarray(mu, dtype=float)
+    ok = np.isfinite(e) & np.isfinite(m)
+    e, m = e[ok], m[ok]
+    if e.size == 0:
+        raise SpectrumError(f"{source}: no finite data rows")
+    order = np.argsort(e, kind="stable")
+    e, m = e[order], m[order]
+    uniq, inv = np.unique(e, return_inverse=True)
+    if uniq.size < e.size:  # repeated energies (several passes): their mean
+        m = np.bincount(inv, weights=m) / np.bincount(inv)
+        e = uniq
+    return check_spectrum(e, m, source=source)
+
+
+def read_xdi(path: str | Path) -> MeasuredSpectrum:
+    """The spectrum of an XDI file: energy and mu (the first of :data:`XDI_MU_COLUMNS`, else
+    ``signal / i0`` for ``itey``/``ifluor`` or ``ln(i0 / itrans)``).
+
+    Raises
+    ------
+    SpectrumError
+        One line naming the file and the problem.
+    """
+    from xas_bluesky.science.spectra import SpectrumError
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpectrumError(f"{path}: cannot read as XDI text ({type(exc).__name__})") from None
+    lines = text.splitlines()
+    if not lines or not lines[0].lstrip("#").strip().upper().startswith("XDI/"):
+        raise SpectrumError(f"{path}: not an XDI file (no '# XDI/' first line)")
+    columns: dict[int, str] = {}
+    label = path.stem
+    rows: list[list[float]] = []
+    for lineno, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped.startswith("#"):
+            body = stripped.lstrip("#").strip()
+            tag, sep, value = body.partition(":")
+            if sep and tag.strip().lower().startswith("column."):
+                try:
+                    columns[int(tag.strip().split(".")[1])] = value.split()[0].lower()
+                except (ValueError, IndexError):
+                    raise SpectrumError(f"{path}:{lineno}: bad column line {body!r}") from None
+            elif sep and tag.strip().lower() == "sample.name" and value.strip():
+                label = value.strip()
+            continue
+        try:
+            rows.append([float(x) for x in stripped.split()])
+        except ValueError:
+            raise SpectrumError(f"{path}:{lineno}: not numbers: {stripped[:40]!r}") from None
+    if not rows:
+        raise SpectrumError(f"{path}: no data rows")
+    width = min(len(r) for r in rows)
+    if width < 2 or any(len(r) != len(rows[0]) for r in rows):
+        raise SpectrumError(f"{path}: data rows must have the same number (>= 2) of columns")
+    data = np.asarray(rows, dtype=float)
+    index = {name: k - 1 for k, name in columns.items() if 1 <= k <= data.shape[1]}
+    e_col = index.get("energy", 0)
+    col = next((c for c in XDI_MU_COLUMNS if c in index), None)
+    if col is not None:
+        mu = data[:, index[col]]
+    elif "i0" in index and ("itey" in index or "ifluor" in index):
+        sig = "itey" if "itey" in index else "ifluor"
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mu = data[:, index[sig]] / data[:, index["i0"]]
+        col = f"{sig}/i0"
+    elif "i0" in index and "itrans" in index:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mu = np.log(data[:, index["i0"]] / data[:, index["itrans"]])
+        col = "ln(i0/itrans)"
+    elif data.shape[1] == 2 and not columns:
+        mu, col = data[:, 1], "column 2"
+    else:
+        names = ", ".join(columns.values()) or "none named"
+        raise SpectrumError(f"{path}: no mu column (columns: {names})")
+    e, m = _sorted_spectrum(data[:, e_col], mu, str(path))
+    return MeasuredSpectrum(e, m, label, str(path), col)
+
+
+def _perl_values(text: str, name: str, start: int) -> tuple[np.ndarray | None, int]:
+    import re
+
+    m = re.compile(rf"@{name}\s*=\s*\((.*?)\);", re.S).search(text, start)
+    if m is None:
+        return None, start
+    vals = [v.strip().strip("'\"") for v in m.group(1).split(",") if v.strip()]
+    return np.asarray([float(v) for v in vals], dtype=float), m.end()
+
+
+def read_athena(path: str | Path) -> MeasuredSpectrum:
+    """The first group of an Athena project (``.prj``, gzipped or not): its ``@x`` (energy)
+    and ``@y`` (mu) arrays, labelled by its ``label`` argument.
+
+    Raises
+    ------
+    SpectrumError
+        One line naming the file and the problem.
+    """
+    import re
+
+    from xas_bluesky.science.spectra import SpectrumError
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode()
+    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
+        raise SpectrumError(
+            f"{path}: cannot read as an Athena project ({type(exc).__name__})"
+        ) from None
+    first = text.find("$old_group")
+    if "Athena project" not in text[:200] or first < 0:
+        raise SpectrumError(f"{path}: not an Athena project file (no group)")
+    label = path.stem
+    args = re.compile(r"@args\s*=\s*\((.*?)\);", re.S).search(text, first)
+    if args:
+        lab = re.search(r"'label'\s*,\s*'((?:[^'\\]|\\.)*)'", args.group(1))
+        if lab and lab.group(1).strip():
+            label = lab.group(1).strip()
+    try:
+        x, _ = _perl_values(text, "x", first)
+        y, _ = _perl_values(text, "y", first)
+    except ValueError:
+        raise SpectrumError(f"{path}: the first group's @x/@y are not numbers") from None
+    if x is None or y is None:
+        raise SpectrumError(f"{path}: the first group has no @x/@y arrays")
+    if x.size != y.size:
+        raise SpectrumError(f"{path}: the first group's @x and @y differ in length")
+    e, m = _sorted_spectrum(x, y, str(path))
+    return MeasuredSpectrum(e, m, label, str(path), "y")
+
+
+def read_measured(path: str | Path) -> MeasuredSpectrum:
+    """A finished measurement from a file: CSV ``energy_eV,mu``, XDI, or an Athena project
+    (its first group), told apart by content (gzip or ``# Athena project``, ``# XDI/``) and
+    otherwise read as CSV.
+
+    Raises
+    ------
+    SpectrumError
+        One line naming the file and the problem (no such file included).
+    """
+    from xas_bluesky.science.spectra import SpectrumError, load_spectrum_csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpectrumError(f"{path}: no such file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise SpectrumError(f"{path}: cannot read ({exc.strerror})") from None
+    if head[:2] == b"\x1f\x8b" or head.lstrip().startswith(b"# Athena project"):
+        return read_athena(path)
+    if head.lstrip(b"# \t").upper().startswith(b"XDI/"):
+        return read_xdi(path)
+    if path.suffix.lower() in (".xdi", ".prj"):
+        kind = "XDI" if path.suffix.lower() == ".xdi" else "an Athena project"
+        raise SpectrumError(f"{path}: not {kind} file")
+    e, m = load_spectrum_csv(path)
+    return MeasuredSpectrum(e, m, path.stem, str(path), "mu")
