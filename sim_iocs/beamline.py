@@ -28,6 +28,7 @@ from sim_iocs.physics import (
     SpectrumError,
     _carbon_mu,
     heldout_names,
+    measured_like,
     parse_slot_spec,
 )
 from xas_bluesky.beamline.epics.server import run_ioc
@@ -65,13 +66,24 @@ def build_state(
     clock: float = 1.0,
     offset: float | None = None,
     current: str | None = None,
+    broadening: float = 0.0,
+    axis_offset: float = 0.0,
 ) -> SimState:
     """The simulation state: slots from ``NAME=SOURCE`` specs (default :func:`default_slots`;
     given slots are added to the defaults), a seeded generator and the mono's true offset
-    (default: seeded random within +-1 eV)."""
+    (default: seeded random within +-1 eV).
+
+    ``broadening`` (Gaussian FWHM, eV) and ``axis_offset`` (eV) make every slot's spectra look
+    measured (:func:`~sim_iocs.physics.measured_like`): broader, and shifted on the energy axis.
+    """
+    if not (broadening >= 0 and np.isfinite(broadening)):
+        raise ValueError(f"broadening must be >= 0 eV, got {broadening}")
+    if not np.isfinite(axis_offset):
+        raise ValueError(f"axis offset must be finite, got {axis_offset}")
     samples: dict[str, Sample] = {}
     for spec in default_slots() + list(slots or []):
         name, spectra = parse_slot_spec(spec)
+        spectra = [measured_like(x, broadening, axis_offset) for x in spectra]
         samples[name] = Sample(name, spectra)
     if offset is None:
         offset = float(np.random.default_rng([seed, 1]).uniform(-1.0, 1.0))
@@ -85,6 +97,8 @@ def build_state(
         samples=samples,
         current=current,
         true_offset=offset,
+        broadening=float(broadening),
+        axis_offset=float(axis_offset),
     )
 
 
@@ -105,6 +119,20 @@ def add_sim_arguments(parser) -> None:
     )
     parser.add_argument("--sample", default=None, help="slot in the beam at start (default blank)")
     parser.add_argument(
+        "--broadening",
+        type=float,
+        default=0.0,
+        metavar="EV",
+        help="Gaussian FWHM (eV) convolved with every sample spectrum (default 0)",
+    )
+    parser.add_argument(
+        "--axis-offset",
+        type=float,
+        default=0.0,
+        metavar="EV",
+        help="shift (eV) of every sample spectrum's energy axis (default 0)",
+    )
+    parser.add_argument(
         "--no-tune", action="store_true", help="run caproto as shipped (benchmark baseline)"
     )
 
@@ -121,7 +149,13 @@ def main(argv: list[str] | None = None) -> None:
     ioc_options, run_options = split_args(args)
     try:
         state = build_state(
-            args.slot, seed=args.seed, clock=args.clock, offset=args.offset, current=args.sample
+            args.slot,
+            seed=args.seed,
+            clock=args.clock,
+            offset=args.offset,
+            current=args.sample,
+            broadening=args.broadening,
+            axis_offset=args.axis_offset,
         )
     except (SpectrumError, ValueError) as exc:
         print(f"sim_iocs.beamline: {exc}", file=sys.stderr)

@@ -23,6 +23,7 @@ from sim_iocs.physics import (
     Clock,
     Sample,
     SpectrumError,
+    measured_like,
     parse_slot_spec,
 )
 
@@ -49,6 +50,10 @@ class SimState:
     current: str
     beam: Beam = field(default_factory=Beam)
     true_offset: float = 0.0
+    #: Gaussian FWHM (eV) and energy shift (eV) applied to every sample's spectra
+    #: (:func:`~sim_iocs.physics.measured_like`), loaded slots included
+    broadening: float = 0.0
+    axis_offset: float = 0.0
     #: the mono readback (kept here so detectors need not go through Channel Access)
     readback: float = 530.0
 
@@ -372,6 +377,7 @@ class SampleChangerGroup(PVGroup):
             name, spectra = parse_slot_spec(str(value))
         except SpectrumError as exc:
             raise ValueError(str(exc)) from None
+        spectra = [measured_like(x, state.broadening, state.axis_offset) for x in spectra]
         state.samples[name] = Sample(name, spectra)
         await self._publish(state)
         return value

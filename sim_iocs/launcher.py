@@ -71,6 +71,8 @@ def sim_ioc_args(
     seed: int = 0,
     offset: float | None = None,
     tuned: bool = True,
+    broadening: float = 0.0,
+    axis_offset: float = 0.0,
 ) -> list[str]:
     """Arguments of ``python -m sim_iocs.beamline`` (without ``--prefix``).
 
@@ -81,7 +83,7 @@ def sim_ioc_args(
         may run elsewhere).
     sample : str, optional
         Slot in the beam at start.
-    clock, seed, offset, tuned
+    clock, seed, offset, tuned, broadening, axis_offset
         As :class:`SimBeamline`.
 
     Returns
@@ -100,6 +102,10 @@ def sim_ioc_args(
     ]
     if offset is not None:
         args += ["--offset", repr(float(offset))]
+    if broadening:
+        args += ["--broadening", repr(float(broadening))]
+    if axis_offset:
+        args += ["--axis-offset", repr(float(axis_offset))]
     for spec in slots:
         name, _, source = spec.partition("=")
         if source and not source.startswith("heldout:") and source != "blank":
@@ -131,6 +137,9 @@ class SimBeamline:
         Channel Access server / repeater ports (default: free ports).
     tuned
         ``False`` runs caproto as shipped (Nagle on), the benchmark's baseline.
+    broadening, axis_offset
+        Gaussian FWHM (eV) and energy shift (eV) of every sample spectrum, like a real beamline
+        (:func:`~sim_iocs.physics.measured_like`); 0 for FEFF's spectra as they are.
     """
 
     def __init__(
@@ -147,11 +156,20 @@ class SimBeamline:
         log_dir: str | os.PathLike | None = None,
         tuned: bool = True,
         timeout: float = 30.0,
+        broadening: float = 0.0,
+        axis_offset: float = 0.0,
     ):
         self.prefix = prefix or f"SIM{uuid.uuid4().hex[:6]}:"
         self.slots = list(slots)
         self.args = sim_ioc_args(
-            slots=self.slots, sample=sample, clock=clock, seed=seed, offset=offset, tuned=tuned
+            slots=self.slots,
+            sample=sample,
+            clock=clock,
+            seed=seed,
+            offset=offset,
+            tuned=tuned,
+            broadening=broadening,
+            axis_offset=axis_offset,
         )
         self.port = port
         self.repeater_port = repeater_port

@@ -9,6 +9,7 @@ contract is in ``docs/cli.rst``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -41,7 +42,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument(
         "--sample-spectrum",
         metavar="FILE.csv",
-        help="CSV energy_eV,mu on FEFF10's absolute energy axis",
+        help="CSV energy_eV,mu on FEFF10's absolute energy axis (or the experiment's: --axis)",
+    )
+    p.add_argument(
+        "--axis",
+        choices=["feff", "experiment"],
+        default="feff",
+        help="energy axis of --sample-spectrum: FEFF10's (default) or an experiment's (E0 at "
+        "xraydb's tabulated edge; moved to FEFF's axis by the edge's convention, and the live "
+        "offset prior widened; see docs/real_samples.rst)",
+    )
+    p.add_argument(
+        "--broadening",
+        type=float,
+        default=0.0,
+        metavar="EV",
+        help="the simulated beamline broadens the sample's spectrum by this Gaussian FWHM (eV)",
+    )
+    p.add_argument(
+        "--axis-offset",
+        type=float,
+        default=0.0,
+        metavar="EV",
+        help="the simulated beamline shifts the sample's energy axis by this much (eV)",
     )
     p.add_argument(
         "--candidates",
@@ -66,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.sample_spectrum and not Path(args.sample_spectrum).is_file():
         raise CLIError(f"{args.sample_spectrum}: no such file")
+    if args.axis != "feff" and not args.sample_spectrum:
+        raise CLIError(f"--axis {args.axis} is the axis of a --sample-spectrum: give one")
+    if not (args.broadening >= 0 and math.isfinite(args.broadening)):
+        raise CLIError(f"--broadening must be >= 0 eV, got {args.broadening}")
+    if not math.isfinite(args.axis_offset):
+        raise CLIError(f"--axis-offset must be finite, got {args.axis_offset}")
     if args.candidates and not Path(args.candidates).is_file():
         raise CLIError(f"{args.candidates}: no such file")
     config = DemoConfig(
@@ -73,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode,
         sample=args.sample,
         sample_spectrum=args.sample_spectrum,
+        axis=args.axis,
+        broadening=args.broadening,
+        axis_offset=args.axis_offset,
         candidates=args.candidates,
         data_dir=Path(args.data_dir) if args.data_dir else default_data_dir(),
         seed=args.seed,

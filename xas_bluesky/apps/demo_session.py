@@ -52,6 +52,11 @@ class DemoConfig:
     mode: str = "adaptive"
     sample: str | None = None
     sample_spectrum: str | None = None
+    #: energy axis of ``sample_spectrum``: "feff" or "experiment"
+    axis: str = "feff"
+    #: the simulated beamline's Gaussian FWHM (eV) and axis shift (eV) of the sample spectra
+    broadening: float = 0.0
+    axis_offset: float = 0.0
     candidates: str | None = None
     data_dir: Path = Path(".")
     seed: int = 0
@@ -72,7 +77,7 @@ def choose_sample(config: DemoConfig) -> tuple[str, str]:
     """``(sample name, slot spec)`` of the sample to measure."""
     if config.sample_spectrum:
         name = Path(config.sample_spectrum).stem
-        return name, f"{name[:39]}={Path(config.sample_spectrum).resolve()}"
+        return name, f"{name[:39]}={_on_feff_axis(config).resolve()}"
     _, samples = heldout_samples(config.edge)
     names = sorted(s["name"] for s in samples)
     if config.sample:
@@ -86,6 +91,29 @@ def choose_sample(config: DemoConfig) -> tuple[str, str]:
         pool = [n for n in names if n != REFERENCE_SLOTS[config.edge][1]]
         name = random.Random(config.seed).choice(pool)
     return name, f"{name}=heldout:{config.edge}:{name}"
+
+
+def _on_feff_axis(config: DemoConfig) -> Path:
+    """The ``--sample-spectrum`` file on FEFF's axis: itself, or (``axis="experiment"``) a copy
+    moved by the edge's convention (:mod:`xas_bluesky.science.compare.axis`) under the data
+    directory."""
+    assert config.sample_spectrum is not None
+    src = Path(config.sample_spectrum)
+    if config.axis == "feff":
+        return src
+    from xas_bluesky.science.compare.axis import to_feff_axis
+    from xas_bluesky.science.spectra import SpectrumError, load_spectrum_csv
+
+    try:
+        energy, mu = load_spectrum_csv(src)
+    except SpectrumError as exc:
+        raise DemoError(str(exc)) from None
+    out = Path(config.data_dir).resolve() / "spectra" / f"{src.stem}.feff_axis.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    e = to_feff_axis(energy, config.edge, config.axis)
+    rows = "".join(f"{a!r},{b!r}\n" for a, b in zip(e.tolist(), mu.tolist(), strict=True))
+    out.write_text("energy_eV,mu\n" + rows)
+    return out
 
 
 class _SignalGuard:
@@ -172,6 +200,8 @@ def run_demo(config: DemoConfig) -> dict:
             port=sim_port,
             repeater_port=repeater_port,
             log_dir=log_dir,
+            broadening=config.broadening,
+            axis_offset=config.axis_offset,
         )
         _say(config, f"demo: starting the simulated beamline and tiled under {data_dir} ...")
         with ThreadPoolExecutor(2) as pool:  # both take seconds: start them side by side
@@ -312,9 +342,13 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     stack.callback(raw_writer.shutdown)  # drained before tiled stops (LIFO)
 
     candidates = Path(config.candidates or candidates_file(edge)).resolve()
+    from xas_bluesky.science.compare.axis import offset_prior
+
+    # a spectrum from the experiment's axis: the convention's error widens the offset prior
+    prior = offset_prior(edge, config.axis) if config.axis != "feff" else {}
     analysis = subscribe_live_analysis(
         RE, score_prefix=SCORE_PREFIX, tiled_client=client, candidates=str(candidates),
-        port=score_port, backup_directory=backup,
+        port=score_port, backup_directory=backup, comparator_kwargs=prior,
     )  # fmt: skip
     stack.callback(analysis.shutdown)
     _say(config, f"demo: predicting {candidates.name} with the GNN (cached in tiled) ...")
@@ -380,6 +414,9 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
         "edge": edge,
         "mode": config.mode,
         "seed": config.seed,
+        "axis": config.axis,
+        "broadening_ev": config.broadening,
+        "axis_offset_ev": config.axis_offset,
         "points": len(progress.times),
         "ranking": ranking,
         "pv": pv,

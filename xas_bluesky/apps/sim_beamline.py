@@ -7,6 +7,7 @@ until Ctrl-C or SIGTERM, and stops every process it started (by PID).
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
@@ -53,6 +54,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "NAME=heldout:[EDGE:]SAMPLE or NAME=blank (repeatable)",
     )
     p.add_argument("--sample", default=None, help="slot in the beam at start (default blank)")
+    p.add_argument(
+        "--broadening",
+        type=float,
+        default=0.0,
+        metavar="EV",
+        help="Gaussian FWHM (eV) convolved with every sample spectrum, like a real beamline "
+        "(default 0: FEFF's spectra as they are)",
+    )
+    p.add_argument(
+        "--axis-offset",
+        type=float,
+        default=0.0,
+        metavar="EV",
+        help="shift (eV) of every sample spectrum's energy axis (default 0)",
+    )
     p.add_argument("--no-tune", action="store_true", help="caproto as shipped (Nagle on)")
     p.add_argument("--log-dir", default=None, help="write the IOC's log here")
     p.set_defaults(func=run)
@@ -69,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--clock must be positive, got {clock}")
     if not args.prefix or any(c.isspace() for c in args.prefix):
         raise CLIError(f"bad PV prefix {args.prefix!r}")
+    if not (args.broadening >= 0 and math.isfinite(args.broadening)):
+        raise CLIError(f"--broadening must be >= 0 eV, got {args.broadening}")
+    if not math.isfinite(args.axis_offset):
+        raise CLIError(f"--axis-offset must be finite, got {args.axis_offset}")
     port = args.port or free_ports(1)[0]
     repeater_port = args.repeater_port or port + 1
     sim = SimBeamline(
@@ -82,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         repeater_port=repeater_port,
         log_dir=args.log_dir,
         tuned=not args.no_tune,
+        broadening=args.broadening,
+        axis_offset=args.axis_offset,
     )
     stop = threading.Event()
 
