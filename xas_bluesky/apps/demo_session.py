@@ -411,9 +411,12 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     if config.mode == "grid":
         plan = grid_xanes_scan(devs.mono, devs.det, edge=edge, **common)
     else:
+        # the drill's score-IOC restart: Channel Access clients take seconds to find it again
+        # (more under load), so the wait for a score gets longer than the plan's default 10 s
         plan = adaptive_xanes_scan(
             devs.mono, devs.det, scores, edge=edge, threshold=config.threshold,
-            max_points=config.max_points, **common,
+            max_points=config.max_points, score_timeout=30.0 if config.faults else 10.0,
+            **common,
         )  # fmt: skip
     _say(config, f"demo: {config.mode} scan of {sample_name} at the {edge} K edge")
     _SignalGuard.run_engine = RE
