@@ -95,7 +95,9 @@ class MonoGroup(PVGroup):
     ``Settle-SP + |step| / Velo-SP`` simulated seconds.  Puts outside the control limits are
     refused with a Channel Access error.  The true photon energy is ``Energy-RB + Sim:Offset-SP``
     (the calibration error the beamline does not know); ``Calib:Offset-SP`` holds the offset the
-    beamline *measured* (:func:`xas_bluesky.beamline.plans.calibrate_energy`).
+    beamline *measured* (:func:`xas_bluesky.beamline.plans.calibrate_energy`).  A put of N to
+    ``Sim:Stick-SP`` makes the next N moves fail silently (a stuck mono): the put completes after
+    the settling time, the readback stays where it was, so that point repeats the last energy.
     """
 
     energy_sp = pvproperty(
@@ -133,6 +135,14 @@ class MonoGroup(PVGroup):
         doc="measured calibration offset (true = readback + offset), used by the analysis",
     )
 
+    stick = pvproperty(
+        name="Sim:Stick-SP",
+        value=0,
+        lower_ctrl_limit=0,
+        upper_ctrl_limit=1000,
+        doc="simulation: the next N moves do not happen (the readback stays)",
+    )
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._lock = asyncio.Lock()
@@ -154,6 +164,11 @@ class MonoGroup(PVGroup):
             raise ValueError("energy must be finite")
         state = _state(self)
         async with self._lock:
+            if self.stick.value > 0:  # stuck: settle, report done, stay where we are
+                await self.stick.write(self.stick.value - 1)
+                await asyncio.sleep(state.clock.real(self.settle.value))
+                await self.energy_rb.write(state.readback)
+                return value
             start = state.readback
             duration = state.clock.real(
                 self.settle.value + abs(value - start) / self.velocity.value
@@ -214,7 +229,7 @@ class RingGroup(PVGroup):
 
 
 #: glitches ``Det:Sim:Glitch-SP`` may put on the next count of a channel: value and alarm
-GLITCHES = ("saturate", "negative", "tiny", "major", "invalid")
+GLITCHES = ("saturate", "negative", "tiny", "major", "invalid", "nan")
 _CHANNELS = ("i0", "tey", "pfy", "it")
 
 
@@ -246,6 +261,8 @@ def _reading(counts: float, glitch: str | None) -> tuple[float, dict]:
         return counts, {"status": AlarmStatus.HIGH, "severity": AlarmSeverity.MAJOR_ALARM}
     if glitch == "invalid":
         return counts, {"status": AlarmStatus.READ, "severity": AlarmSeverity.INVALID_ALARM}
+    if glitch == "nan":  # a broken readout that raises no alarm
+        return math.nan, ok
     return counts, ok
 
 
@@ -269,7 +286,8 @@ class DetectorGroup(PVGroup):
     (put-callback) once every channel holds the new counts; ``Count-I`` then has been incremented.
     The counters are 24-bit scalers (control limits 0 and 2^24 - 1): a count beyond full scale
     reads 2^24 - 1 in MAJOR alarm (HIHI).  ``Sim:Glitch-SP`` (``CHANNEL:KIND[,...]``, KIND one of
-    :data:`GLITCHES`) spoils the next count of a channel on purpose, then clears itself.
+    :data:`GLITCHES`) spoils the next count of a channel on purpose, then clears itself (``nan``
+    reads NaN without an alarm, as a broken readout might).
     """
 
     acquire = pvproperty(name="Acquire-Cmd", value=0, doc="put 1 to count (put-completion)")

@@ -128,3 +128,56 @@ def test_demo_refuses_unknown_sample(tmp_path):
     assert run.returncode == 1
     assert run.stderr.count("\n") == 1 and "no_such_molecule" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_fault_schedule_is_drawn_from_the_seed():
+    from xas_bluesky.apps.demo_faults import GLITCH_DRILL, fault_schedule
+
+    a, b = fault_schedule(3, 14, 49), fault_schedule(3, 14, 49)
+    assert a == b and a != fault_schedule(4, 14, 49)
+    kinds = [f.kind for f in a]
+    assert sorted(f.arg for f in a if f.kind == "glitch") == sorted(GLITCH_DRILL)
+    assert kinds.count("dump") == kinds.count("stick") == kinds.count("ioc-restart") == 1
+    assert len({f.point for f in a}) == len(a) and min(f.point for f in a) >= 3
+
+
+@pytest.mark.slow
+def test_fault_drill_names_the_clean_answer(tmp_path):
+    """``demo --faults`` (glitches, a beam dump through the ring suspender, a stuck mono, a
+    score-IOC restart) names the clean run's best candidate, same seed; the JSON's counters come
+    from the analysis.  The two demos run side by side (each mostly waits on the sim clock)."""
+    edge = "N"
+    _, samples = heldout_samples(edge)
+    sample = samples[1]["name"]
+    cands = _small_library(tmp_path, edge, sample)
+    procs = {}
+    for tag in ("clean", "faults"):
+        procs[tag] = subprocess.Popen(
+            [*CLI, "demo", "--edge", edge, "--sample", sample, "--candidates", str(cands),
+             "--max-points", "20", "--seed", "1", "--quiet", "--data-dir", str(tmp_path / tag),
+             "--json", str(tmp_path / f"{tag}.json"), *(["--faults"] if tag == "faults" else [])],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    out = {}
+    for tag, proc in procs.items():
+        _, err = proc.communicate(timeout=400)
+        assert proc.returncode == 0, (tag, err[-3000:])
+        out[tag] = json.loads((tmp_path / f"{tag}.json").read_text())
+    clean, drill = out["clean"], out["faults"]
+    for r in (clean, drill):
+        for key in ("flagged_points", "gaps", "ioc_restarts"):
+            assert isinstance(r[key], int), key
+    assert (clean["flagged_points"], clean["gaps"], clean["ioc_restarts"]) == (0, 0, 0)
+    assert clean["faults"] is None
+    assert drill["ranking"][0]["name"] == clean["ranking"][0]["name"]
+    injected = drill["faults"]["injected"]
+    assert not [f for f in injected if f["error"]], injected
+    glitches = sum(f["kind"] == "glitch" for f in injected)
+    # each glitch that struck a point is one flagged point (a dump's point may be one more)
+    assert glitches >= 3 and drill["flagged_points"] >= glitches
+    assert drill["ioc_restarts"] == 1 and drill["gaps"] == 0
+    assert drill["faults"]["suspensions"] >= 1  # the beam dump tripped the ring suspender
+    stuck = next(f["point"] for f in injected if f["kind"] == "stick")
+    order = drill["measured"]["energy_order_eV"]
+    assert order[stuck - 1] == pytest.approx(order[stuck - 2], abs=1e-6)  # a repeated energy
+    assert drill["pv"]["XAS:Match:NPoints-I"] == drill["points"]

@@ -102,7 +102,9 @@ def test_restart_serves_last_and_new_updates(score_server):
     score_server.stop()
     assert epics.caget(p + "Match:NPoints-I", timeout=0.5, use_monitor=False) is None
     score_server.publish(_update(6))  # published while down: kept for the restart
+    restarts = score_server.restarts
     score_server.start()
+    assert score_server.restarts == restarts + 1  # the demo's ``ioc_restarts``
     assert wait_for(lambda: epics.caget(p + "Match:NPoints-I", use_monitor=False) == 6, 25)
     score_server.publish(_update(7))
     assert wait_for(lambda: 7 in arrivals, 25)  # the old monitor reconnected and sees new updates

@@ -81,6 +81,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--clock", type=float, default=None, help="simulated seconds per real second (default 20)"
     )
     p.add_argument("--quiet", action="store_true", help="no live progress lines")
+    p.add_argument(
+        "--faults",
+        action="store_true",
+        help=(
+            "fault drill: the simulated beamline injects faults on a schedule drawn from --seed "
+            "(a beam dump, bad readings, a repeated energy, a score-IOC restart)"
+        ),
+    )
     p.set_defaults(func=run)
 
 
@@ -114,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         max_points=args.max_points,
         clock=args.clock,
         progress=None if args.quiet else sys.stderr,
+        faults=args.faults,
     )
     try:
         run_demo(config)

@@ -66,6 +66,8 @@ class DemoConfig:
     max_points: int = 49
     clock: float | None = None
     progress: TextIO | None = None
+    #: run the fault drill (:mod:`xas_bluesky.apps.demo_faults`)
+    faults: bool = False
 
 
 def _say(config: DemoConfig, text: str) -> None:
@@ -320,6 +322,49 @@ def _close_channel_access() -> None:
         pass
 
 
+class _FinalSummaries:
+    """An analysis sink that keeps the final :class:`~xas_bluesky.contracts.MatchSummary` of
+    each run: the analysis' own counters (flagged points, repeats, gaps) for the JSON."""
+
+    def __init__(self) -> None:
+        self.finals: dict[str, Any] = {}
+
+    def status(self, status: str, message: str) -> None:
+        pass
+
+    def run_opened(self, run) -> None:
+        pass
+
+    def update(self, run, summary, scored: bool) -> None:
+        pass
+
+    def run_closing(self, run, raw_stop: dict) -> None:
+        pass
+
+    def run_closed(self, run, summary, raw_stop: dict) -> None:
+        self.finals[run.uid] = summary
+
+
+def _ring_suspender(devs):
+    """The profile's ring-current suspender (suspend below 100 mA, resume above 300 mA), with a
+    count of its trips (``trips``) and a short settling time for the accelerated demo."""
+    from bluesky.suspenders import SuspendFloor
+    from ophyd import EpicsSignalRO
+
+    class CountingSuspendFloor(SuspendFloor):
+        trips = 0
+
+        def __call__(self, value, **kwargs):
+            was = self._tripped
+            super().__call__(value, **kwargs)
+            if self._tripped and not was:
+                self.trips += 1
+
+    monitor = EpicsSignalRO(devs.ring_current.pvname, name="ring_monitor", auto_monitor=True)
+    monitor.wait_for_connection(timeout=10)
+    return CountingSuspendFloor(monitor, 100.0, resume_thresh=300.0, sleep=0.5)
+
+
 def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stack) -> dict:
     from bluesky import RunEngine
     from bluesky.callbacks.buffer import BufferingWrapper
@@ -346,9 +391,10 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
 
     # a spectrum from the experiment's axis: the convention's error widens the offset prior
     prior = offset_prior(edge, config.axis) if config.axis != "feff" else {}
+    finals = _FinalSummaries()
     analysis = subscribe_live_analysis(
         RE, score_prefix=SCORE_PREFIX, tiled_client=client, candidates=str(candidates),
-        port=score_port, backup_directory=backup, comparator_kwargs=prior,
+        port=score_port, backup_directory=backup, comparator_kwargs=prior, sinks=[finals],
     )  # fmt: skip
     stack.callback(analysis.shutdown)
     _say(config, f"demo: predicting {candidates.name} with the GNN (cached in tiled) ...")
@@ -374,6 +420,21 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     stack.callback(_close_channel_access)
     progress = _Progress(config, analysis.server)
     RE.subscribe(progress)
+    drill = suspender = None
+    if config.faults:
+        from xas_bluesky.apps.demo_faults import FaultDrill, fault_schedule
+        from xas_bluesky.science.adaptive import coarse_energies
+
+        schedule = fault_schedule(config.seed, coarse_energies(edge).size, config.max_points)
+        drill = FaultDrill(
+            schedule, sim.prefix, restart_ioc=analysis.server.restart,
+            say=lambda text: _say(config, text),
+        ).connect()  # fmt: skip
+        stack.callback(drill.close)
+        RE.subscribe(drill)
+        suspender = _ring_suspender(devs)
+        RE.install_suspender(suspender)
+        _say(config, f"demo: fault drill, {len(schedule)} faults scheduled (seed {config.seed})")
     slot = sample_name[:39]
     common = dict(
         sample=slot,
@@ -384,9 +445,12 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     if config.mode == "grid":
         plan = grid_xanes_scan(devs.mono, devs.det, edge=edge, **common)
     else:
+        # the drill's score-IOC restart: Channel Access clients take seconds to find it again
+        # (more under load), so the wait for a score gets longer than the plan's default 10 s
         plan = adaptive_xanes_scan(
             devs.mono, devs.det, scores, edge=edge, threshold=config.threshold,
-            max_points=config.max_points, **common,
+            max_points=config.max_points, score_timeout=30.0 if config.faults else 10.0,
+            **common,
         )  # fmt: skip
     _say(config, f"demo: {config.mode} scan of {sample_name} at the {edge} K edge")
     _SignalGuard.run_engine = RE
@@ -400,6 +464,9 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     run_uid = uids[0]  # type: ignore[index]  # a tuple of uids: call_returns_result is off
     if not analysis.wait_idle(120):
         raise DemoError("the analysis did not finish scoring within 120 s")
+    if drill is not None:
+        drill.close()
+        RE.remove_suspender(suspender)
     result = analysis.results.get(run_uid)
     ranking = final_ranking(result, cands) if result is not None else []
     if result is None:
@@ -409,6 +476,7 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     probe.stop()
     lines = [json.loads(x) for x in arrivals.read_text().splitlines() if x.strip()]
     lat = np.asarray(pair_latencies(progress.times, lines)) * 1e3
+    final = finals.finals.get(run_uid)
     return {
         "sample": sample_name,
         "edge": edge,
@@ -434,6 +502,18 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
         "measured": _measured(progress.rows, "TEY", edge),
         "candidates": str(candidates),
         "model_version": cands.model_version,
+        # the analysis' own counters (its final summary of the run) and the score IOC's
+        "flagged_points": int(final.n_flagged) if final is not None else 0,
+        "gaps": int(final.gaps) if final is not None else 0,
+        "duplicates": int(final.n_duplicates) if final is not None else 0,
+        "ioc_restarts": int(analysis.server.restarts),
+        "faults": None
+        if drill is None
+        else {
+            "injected": drill.injected,
+            "not_reached": drill.not_reached,
+            "suspensions": suspender.trips if suspender is not None else 0,
+        },
         "_predictions": {
             name: (
                 cands.energy,

@@ -34,7 +34,9 @@ class ScoredSignal(Signal):
     scored with at least ``npoints`` points (or fails after the parent's ``wait_timeout``).
 
     A monitor on ``Match:Update-I`` wakes the check; the check itself uses fresh gets, never the
-    monitored value.  ``run_uid=None`` accepts any run.
+    monitored value, and polls every 0.25 s besides (so a wait that begins while the score IOC
+    is away -- restarting, when no monitor can be added -- finishes once it is back).
+    ``run_uid=None`` accepts any run.
     """
 
     def set(self, value, *, timeout: float | None = None, settle_time=None, **kwargs):
@@ -47,7 +49,10 @@ class ScoredSignal(Signal):
         def on_update(*args, **kw):  # runs on the CA thread: no CA calls here
             wake.set()
 
-        cid = parent.update.subscribe(on_update, run=False)
+        try:
+            cid = parent.update.subscribe(on_update, run=False)
+        except Exception:  # the IOC is away (restarting): poll until it is back
+            cid = None
 
         def check() -> None:
             while not status.done:
@@ -65,6 +70,8 @@ class ScoredSignal(Signal):
 
         def cleanup(st) -> None:
             wake.set()
+            if cid is None:
+                return
             try:
                 parent.update.unsubscribe(cid)
             except Exception:

@@ -244,6 +244,10 @@ class ScoreServer:
         self.group: MatchScoreGroup | None = None
         #: ``time.time()`` when each update finished writing (for the latency benchmark)
         self.last_written: float | None = None
+        #: times the server started serving again after its first start (:meth:`restart`, or a
+        #: stop and a start): the ``ioc_restarts`` of ``xas-bluesky demo --json``
+        self.restarts = 0
+        self._starts = 0
 
     # -- names -------------------------------------------------------------------------------
     def pvname(self, attr: str) -> str:
@@ -280,6 +284,8 @@ class ScoreServer:
             raise RuntimeError(f"score IOC {self.prefix} did not start within {timeout} s")
         if self._error is not None:
             raise RuntimeError(f"score IOC {self.prefix} failed to start: {self._error}")
+        self._starts += 1
+        self.restarts = self._starts - 1
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
