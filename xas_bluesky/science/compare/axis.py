@@ -2,26 +2,53 @@
 
 Every model spectrum lives on FEFF10's absolute energy axis (:mod:`xas_bluesky.science.grids`).
 A measured spectrum's energies are either on that axis already (``axis="feff"``: a simulated
-beamline, a mono calibrated against a FEFF spectrum of a reference) or on an experiment's
-(``axis="experiment"``): one whose absorption edge (E0, the first inflection point) sits at
-xraydb's tabulated K edge, the convention of Athena's and Larch's "E0 at the tabulated edge".
+beamline, a mono calibrated against a FEFF spectrum of a reference -- such a beamline should use
+``--axis feff``) or on an experiment's (``axis="experiment"``): a measured NEXAFS spectrum whose
+energy axis is calibrated the usual way, against gas-phase / literature energies of reference
+resonances.
 
 The convention
 --------------
 ``E_feff = E_experiment + offset_ev``, one constant per edge (:data:`AXIS_CONVENTIONS`), applied
-to the measured energies *before* the comparator's shared mono offset.  The constants come
-from the committed FEFF10 data, not from any measured spectrum: the median E0
-(:func:`~xas_bluesky.science.spectra.find_e0`) of the shipped held-out spectra is 530.00 eV
-for O (154 spectra; 10-90 % 529.25-535.00 eV) and 399.25 eV for N (110; 398.50-402.50 eV),
-13.1 and 10.65 eV below xraydb's K edges (543.1 and 409.9 eV); rounded to the model grid's
-0.25 eV, O -13.0 eV and N -10.75 eV.
+to the measured energies *before* the comparator's shared mono offset.  The constants come from
+literature energies of the first (1s -> pi*) resonance of small QM9 molecules measured in the gas
+phase, compared with where this project's FEFF pipeline (:mod:`xas_bluesky.science.feff`, the
+training data's cards) puts the same resonance for the same QM9 geometry
+(:data:`AXIS_REFERENCES`): ``offset_ev`` is the mean of ``E_feff_peak - E_literature`` over an
+edge's references, rounded to 0.05 eV, and ``sigma_ev`` their sample standard deviation, at least
+0.5 eV (:func:`derive_convention`).  No measured spectrum is used.  FEFF's peak is the first local
+maximum of the absorbing site's spectrum on FEFF's own energy points (0.1-0.25 eV apart there),
+ignoring points below 20 % of the spectrum's maximum (:func:`first_peak_energy`); the site
+spectra are committed in ``data/axis_references/feff_sites.jsonl.gz``.
 
-The constant is uncertain (FEFF's absolute energies, which E0 an experiment's software picked,
-a molecule's chemical shift against the median): ``sigma_ev`` is its prior width, 1 eV by
-default.  The comparator marginalises ONE offset for the whole measurement; on the experiment
-axis its prior covers the mono's calibration and the convention's error together, as
-independent Gaussians (:func:`offset_prior`): the prior widens, but stays one shared number
-(isomers keep their chemical shifts apart).
+=====  ==============  =========  ======  =========  ==========  =========================
+edge   molecule        QM9 index  site    FEFF (eV)  lit. (eV)   FEFF - lit. (eV)
+=====  ==============  =========  ======  =========  ==========  =========================
+O      formaldehyde    6          O1      530.574    530.8       -0.23
+O      acetaldehyde    11         O2      530.563    531.2       -0.64
+O      acetone         18         O3      530.543    531.35      -0.81
+N      acetonitrile    10         N2      401.138    399.9       +1.24
+N      pyridine        215        N3      399.707    398.8       +0.91
+=====  ==============  =========  ======  =========  ==========  =========================
+
+O: -0.56 +- 0.30 eV -> ``offset_ev = -0.55``, ``sigma_ev = 0.5``; N: +1.07 +- 0.23 eV ->
+``offset_ev = +1.05``, ``sigma_ev = 0.5``.  The literature energies are the commonly quoted
+gas-phase values; each reference names the paper that measured it (formaldehyde: Remmers et al.,
+Phys. Rev. A 46, 3935 (1992); acetaldehyde, acetone: Prince et al., J. Phys. Chem. A 107, 1955
+(2003); acetonitrile: Carniato et al., J. Chem. Phys. 123, 214301 (2005); pyridine:
+Vall-llosera et al., J. Chem. Phys. 128, 044316 (2008)).  The numbers have not been re-read from
+those papers here: check them there before tightening ``sigma_ev``.
+
+An earlier version referred the experiment axis to xraydb's tabulated atomic K edges (543.1,
+409.9 eV) and shipped O -13.0 / N -10.75 eV: wrong for molecular NEXAFS, whose first resonance
+sits ~12 eV below the atomic edge, so a real spectrum was shifted ~11 eV too far.
+
+The constant is uncertain (FEFF's absolute energies and its broad first peak, the few reference
+molecules, chemical shifts between classes of molecule): ``sigma_ev`` is its prior width.  The
+comparator marginalises ONE offset for the whole measurement; on the experiment axis its prior
+covers the mono's calibration and the convention's error together, as independent Gaussians
+(:func:`offset_prior`): the prior widens, but stays one shared number (isomers keep their
+chemical shifts apart).
 
 Both the constants and the width are configurable (:func:`convention`, the ``offset_ev`` and
 ``sigma_ev`` keywords): a beamline that knows its own relation to FEFF's axis should use it.
@@ -39,6 +66,10 @@ __all__ = [
     "AXES",
     "AxisConvention",
     "AXIS_CONVENTIONS",
+    "AxisReference",
+    "AXIS_REFERENCES",
+    "first_peak_energy",
+    "derive_convention",
     "MONO_OFFSET_SIGMA_EV",
     "MONO_OFFSET_MAX_EV",
     "convention",
@@ -73,10 +104,110 @@ class AxisConvention:
     sigma_ev: float = 1.0
 
 
-#: the shipped conventions (see the module's docstring for where the numbers come from)
+@dataclass(frozen=True)
+class AxisReference:
+    """One reference resonance: a literature energy and FEFF10's peak for the same QM9 molecule.
+
+    Attributes
+    ----------
+    edge : str
+        ``"O"`` or ``"N"``.
+    molecule : str
+        Common name.
+    qm9_index : int
+        QM9 index of the geometry FEFF was run on.
+    site : int
+        Index of the absorbing atom in QM9's atom order.
+    literature_ev : float
+        Gas-phase energy of the resonance (eV).
+    source : str
+        Where ``literature_ev`` was measured.
+    feff_peak_ev : float
+        :func:`first_peak_energy` of FEFF10's site spectrum (eV).
+    """
+
+    edge: str
+    molecule: str
+    qm9_index: int
+    site: int
+    literature_ev: float
+    source: str
+    feff_peak_ev: float
+
+    @property
+    def offset_ev(self) -> float:
+        """``E_feff - E_experiment`` of this reference (eV)."""
+        return self.feff_peak_ev - self.literature_ev
+
+
+#: the reference resonances behind :data:`AXIS_CONVENTIONS` (module docstring)
+AXIS_REFERENCES: tuple[AxisReference, ...] = (
+    AxisReference("O", "formaldehyde", 6, 1, 530.8,
+                  "O 1s->pi*; Remmers et al., Phys. Rev. A 46, 3935 (1992)", 530.574),
+    AxisReference("O", "acetaldehyde", 11, 2, 531.2,
+                  "O 1s->pi*; Prince et al., J. Phys. Chem. A 107, 1955 (2003)", 530.563),
+    AxisReference("O", "acetone", 18, 3, 531.35,
+                  "O 1s->pi* (quoted 531.3-531.4); Prince et al., J. Phys. Chem. A 107, 1955 "
+                  "(2003)", 530.543),
+    AxisReference("N", "acetonitrile", 10, 2, 399.9,
+                  "N 1s->pi*; Carniato et al., J. Chem. Phys. 123, 214301 (2005)", 401.138),
+    AxisReference("N", "pyridine", 215, 3, 398.8,
+                  "N 1s->pi*; Vall-llosera et al., J. Chem. Phys. 128, 044316 (2008)", 399.707),
+)  # fmt: skip
+
+
+def first_peak_energy(energy: ArrayLike, mu: ArrayLike, *, floor: float = 0.2) -> float:
+    """Energy of the first local maximum of ``mu`` at or above ``floor`` x max(mu).
+
+    The resonance locator of :data:`AXIS_REFERENCES`: on a FEFF site spectrum, the first
+    (1s -> pi*) peak.  Points are sorted by energy; a flat top counts at its last point.
+
+    Raises
+    ------
+    ValueError
+        When ``mu`` has no such maximum.
+    """
+    e = np.asarray(energy, dtype=float)
+    y = np.asarray(mu, dtype=float)
+    order = np.argsort(e, kind="stable")
+    e, y = e[order], y[order]
+    level = floor * float(np.max(y)) if y.size else 0.0
+    for i in range(1, y.size - 1):
+        if y[i] >= level and y[i] >= y[i - 1] and y[i] > y[i + 1]:
+            return float(e[i])
+    raise ValueError("no local maximum above the floor")
+
+
+def derive_convention(
+    edge: str,
+    references: tuple[AxisReference, ...] = AXIS_REFERENCES,
+    *,
+    step: float = 0.05,
+    min_sigma: float = 0.5,
+) -> AxisConvention:
+    """The convention of ``edge`` from its references.
+
+    ``offset_ev`` is the mean of their :attr:`AxisReference.offset_ev` rounded to ``step``;
+    ``sigma_ev`` their sample standard deviation rounded to ``step``, at least ``min_sigma``.
+
+    Raises
+    ------
+    ValueError
+        When ``edge`` has no reference.
+    """
+    offs = np.array([r.offset_ev for r in references if r.edge == edge])
+    if offs.size == 0:
+        raise ValueError(f"no axis reference for edge {edge!r}")
+    spread = float(np.std(offs, ddof=1)) if offs.size > 1 else 0.0
+    off = round(round(float(np.mean(offs)) / step) * step, 10)
+    sig = max(min_sigma, round(round(spread / step) * step, 10))
+    return AxisConvention(edge, off, sig)
+
+
+#: the shipped conventions: :func:`derive_convention` of :data:`AXIS_REFERENCES` (a test checks)
 AXIS_CONVENTIONS: dict[str, AxisConvention] = {
-    "O": AxisConvention("O", -13.0, 1.0),
-    "N": AxisConvention("N", -10.75, 1.0),
+    "O": AxisConvention("O", -0.55, 0.5),
+    "N": AxisConvention("N", 1.05, 0.5),
 }
 
 
