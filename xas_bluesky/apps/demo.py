@@ -48,9 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--axis",
         choices=["feff", "experiment"],
         default="feff",
-        help="energy axis of --sample-spectrum: FEFF10's (default) or an experiment's (E0 at "
-        "xraydb's tabulated edge; moved to FEFF's axis by the edge's convention, and the live "
-        "offset prior widened; see docs/real_samples.rst)",
+        help="energy axis of --sample-spectrum: FEFF10's (default) or an experiment's (calibrated "
+        "against literature gas-phase resonances; moved to FEFF's axis by the edge's convention, "
+        "and the live offset prior widened; see docs/real_samples.rst)",
     )
     p.add_argument(
         "--broadening",

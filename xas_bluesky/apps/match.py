@@ -61,8 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--axis",
         choices=list(AXES),
         default="feff",
-        help="energy axis of the spectrum: FEFF10's (default) or an experiment's (E0 at "
-        "xraydb's tabulated edge; see docs/real_samples.rst)",
+        help="energy axis of the spectrum: FEFF10's (default) or an experiment's (calibrated "
+        "against literature gas-phase resonances; see docs/real_samples.rst)",
     )
     p.add_argument(
         "--axis-offset",
