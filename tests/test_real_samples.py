@@ -74,8 +74,8 @@ def test_to_feff_axis_and_prior():
     np.testing.assert_allclose(to_feff_axis(e, "N", "experiment", c), e - 9.0)
     assert offset_prior("O", "feff") == {"offset_sigma": 1.0, "offset_max": 3.0}
     wide = offset_prior("O", "experiment")
-    assert wide["offset_sigma"] == pytest.approx(np.hypot(1.0, 0.5))
-    assert wide["offset_max"] == pytest.approx(4.0)
+    assert wide["offset_sigma"] == pytest.approx(np.hypot(1.0, 1.0))
+    assert wide["offset_max"] == pytest.approx(5.0)
     with pytest.raises(ValueError):
         to_feff_axis(e, "O", "kinetic")
     with pytest.raises(ValueError):
