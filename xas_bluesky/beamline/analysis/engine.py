@@ -456,9 +456,10 @@ class AnalysisEngine(DocumentRouter):
             return
         points = self._points(run)
         nov = self.open_world.finish(run.uid, points, self.open_world_wait) if points else None
-        if nov is None or nov is run.novelty:
-            return
+        if nov is None or nov.version == run.novelty_published:
+            return  # the last scored update (an analysis-run event) carried it already
         run.novelty = nov
+        run.novelty_published = nov.version
         if nov.n_points < len(points):
             run.problems.append(
                 f"open-world result from {nov.n_points} of {len(points)} points (not finished "
@@ -550,6 +551,8 @@ class AnalysisEngine(DocumentRouter):
         if self.open_world is not None and run.open_world and pts:
             self.open_world.submit(run.uid, self._points(run))
         self._take_novelty(run)
+        if run.novelty is not None:
+            run.novelty_published = run.novelty.version
         status = "Warning" if run.problems or run.gaps else "Running"
         msg = run.problems[-1] if run.problems else ""
         self._call_sinks("update", run, run.summary(status, msg, self.top_k), True)

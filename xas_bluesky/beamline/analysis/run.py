@@ -134,7 +134,7 @@ class RunState:
     #: no candidates at all (open world: groups only, no comparator)
     open_world_only: bool = False
     #: the newest open-world result (:class:`~.open_world.LiveNovelty`) and the version of it
-    #: the sinks last saw
+    #: the last scored update (an event of the analysis run) carried
     novelty: Any = None
     novelty_published: int = 0
     #: uid of the linked analysis run, once a sink has opened one
