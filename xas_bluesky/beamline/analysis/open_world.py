@@ -400,7 +400,11 @@ class OpenWorldWorker:
         from xas_bluesky.science.library_cache import shipped_model_version
 
         cands = job.candidates
-        version = cands.model_version if cands is not None else shipped_model_version(job.edge)
+        version = (
+            cands.model_version
+            if cands is not None and cands.model_version
+            else shipped_model_version(job.edge)
+        )
         feff = self.libraries.feff(job.edge)
         model = self.libraries.model(job.edge, version)
         cal = NoveltyCalibration.shipped(job.edge, version)
