@@ -215,3 +215,47 @@ def test_a_beam_dump_during_the_adaptive_scan(setup, monkeypatch, landed):
         assert last["n_duplicates"] == 0
     assert sorted(seqs) == list(range(1, 21)) and last["gaps"] == 0
     assert result.n_points == 20 and last["n_events"] == 20
+
+
+def test_adaptive_scan_stops_with_no_match(setup, tmp_path, monkeypatch):
+    """The analysis says NoMatch (in_library < 0.5; here a calibration that always says so):
+    the plan stops with reason no-match, after its coarse pass and no_match_min_points."""
+    from bluesky import RunEngine
+    from test_open_world_live import open_world, small_model_library
+
+    from xas_bluesky.beamline.analysis import subscribe_live_analysis
+    from xas_bluesky.beamline.epics.devices import MatchScores
+    from xas_bluesky.beamline.plans import adaptive_xanes_scan
+
+    devs = setup["devs"]
+    cands = shared_cache().from_file(setup["cands"], "O")
+    small_model_library(tmp_path / "libs", cands.model_version)
+    world = open_world(tmp_path / "libs", monkeypatch, in_coef=(-5.0, 0.0, 0.0))
+    RE = RunEngine({}, context_managers=[])
+    docs = _collect(RE)
+    prefix = unique_prefix("NMP")
+    analysis = subscribe_live_analysis(
+        RE, score_prefix=prefix, port=next_ca_port(), candidates=str(setup["cands"]),
+        cache=shared_cache(), open_world=world, analysis_callbacks=[],
+    )  # fmt: skip
+    try:
+        scores = MatchScores(prefix, name="scores", wait_timeout=60)
+        scores.wait_for_connection(timeout=10)
+        RE(
+            adaptive_xanes_scan(devs.mono, devs.det, scores, edge="O", max_points=40, threshold=1.01,
+                                no_match_min_points=18, sample=setup["sample"],
+                                sample_changer=devs.sample_changer),
+        )  # fmt: skip
+    finally:
+        analysis.shutdown()
+    stop = next(d for n, d in docs if n == "stop")
+    assert stop["exit_status"] == "success"
+    assert stop["reason"].startswith("no-match after"), stop["reason"]
+    assert "in_library" in stop["reason"]
+    streams = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+    primary = [d for n, d in docs if n == "event" and streams[d["descriptor"]] == "primary"]
+    # never before the minimum; the groups lag the scores by a point or two
+    assert 18 <= len(primary) <= 22, len(primary)
+    decisions = [d for n, d in docs if n == "event" and streams[d["descriptor"]] == "adaptive"]
+    assert decisions[-1]["data"]["scores_status"] == "NoMatch"
+    assert decisions[-1]["data"]["scores_groups"]

@@ -181,3 +181,50 @@ def test_fault_drill_names_the_clean_answer(tmp_path):
     order = drill["measured"]["energy_order_eV"]
     assert order[stuck - 1] == pytest.approx(order[stuck - 2], abs=1e-6)  # a repeated energy
     assert drill["pv"]["XAS:Match:NPoints-I"] == drill["points"]
+
+
+@pytest.mark.slow
+def test_open_world_demo_without_candidates(tmp_path):
+    """``demo --sample-spectrum FILE --no-candidates``: groups only (FEFF library: no model
+    library cached in this XDG_CACHE_HOME), no ranking; the JSON's ``groups`` / ``in_library``
+    keys, the group PVs, and ``query --run`` reading them back from tiled."""
+    import os
+
+    from xas_bluesky.contracts import GROUPS
+
+    edge = "O"
+    energy, samples = heldout_samples(edge)
+    sample = samples[4]
+    spectrum = tmp_path / "unknown.csv"
+    rows = "".join(
+        f"{float(e)!r},{float(m)!r}\n" for e, m in zip(energy, sample["mu"], strict=True)
+    )
+    spectrum.write_text("energy_eV,mu\n" + rows)
+    out, data = tmp_path / "demo.json", tmp_path / "data"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    run = subprocess.run(
+        [*CLI, "demo", "--edge", edge, "--sample-spectrum", str(spectrum), "--no-candidates",
+         "--max-points", "16", "--data-dir", str(data), "--json", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=400, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["ranking"] == [] and r["in_library"] is None and r["no_candidates"] is True
+    names = [g["name"] for g in r["groups"]]
+    assert sorted(names) == sorted(GROUPS[edge])
+    probs = [g["probability"] for g in r["groups"]]
+    assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
+    assert r["groups_points"] == r["points"] == 16
+    pv = r["pv"]
+    assert pv["XAS:Match:Best-Name"] == ""
+    assert pv["XAS:Match:Groups-Wfm"].split("\n") == names
+    assert pv["XAS:Match:GroupScores-Wfm"][0] == pytest.approx(probs[0])
+    assert pv["XAS:Match:Status-Sts"] in ("Done", 3)
+    q = subprocess.run(
+        [*CLI, "query", "--data-dir", str(data), "--run", r["run_uid"]],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert q.returncode == 0, q.stderr[-2000:]
+    stored = json.loads(q.stdout)
+    assert stored["ranking"] == [] and [g["name"] for g in stored["groups"]] == names
+    assert stored["in_library"] is None

@@ -34,6 +34,8 @@ __all__ = [
     "ranking",
     "is_xas_start",
     "GROUPS",
+    "NO_CANDIDATES",
+    "NO_MATCH_BELOW",
 ]
 
 #: default prefix of the score PVs (``XAS:Match:BestProb-I``)
@@ -69,7 +71,8 @@ class XASStart(TypedDict, total=False):
     xas_e0: float
     #: the slot / sample measured
     sample_name: str | None
-    #: the candidate set: a structure file, ``tiled:<spec>``, or None for the shipped library
+    #: the candidate set: a structure file, ``tiled:<spec>``, None for the shipped library, or
+    #: :data:`NO_CANDIDATES` for none at all (open world: functional groups only)
     candidates: str | None
     #: mono calibration: true photon energy = readback + energy_offset (eV)
     energy_offset: float
@@ -81,6 +84,10 @@ class XASStart(TypedDict, total=False):
 
 #: every key of :class:`XASStart`, in order
 START_KEYS: tuple[str, ...] = tuple(XASStart.__annotations__)
+
+#: ``candidates`` of a start document that measures without candidates (open world: the live
+#: analysis publishes functional groups only, no ranking)
+NO_CANDIDATES = "none:"
 
 #: keys of ``xas_fields`` every XAS run has
 REQUIRED_FIELDS = ("energy", "i0", "signal")
@@ -100,7 +107,10 @@ def is_xas_start(start: Mapping[str, Any]) -> bool:
 
 
 #: states of ``Match:Status-Sts`` (an enum: append, never reorder)
-STATES = ("Idle", "Predicting", "Running", "Done", "Warning", "Error")
+STATES = ("Idle", "Predicting", "Running", "Done", "Warning", "Error", "NoMatch")
+#: ``in_library`` below this sets the status ``NoMatch`` (the sample is probably none of the
+#: candidates; the reason is on ``Match:Message-Name``)
+NO_MATCH_BELOW = 0.5
 #: candidates listed on ``Match:TopNames-Wfm`` / ``Match:TopScores-Wfm``
 TOP_K = 10
 
@@ -146,6 +156,16 @@ class MatchSummary:
     n_duplicates: int = 0
     #: ``seq_num`` s of the primary stream never received (missing events)
     gaps: int = 0
+    #: functional groups of the absorber (:data:`GROUPS` of the edge), most probable first, and
+    #: their probabilities ("the molecule has it"; independent, they do not sum to 1); empty
+    #: until the open-world analysis has a result (``docs/open_world.rst``)
+    groups: Sequence[str] = ()
+    group_probabilities: Sequence[float] = ()
+    #: probability that the sample is among the candidates (NaN: not computed -- no candidates,
+    #: or the model's reference library is not predicted yet)
+    in_library: float = math.nan
+    #: points the groups and ``in_library`` were computed from (they lag the scores a little)
+    groups_n_points: int = 0
     #: ``time.time()`` of the newest event this summary includes (latency bookkeeping only)
     event_time: float | None = field(default=None, compare=False)
 
@@ -173,6 +193,9 @@ PV_SUFFIXES = {
     "last_energy": "Match:LastEnergy-I",
     "ncandidates": "Match:NCandidates-I",
     "update": "Match:Update-I",
+    "groups": "Match:Groups-Wfm",
+    "group_scores": "Match:GroupScores-Wfm",
+    "in_library": "Match:InLibrary-I",
 }
 
 #: :class:`MatchSummary` field -> score IOC attribute (a key of :data:`PV_SUFFIXES`; also the
@@ -192,6 +215,9 @@ PV_ATTRS = {
     "n_candidates": "ncandidates",
     "top_names": "top_names",
     "top_probabilities": "top_scores",
+    "groups": "groups",
+    "group_probabilities": "group_scores",
+    "in_library": "in_library",
 }
 
 #: :class:`MatchSummary` field -> data key of the analysis run's primary stream
@@ -212,6 +238,10 @@ ANALYSIS_KEYS = {
     "gaps": "gaps",
     "status": "status",
     "message": "message",
+    "groups": "groups",
+    "group_probabilities": "group_probabilities",
+    "in_library": "in_library",
+    "groups_n_points": "groups_n_points",
 }
 
 #: :class:`MatchSummary` field -> metadata key of tiled's match record
@@ -227,6 +257,9 @@ TILED_KEYS = {
     "n_flagged": "n_flagged",
     "n_duplicates": "n_duplicates",
     "gaps": "gaps",
+    "groups": "groups",
+    "group_probabilities": "group_probabilities",
+    "in_library": "in_library",
 }
 
 #: functional groups of the absorbing atom that the open-world analysis names, per K edge (the

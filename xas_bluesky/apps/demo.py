@@ -71,6 +71,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="candidate structures (XYZ/SDF/SMILES); default: the shipped library of the edge",
     )
+    p.add_argument(
+        "--no-candidates",
+        action="store_true",
+        help="open world: no candidate list at all, functional groups only (empty ranking)",
+    )
+    p.add_argument(
+        "--no-groups",
+        action="store_true",
+        help="no open-world analysis (functional groups, in_library) during the run",
+    )
+    p.add_argument(
+        "--predict-library",
+        action="store_true",
+        help="predict the model's reference library first if it is not cached (minutes, once "
+        "per model): then in_library and groups from both libraries (docs/open_world.rst)",
+    )
+    p.add_argument(
+        "--library-cache",
+        metavar="DIR",
+        default=None,
+        help="predicted reference libraries (default ~/.cache/xas_bluesky/libraries)",
+    )
     p.add_argument("--data-dir", help=f"tiled catalog and logs (default {default_data_dir()})")
     p.add_argument("--seed", type=int, default=0, help="random seed (sample choice, noise)")
     p.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
@@ -105,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--axis-offset must be finite, got {args.axis_offset}")
     if args.candidates and not Path(args.candidates).is_file():
         raise CLIError(f"{args.candidates}: no such file")
+    if args.no_candidates and args.candidates:
+        raise CLIError("--no-candidates and --candidates exclude each other")
+    if args.no_candidates and args.no_groups:
+        raise CLIError("--no-candidates needs the groups: drop --no-groups")
     config = DemoConfig(
         edge=args.edge,
         mode=args.mode,
@@ -123,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
         clock=args.clock,
         progress=None if args.quiet else sys.stderr,
         faults=args.faults,
+        no_candidates=args.no_candidates,
+        groups=not args.no_groups,
+        predict_library=args.predict_library,
+        library_cache=args.library_cache,
     )
     try:
         run_demo(config)

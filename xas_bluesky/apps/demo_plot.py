@@ -48,7 +48,14 @@ def plot_demo(result: dict, path: str, predictions: dict | None = None) -> None:
         )
         ax.fill_between(x, a * (pm - ps) + b, a * (pm + ps) + b, color=f"C{k}", alpha=0.15)
     ax.set_ylabel("normalised mu")
-    ax.set_title(f"{result['edge']} K edge, {result['mode']} scan")
+    title = f"{result['edge']} K edge, {result['mode']} scan"
+    groups = result.get("groups") or []
+    if groups:  # the leading functional groups (open world)
+        lead = ", ".join(f"{g['name']} {g['probability']:.2f}" for g in groups[:3])
+        title += f"\ngroups: {lead}"
+        if result.get("in_library") is not None:
+            title += f"; in_library {result['in_library']:.2f}"
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     chosen = np.asarray(meas.get("energy_order_eV") or e, dtype=float)
     order = np.arange(1, chosen.size + 1)

@@ -68,6 +68,14 @@ class DemoConfig:
     progress: TextIO | None = None
     #: run the fault drill (:mod:`xas_bluesky.apps.demo_faults`)
     faults: bool = False
+    #: open world: no candidates, functional groups only
+    no_candidates: bool = False
+    #: the open-world analysis (groups, in_library) during the run
+    groups: bool = True
+    #: predict the model's reference library first when it is not cached
+    predict_library: bool = False
+    #: where the predicted reference libraries are cached (the default cache when None)
+    library_cache: str | None = None
 
 
 def _say(config: DemoConfig, text: str) -> None:
@@ -238,6 +246,14 @@ def run_demo(config: DemoConfig) -> dict:
             f"demo: {result['points']} points, best {best['name']} ({best['smiles']}) "
             f"p={best['probability']:.3f}; sample was {sample_name}",
         )
+    if result.get("groups"):
+        lead = ", ".join(f"{g['name']} {g['probability']:.2f}" for g in result["groups"][:3])
+        p_in = result.get("in_library")
+        _say(
+            config,
+            f"demo: functional groups {lead}"
+            + ("" if p_in is None else f"; in_library {p_in:.2f}"),
+        )
     return result
 
 
@@ -273,9 +289,10 @@ class _Progress:
             upd = self.server.latest
             if self.config.progress is not None:
                 best = upd.best_name or "-"
+                group = f"  {upd.groups[0]} {upd.group_probabilities[0]:.2f}" if upd.groups else ""
                 print(
                     f"  point {n:3d}  E={data[f['energy']]:8.2f} eV   best {best:<12} "
-                    f"p={upd.best_probability:5.3f}  (scored {upd.n_events})",
+                    f"p={upd.best_probability:5.3f}  (scored {upd.n_events}){group}",
                     file=self.config.progress,
                     flush=True,
                 )
@@ -365,6 +382,30 @@ def _ring_suspender(devs):
     return CountingSuspendFloor(monitor, 100.0, resume_thresh=300.0, sleep=0.5)
 
 
+def _groups(summary) -> list[dict]:
+    """The final summary's functional groups as the JSON's ``groups``: best first."""
+    return [
+        {"name": str(n), "probability": float(p)}
+        for n, p in zip(summary.groups, summary.group_probabilities, strict=False)
+    ]
+
+
+def _prepare_library(config: DemoConfig) -> None:
+    """``--predict-library``: the model's reference library of the edge, predicted now when it
+    is not cached (minutes on a CPU, once per model)."""
+    from xas_bluesky.science.library_cache import (
+        library_path,
+        predict_library,
+        shipped_model_version,
+    )
+
+    path = library_path(config.edge, shipped_model_version(config.edge), config.library_cache)
+    if path.is_file():
+        return
+    _say(config, f"demo: predicting the {config.edge} reference library into {path} (minutes) ...")
+    predict_library(config.edge, config.library_cache)
+
+
 def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stack) -> dict:
     from bluesky import RunEngine
     from bluesky.callbacks.buffer import BufferingWrapper
@@ -386,25 +427,36 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     RE.subscribe(raw_writer)
     stack.callback(raw_writer.shutdown)  # drained before tiled stops (LIFO)
 
-    candidates = Path(config.candidates or candidates_file(edge)).resolve()
+    from xas_bluesky.contracts import NO_CANDIDATES
     from xas_bluesky.science.compare.axis import offset_prior
 
+    candidates = Path(config.candidates or candidates_file(edge)).resolve()
+    spec = NO_CANDIDATES if config.no_candidates else str(candidates)
     # a spectrum from the experiment's axis: the convention's error widens the offset prior
     prior = offset_prior(edge, config.axis) if config.axis != "feff" else {}
+    if config.groups and config.predict_library:
+        _prepare_library(config)
     finals = _FinalSummaries()
     analysis = subscribe_live_analysis(
-        RE, score_prefix=SCORE_PREFIX, tiled_client=client, candidates=str(candidates),
+        RE, score_prefix=SCORE_PREFIX, tiled_client=client, candidates=spec,
         port=score_port, backup_directory=backup, comparator_kwargs=prior, sinks=[finals],
+        open_world=config.groups, library_cache=config.library_cache, predict_library=False,
     )  # fmt: skip
     stack.callback(analysis.shutdown)
-    _say(config, f"demo: predicting {candidates.name} with the GNN (cached in tiled) ...")
-    try:
-        cands = analysis.cache.from_file(candidates, edge)
-    except Exception as exc:
-        raise DemoError(f"{candidates}: {exc}") from None
-    for why in cands.skipped:
-        _say(config, f"demo: skipped candidate: {why}")
-    _say(config, f"demo: {len(cands)} candidates, model {cands.model_version}")
+    if analysis.open_world is not None:  # read now, not in the middle of the scan
+        analysis.open_world.libraries.feff(edge)
+    cands = None
+    if config.no_candidates:
+        _say(config, "demo: open world, no candidates: functional groups only")
+    else:
+        _say(config, f"demo: predicting {candidates.name} with the GNN (cached in tiled) ...")
+        try:
+            cands = analysis.cache.from_file(candidates, edge)
+        except Exception as exc:
+            raise DemoError(f"{candidates}: {exc}") from None
+        for why in cands.skipped:
+            _say(config, f"demo: skipped candidate: {why}")
+        _say(config, f"demo: {len(cands)} candidates, model {cands.model_version}")
 
     devs = sim.devices()
     scores = MatchScores(SCORE_PREFIX, name="scores", wait_timeout=30.0)
@@ -439,7 +491,7 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     common = dict(
         sample=slot,
         sample_changer=devs.sample_changer,
-        candidates=str(candidates),
+        candidates=spec,
         ring_current=devs.ring_current,  # points measured with the beam down are flagged
     )
     if config.mode == "grid":
@@ -469,14 +521,16 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
         RE.remove_suspender(suspender)
     result = analysis.results.get(run_uid)
     ranking = final_ranking(result, cands) if result is not None else []
-    if result is None:
+    final = finals.finals.get(run_uid)
+    if result is None and not (config.no_candidates and final is not None and final.groups):
         raise DemoError(f"the analysis produced no result: {'; '.join(analysis.errors[-3:])}")
     pv = _read_pvs(analysis.server)
     time.sleep(0.2)  # let the probe write its last arrival lines
     probe.stop()
     lines = [json.loads(x) for x in arrivals.read_text().splitlines() if x.strip()]
     lat = np.asarray(pair_latencies(progress.times, lines)) * 1e3
-    final = finals.finals.get(run_uid)
+    groups = [] if final is None else _groups(final)
+    in_library = None if final is None else final.in_library
     return {
         "sample": sample_name,
         "edge": edge,
@@ -497,11 +551,17 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
         "analysis_run_uid": analysis.analysis_uids.get(run_uid),
         "tiled_uri": tiled.uri,
         "stop_reason": progress.stop.get("reason"),
-        "offset_ev": float(result.offset_ev),
+        "offset_ev": None if result is None else float(result.offset_ev),
         "true_offset_ev": sim.true_offset(),
         "measured": _measured(progress.rows, "TEY", edge),
-        "candidates": str(candidates),
-        "model_version": cands.model_version,
+        "candidates": None if config.no_candidates else str(candidates),
+        "model_version": None if cands is None else cands.model_version,
+        # the open world: functional groups (best first) and in_library (null: not computed)
+        "groups": groups,
+        "in_library": None if in_library is None or not np.isfinite(in_library) else in_library,
+        "groups_points": 0 if final is None else int(final.groups_n_points),
+        "status": None if final is None else final.status,
+        "no_candidates": config.no_candidates,
         # the analysis' own counters (its final summary of the run) and the score IOC's
         "flagged_points": int(final.n_flagged) if final is not None else 0,
         "gaps": int(final.gaps) if final is not None else 0,
@@ -514,7 +574,9 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
             "not_reached": drill.not_reached,
             "suspensions": suspender.trips if suspender is not None else 0,
         },
-        "_predictions": {
+        "_predictions": {}
+        if cands is None
+        else {
             name: (
                 cands.energy,
                 cands.mean[i],

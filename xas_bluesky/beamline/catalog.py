@@ -425,7 +425,10 @@ def store_match(
 
 
 def get_match(client, run_uid: str) -> dict:
-    """A run's stored final ranking and metadata: ``{"run_uid", "ranking", "metadata"}``."""
+    """A run's stored final ranking and metadata: ``{"run_uid", "ranking", "metadata",
+    "groups", "in_library"}`` (``groups``: the functional groups, most probable first, as
+    ``{"name", "probability"}``, empty when none were computed; ``in_library``: a probability
+    or None)."""
     from tiled.queries import Key
 
     if MATCHES not in client:
@@ -443,7 +446,21 @@ def get_match(client, run_uid: str) -> dict:
         dict(zip(RANKING_KEYS, (str(r.name), str(r.smiles), float(r.probability)), strict=True))
         for r in df.itertuples(index=False)
     ]
-    return {"run_uid": run_uid, "ranking": rows, "metadata": dict(node.metadata)}
+    md = dict(node.metadata)
+    names, probs = list(md.get("groups") or []), list(md.get("group_probabilities") or [])
+    groups = [
+        {"name": str(n), "probability": float(p)}
+        for n, p in zip(names, probs, strict=False)
+        if p is not None
+    ]
+    in_library = md.get("in_library")
+    return {
+        "run_uid": run_uid,
+        "ranking": rows,
+        "metadata": md,
+        "groups": groups,
+        "in_library": None if in_library is None else float(in_library),
+    }
 
 
 def _jsonable(obj):

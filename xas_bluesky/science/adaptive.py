@@ -21,6 +21,10 @@ __all__ = ["coarse_energies", "grid_energies", "AdaptivePolicy", "Decision"]
 STOP_CONFIDENT = "confident"
 STOP_BUDGET = "budget"
 STOP_NO_ANALYSIS = "analysis-timeout"
+#: the analysis says the sample is probably none of the candidates (status ``NoMatch``)
+STOP_NO_MATCH = "no-match"
+#: fewest points (the coarse pass included) before a ``NoMatch`` status may stop a scan
+NO_MATCH_MIN_POINTS = 24
 
 
 def grid_energies(edge: str, step: float = 0.1) -> np.ndarray:
@@ -64,6 +68,8 @@ class AdaptivePolicy:
     max_points: int = 49  # 10% of the 491-point grid scan
     coarse_step: float = 2.0
     min_spacing: float = 0.05  # eV: a recommendation this close to a measured point is a repeat
+    #: stop on a ``NoMatch`` status only with at least this many points (None: never)
+    no_match_min_points: int | None = NO_MATCH_MIN_POINTS
 
     def first_pass(self) -> np.ndarray:
         return coarse_energies(self.edge, self.coarse_step)
@@ -73,9 +79,18 @@ class AdaptivePolicy:
         measured: np.ndarray,
         best_probability: float,
         next_energy: float | None,
+        status: str | None = None,
     ) -> Decision:
-        """The next move after the coarse pass, from what the analysis published."""
+        """The next move after the coarse pass, from what the analysis published (``status``:
+        ``Match:Status-Sts``; ``"NoMatch"`` stops the scan once ``no_match_min_points`` points
+        are measured, so the noise of the first points does not)."""
         measured = np.asarray(measured, dtype=float)
+        if (
+            status == "NoMatch"
+            and self.no_match_min_points is not None
+            and measured.size >= max(self.no_match_min_points, self.first_pass().size)
+        ):
+            return Decision(None, STOP_NO_MATCH)
         if best_probability >= self.threshold:
             return Decision(None, STOP_CONFIDENT)
         if measured.size >= self.max_points:

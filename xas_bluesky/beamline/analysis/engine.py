@@ -36,7 +36,13 @@ from xas_bluesky.beamline.analysis.readings import ReadingChecks, RunReadings
 from xas_bluesky.beamline.analysis.run import CappedList, RunState
 from xas_bluesky.beamline.analysis.sinks import AnalysisSink
 from xas_bluesky.beamline.catalog import load_candidate_set
-from xas_bluesky.contracts import DEFAULT_MODE, REQUIRED_FIELDS, TOP_K, is_xas_start
+from xas_bluesky.contracts import (
+    DEFAULT_MODE,
+    NO_CANDIDATES,
+    REQUIRED_FIELDS,
+    TOP_K,
+    is_xas_start,
+)
 from xas_bluesky.resources import candidates_file
 from xas_bluesky.science.candidates import CandidateSet, PredictionCache
 from xas_bluesky.science.compare import Comparator, MatchResult
@@ -102,6 +108,14 @@ class AnalysisEngine(DocumentRouter):
         saturation, I0 fraction of its running median, ring current, absurd mu).
     max_runs
         Finished runs kept in :attr:`results`, :attr:`analysis_uids` and :attr:`event_times`.
+    open_world
+        :class:`~xas_bluesky.beamline.analysis.open_world.OpenWorldWorker`: functional groups
+        and ``in_library`` of every run, computed on its own thread and published with the
+        scores (a status ``NoMatch`` when ``in_library`` < 0.5); None: off.  Runs whose start
+        document has ``candidates: "none:"`` (:data:`~xas_bluesky.contracts.NO_CANDIDATES`)
+        get groups only.
+    open_world_wait
+        Seconds the run's stop waits for the open-world result with every point.
     """
 
     def __init__(
@@ -119,6 +133,8 @@ class AnalysisEngine(DocumentRouter):
         comparator_factory: Callable[..., Any] | None = None,
         checks: ReadingChecks | None = None,
         max_runs: int = MAX_RUNS,
+        open_world: Any = None,
+        open_world_wait: float = 30.0,
     ):
         super().__init__()
         self.sinks: list[AnalysisSink] = list(sinks)
@@ -131,6 +147,8 @@ class AnalysisEngine(DocumentRouter):
         self.top_k = top_k
         self.comparator_kwargs = dict(comparator_kwargs or {})
         self.checks = checks or ReadingChecks()
+        self.open_world = open_world
+        self.open_world_wait = float(open_world_wait)
         self._comparator_factory = comparator_factory or Comparator
         self._comparators: dict[str, Any] = {}
         self._runs: dict[str, RunState] = {}
@@ -214,16 +232,24 @@ class AnalysisEngine(DocumentRouter):
         # a fresh run: show it at once so that a plan never reads the previous run's scores
         self._status("Predicting", f"preparing candidates for {element} K", run)
         try:
-            run.candidates = self._candidates(doc, element)
-            run.comparator = self.comparator_for(run.candidates)
-            run.comparator.reset()
+            if doc.get("candidates") == NO_CANDIDATES:
+                if self.open_world is None:
+                    raise ValueError("no candidates and no open-world analysis: nothing to do")
+                run.open_world_only = True
+            else:
+                run.candidates = self._candidates(doc, element)
+                run.comparator = self.comparator_for(run.candidates)
+                run.comparator.reset()
+            if self.open_world is not None:
+                self.open_world.open(run.uid, element, run.candidates, self._world_kwargs(run))
+                run.open_world = True
         except Exception as exc:
             run.fatal = f"candidates: {type(exc).__name__}: {exc}"
             logger.exception("live analysis: no candidates for run %s", run.uid)
             self.errors.append(run.fatal)
             self._status("Error", run.fatal, run)
             return doc
-        if run.candidates.skipped:
+        if run.candidates is not None and run.candidates.skipped:
             run.problems.append(
                 f"{len(run.candidates.skipped)} candidate(s) skipped: {run.candidates.skipped[0]}"
             )
@@ -231,11 +257,13 @@ class AnalysisEngine(DocumentRouter):
         if run.analysis_uid is not None:
             self.analysis_uids[run.uid] = run.analysis_uid
         status = "Warning" if run.problems else "Running"
-        merged = len(run.candidates.merged)
-        note = f" ({merged} duplicate geometries merged)" if merged else ""
-        self._status(
-            status, "; ".join(run.problems) or f"{len(run.candidates)} candidates{note}", run
-        )
+        if run.candidates is None:
+            what = "open world: no candidates, functional groups only"
+        else:
+            merged = len(run.candidates.merged)
+            note = f" ({merged} duplicate geometries merged)" if merged else ""
+            what = f"{len(run.candidates)} candidates{note}"
+        self._status(status, "; ".join(run.problems) or what, run)
         return doc
 
     def descriptor(self, doc):
@@ -375,6 +403,7 @@ class AnalysisEngine(DocumentRouter):
         self._score_run(run)
         run.stopped = True
         try:
+            self._final_novelty(run)
             self._finish(run, doc)
         finally:
             self._runs.pop(run.uid, None)
@@ -397,6 +426,48 @@ class AnalysisEngine(DocumentRouter):
             spec = candidates_file(element)
         # read on this (the analysis worker's) thread, within the readers' size limits
         return self.cache.from_file(spec, element)
+
+    def _world_kwargs(self, run: RunState) -> dict[str, Any]:
+        """The comparator keywords of the open-world analysis: the live comparator's."""
+        if run.candidates is not None:
+            return {**run.candidates.calibration, **self.comparator_kwargs}
+        from xas_bluesky.science.compare import calibration_for
+        from xas_bluesky.science.library_cache import shipped_metadata
+
+        return {**calibration_for(shipped_metadata(run.element)), **self.comparator_kwargs}
+
+    def _points(self, run: RunState) -> list[tuple[float, float, float]]:
+        return list(zip(run.energies, run.mus, run.sigmas, strict=True))
+
+    def _take_novelty(self, run: RunState) -> bool:
+        """Pick up the open-world worker's newest result of ``run``; True when it is new."""
+        if self.open_world is None or not run.open_world:
+            return False
+        nov = self.open_world.result(run.uid)
+        if nov is None or nov is run.novelty:
+            return False
+        run.novelty = nov
+        return True
+
+    def _final_novelty(self, run: RunState) -> None:
+        """At the run's stop: the open-world result with every point, published (an event of
+        the analysis run too) when it is new."""
+        if self.open_world is None or not run.open_world or run.fatal:
+            return
+        points = self._points(run)
+        nov = self.open_world.finish(run.uid, points, self.open_world_wait) if points else None
+        if nov is None or nov.version == run.novelty_published:
+            return  # the last scored update (an analysis-run event) carried it already
+        run.novelty = nov
+        run.novelty_published = nov.version
+        if nov.n_points < len(points):
+            run.problems.append(
+                f"open-world result from {nov.n_points} of {len(points)} points (not finished "
+                f"within {self.open_world_wait:g} s)"
+            )
+        status = "Warning" if run.problems or run.gaps else "Running"
+        msg = run.problems[-1] if run.problems else ""
+        self._call_sinks("update", run, run.summary(status, msg, self.top_k), True)
 
     def comparator_for(self, cands: CandidateSet):
         """The comparator of a candidate set (building one costs O(C x E) copies: one is kept
@@ -431,9 +502,13 @@ class AnalysisEngine(DocumentRouter):
         return res.mu, sigma, res.ok, problems
 
     def _score_run(self, run: RunState) -> None:
-        if run.fatal or run.comparator is None:
+        if run.fatal or (run.comparator is None and not run.open_world_only):
             return
         if not run.pending and run.n_events == run.n_scored:
+            if not run.stopped and self._take_novelty(run):  # groups caught up: show them
+                status = "Warning" if run.problems or run.gaps else "Running"
+                msg = run.problems[-1] if run.problems else ""
+                self._call_sinks("update", run, run.summary(status, msg, self.top_k), False)
             return
         try:
             self._score_points(run)
@@ -446,7 +521,12 @@ class AnalysisEngine(DocumentRouter):
     def _score_points(self, run: RunState) -> None:
         pts = run.pending
         run.pending = []
-        if pts:
+        if pts and run.comparator is None:  # open world only: the groups' worker scores them
+            for point in pts:
+                run.energies.append(point[0])
+                run.mus.append(point[1])
+                run.sigmas.append(point[2])
+        elif pts:
             e, y, s = (np.array(c) for c in zip(*pts, strict=True))
             try:
                 run.comparator.add_points(e, y, s)
@@ -460,17 +540,26 @@ class AnalysisEngine(DocumentRouter):
                     else:
                         run.energies.append(point[0])
                         run.mus.append(point[1])
+                        run.sigmas.append(point[2])
             else:
                 run.energies.extend(e.tolist())
                 run.mus.extend(y.tolist())
+                run.sigmas.extend(s.tolist())
         run.n_scored = run.n_events
-        if run.comparator.n_points:
+        if run.comparator is not None and run.comparator.n_points:
             run.result = run.comparator.result()
+        if self.open_world is not None and run.open_world and pts:
+            self.open_world.submit(run.uid, self._points(run))
+        self._take_novelty(run)
+        if run.novelty is not None:
+            run.novelty_published = run.novelty.version
         status = "Warning" if run.problems or run.gaps else "Running"
         msg = run.problems[-1] if run.problems else ""
         self._call_sinks("update", run, run.summary(status, msg, self.top_k), True)
 
     def _finish(self, run: RunState, raw_stop: dict) -> None:
+        if self.open_world is not None and run.open_world:
+            self.open_world.discard(run.uid)
         if run.fatal:
             self._status("Error", run.fatal, run)
             self._call_sinks("run_closed", run, run.summary("Error", run.fatal), raw_stop)

@@ -11,7 +11,7 @@ from typing import Any
 
 from xas_bluesky.beamline.analysis.readings import RunReadings
 from xas_bluesky.beamline.catalog import final_ranking
-from xas_bluesky.contracts import TOP_K, MatchSummary
+from xas_bluesky.contracts import NO_MATCH_BELOW, TOP_K, MatchSummary
 from xas_bluesky.science.candidates import CandidateSet
 from xas_bluesky.science.compare import MatchResult
 
@@ -87,6 +87,12 @@ class SeqTracker:
         return self.max_seen - self.n_seen
 
 
+def _leading(nov: Any, k: int = 3) -> str:
+    """The leading groups of an open-world result, e.g. ``ether 0.93, alcohol 0.41``."""
+    pairs = list(zip(nov.groups, nov.probabilities, strict=False))[:k]
+    return ", ".join(f"{g} {p:.2f}" for g, p in pairs) or "-"
+
+
 @dataclass
 class RunState:
     """What the engine knows of one followed run (sinks read it; only the engine writes it)."""
@@ -121,6 +127,16 @@ class RunState:
     fatal: str | None = None
     energies: list[float] = field(default_factory=list)
     mus: list[float] = field(default_factory=list)
+    #: sigma of each scored point (parallel to ``energies`` / ``mus``)
+    sigmas: list[float] = field(default_factory=list)
+    #: the open-world analysis follows this run (groups, ``in_library``)
+    open_world: bool = False
+    #: no candidates at all (open world: groups only, no comparator)
+    open_world_only: bool = False
+    #: the newest open-world result (:class:`~.open_world.LiveNovelty`) and the version of it
+    #: the last scored update (an event of the analysis run) carried
+    novelty: Any = None
+    novelty_published: int = 0
     #: uid of the linked analysis run, once a sink has opened one
     analysis_uid: str | None = None
     stopped: bool = False
@@ -155,6 +171,28 @@ class RunState:
             gaps=self.gaps,
             event_time=self.last_event_time,
         )
+        nov = None if self.fatal else self.novelty
+        if nov is not None:
+            s.groups = list(nov.groups)
+            s.group_probabilities = list(nov.probabilities)
+            s.in_library = float(nov.in_library)
+            s.groups_n_points = int(nov.n_points)
+            if (
+                status in ("Running", "Warning", "Done")
+                and math.isfinite(s.in_library)
+                and s.in_library < NO_MATCH_BELOW
+            ):
+                s.status = "NoMatch"
+                best = self.result.best_name if self.result is not None else "-"
+                s.message = (
+                    f"no match: in_library {s.in_library:.2f} < {NO_MATCH_BELOW:g}, the sample "
+                    f"is probably none of the {s.n_candidates} candidates (best {best}); "
+                    f"groups: {_leading(nov)}" + (f"; {message}" if message else "")
+                )
+            elif not message and nov.note:
+                s.message = f"groups: {_leading(nov)}; {nov.note}"
+        elif self.open_world and not message and status == "Running":
+            s.message = "groups not available yet (the first open-world result is on its way)"
         r = None if self.fatal else self.result
         if r is not None:
             top = r.top_indices(top_k)

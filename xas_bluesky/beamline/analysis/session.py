@@ -16,6 +16,7 @@ from bluesky_tiled_plugins import TiledWriter
 from event_model import RunRouter
 
 from xas_bluesky.beamline.analysis.engine import AnalysisEngine
+from xas_bluesky.beamline.analysis.open_world import OpenWorldWorker, ReferenceLibraries
 from xas_bluesky.beamline.analysis.sinks import (
     AnalysisRunSink,
     AnalysisSink,
@@ -59,6 +60,14 @@ class AnalysisSession:
         :class:`~xas_bluesky.beamline.remote.TransportSink`).
     cache
         The prediction cache (one storing in ``tiled_client`` when None).
+    open_world
+        Functional groups and ``in_library`` of every run (:doc:`/open_world`): True, or an
+        :class:`~xas_bluesky.beamline.analysis.open_world.OpenWorldWorker` of the caller's;
+        False (default): off.
+    library_cache, predict_library
+        With ``open_world=True``: where the model's reference library is cached, and whether a
+        missing one is predicted in a background process
+        (:class:`~xas_bluesky.beamline.analysis.open_world.ReferenceLibraries`).
     candidates, engine_kwargs
         Passed to :class:`~xas_bluesky.beamline.analysis.engine.AnalysisEngine`.
     """
@@ -76,6 +85,9 @@ class AnalysisSession:
         sinks: Iterable[AnalysisSink] = (),
         cache: PredictionCache | None = None,
         candidates: str | CandidateSet | None = None,
+        open_world: bool | OpenWorldWorker = False,
+        library_cache: str | os.PathLike | None = None,
+        predict_library: bool = True,
         **engine_kwargs: Any,
     ):
         self._own_server = score_server is None
@@ -102,11 +114,18 @@ class AnalysisSession:
             self.match_sink = TiledMatchSink(tiled_client, backup_directory=backup_directory)
             all_sinks.append(self.match_sink)
         all_sinks += [ScorePVSink(self.server), self.runs_sink]
+        self.open_world: OpenWorldWorker | None = None
+        if isinstance(open_world, OpenWorldWorker):
+            self.open_world = open_world
+        elif open_world:
+            libs = ReferenceLibraries(library_cache, predict_missing=predict_library)
+            self.open_world = OpenWorldWorker(libs)
         self.engine = AnalysisEngine(
             all_sinks,
             candidates=candidates,
             cache=cache,
             tiled_client=tiled_client,
+            open_world=self.open_world,
             **engine_kwargs,
         )
         self.analysis = LiveXASAnalysis(self.engine)
@@ -167,6 +186,8 @@ class AnalysisSession:
             except Exception:
                 pass
         self.analysis.close(timeout)
+        if self.open_world is not None:
+            self.open_world.close()
         for w in self._writers:
             try:
                 w.shutdown(wait=True)

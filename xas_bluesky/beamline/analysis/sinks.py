@@ -64,6 +64,12 @@ _DATA_KEYS = {
     "status": _TEXT,
     # the newest problem: why the last flagged point was not scored, a gap, ...
     "message": _TEXT,
+    # functional groups, most probable first, newline-separated, and their probabilities (text,
+    # parallel); in_library NaN when not computed (docs/open_world.rst)
+    "groups": _TEXT,
+    "group_probabilities": _TEXT,
+    "in_library": _SCALAR,
+    "groups_n_points": {**_SCALAR, "dtype": "integer"},
 }
 
 
@@ -132,18 +138,18 @@ class AnalysisRunSink(AnalysisSink):
 
     def run_opened(self, run: RunState) -> None:
         cands = run.candidates
-        assert cands is not None
         md = {
             "original_run_uid": run.uid,
             "analysis": "xas_structure_match",
             "xas_element": run.element,
             "xas_mode": run.mode,
             "sample_name": run.sample_name,
-            "candidates_source": cands.source,
-            "candidate_set": cands.ident,
-            "n_candidates": len(cands),
-            "model_version": cands.model_version,
+            "candidates_source": None if cands is None else cands.source,
+            "candidate_set": None if cands is None else cands.ident,
+            "n_candidates": 0 if cands is None else len(cands),
+            "model_version": None if cands is None else cands.model_version,
             "score_prefix": self.score_prefix,
+            "open_world": run.open_world,
         }
         bundle = compose_run(metadata=md)
         run.analysis_uid = bundle.start_doc["uid"]
@@ -155,13 +161,19 @@ class AnalysisRunSink(AnalysisSink):
         self._seq[run.uid] = 0
 
     def update(self, run: RunState, summary: MatchSummary, scored: bool) -> None:
-        if not scored or run.result is None or run.uid not in self._bundles:
+        if not scored or (run.result is None and run.novelty is None):
+            return
+        if run.uid not in self._bundles:
             return
         values = summary.as_dict()
         values["n_events"] = run.n_events
         values["top_names"] = "\n".join(summary.top_names)
         values["top_probabilities"] = "\n".join(
             f"{p:.6g}" for p in list(summary.top_probabilities)[: len(summary.top_names)]
+        )
+        values["groups"] = "\n".join(summary.groups)
+        values["group_probabilities"] = "\n".join(
+            f"{p:.6g}" for p in list(summary.group_probabilities)[: len(summary.groups)]
         )
         data = {ANALYSIS_KEYS[name]: values[name] for name in _DATA_KEYS}
         now = time.time()
@@ -187,9 +199,13 @@ class AnalysisRunSink(AnalysisSink):
             f"raw run {exit_status}; {run.n_events} events, {run.n_bad} flagged, "
             f"{run.n_duplicates} repeated, {run.gaps} missing"
         ) + (f"; best {r.best_name} p={r.best_probability:.4f}" if r is not None else "")
+        if summary.groups:
+            reason += f"; top group {summary.groups[0]} p={summary.group_probabilities[0]:.3f}"
+        if summary.status == "NoMatch":
+            reason += f"; no match (in_library {summary.in_library:.3f})"
+        ok = r is not None or (run.open_world_only and run.novelty is not None)
         self._emit(
-            "stop",
-            bundle.compose_stop(exit_status="success" if r is not None else "fail", reason=reason),
+            "stop", bundle.compose_stop(exit_status="success" if ok else "fail", reason=reason)
         )
 
 
@@ -241,7 +257,7 @@ class TiledMatchSink(AnalysisSink):
             return len(self._pending)
 
     def run_closing(self, run: RunState, raw_stop: dict) -> None:
-        if run.result is None:
+        if run.result is None and run.novelty is None:
             return
         record = match_record(
             run.summary("Done", ""),
@@ -250,6 +266,8 @@ class TiledMatchSink(AnalysisSink):
             analysis_run_uid=run.analysis_uid,
             metadata={
                 "sample_name": run.sample_name,
+                "xas_element": run.element,
+                "open_world": run.open_world,
                 "raw_exit_status": raw_stop.get("exit_status", "success"),
                 "n_events": run.n_events,
                 "n_refused": run.n_bad,

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 MAX_QUEUED = 50_000
 
 _STOP = object()
+_FLUSH = object()  # no document: flush the engine (a new open-world result to publish)
 
 
 class _Page:
@@ -113,6 +114,17 @@ class LiveXASAnalysis:
         self.coalesced = 0
         self._worker = threading.Thread(target=self._work, name="xas-analysis", daemon=True)
         self._worker.start()
+        world = getattr(engine, "open_world", None)
+        if world is not None and world.on_result is None:
+            world.on_result = self.poke
+
+    def poke(self) -> None:
+        """Wake the worker to flush the engine (from any thread; never blocks for long): how
+        the open-world thread gets a new result published when no document arrives."""
+        with self._cond:
+            if not any(it is _FLUSH for it in self._items):
+                self._items.append(_FLUSH)
+                self._cond.notify_all()
 
     # -- RunEngine thread: enqueue only ---------------------------------------------------------
     def __call__(self, name: str, doc: dict) -> tuple[str, dict]:
@@ -204,13 +216,15 @@ class LiveXASAnalysis:
                 self._items.clear()
                 self._open.clear()
                 taken = sum(
-                    len(it) if isinstance(it, _Page) else 1 for it in batch if it is not _STOP
+                    len(it) if isinstance(it, _Page) else 1
+                    for it in batch
+                    if it is not _STOP and it is not _FLUSH
                 )
                 self._queued -= taken
                 self._cond.notify_all()  # room for a waiting RunEngine thread
             try:
                 for it in batch:
-                    if it is _STOP:
+                    if it is _STOP or it is _FLUSH:
                         continue
                     if isinstance(it, _Page):
                         if len(it) == 1:

@@ -115,6 +115,9 @@ class MatchScores(Device):
     last_energy = _ro("last_energy")
     ncandidates = _ro("ncandidates", Kind.config)
     update = _ro("update", Kind.omitted)
+    groups = _ro("groups", string=True)
+    group_scores = _ro("group_scores")
+    in_library = _ro("in_library")
     scored = Cpt(ScoredSignal, value=("", 0), kind=Kind.omitted)
 
     def __init__(self, prefix: str = DEFAULT_PREFIX, *, wait_timeout: float = 10.0, **kwargs):
@@ -124,4 +127,9 @@ class MatchScores(Device):
     def top_names_list(self) -> list[str]:
         """``Match:TopNames-Wfm`` split into names (fresh get)."""
         text = self.top_names.get(use_monitor=False) or ""
+        return [n for n in text.split("\n") if n]
+
+    def groups_list(self) -> list[str]:
+        """``Match:Groups-Wfm`` split into group names, most probable first (fresh get)."""
+        text = self.groups.get(use_monitor=False) or ""
         return [n for n in text.split("\n") if n]

@@ -10,7 +10,7 @@ Names are a contract (``CLI.md``; add, never rename).  With the default prefix `
     XAS:Match:RunUID-I         CHAR waveform  uid of the raw run being scored
     XAS:Match:TopNames-Wfm     CHAR waveform  top-k names, newline-separated
     XAS:Match:TopScores-Wfm    float[k]       their probabilities
-    XAS:Match:Status-Sts       enum           Idle/Predicting/Running/Done/Warning/Error
+    XAS:Match:Status-Sts       enum           Idle/Predicting/Running/Done/Warning/Error/NoMatch
     XAS:Match:Heartbeat-I      int            +1 every second while the IOC serves
     XAS:Match:Offset-I         float          fitted mono calibration offset (eV)
     XAS:Match:BestSmiles-Name  CHAR waveform  best candidate's SMILES
@@ -18,6 +18,9 @@ Names are a contract (``CLI.md``; add, never rename).  With the default prefix `
     XAS:Match:LastEnergy-I     float          energy of the last point scored (eV)
     XAS:Match:NCandidates-I    int            candidates being scored
     XAS:Match:Update-I         int            +1 per published update
+    XAS:Match:Groups-Wfm       CHAR waveform  functional groups, most probable first, newline-separated
+    XAS:Match:GroupScores-Wfm  float[G]       their probabilities (NaN-padded to G = 9 groups)
+    XAS:Match:InLibrary-I      float          P(the sample is among the candidates); NaN: unknown
 
 Every PV is read-only to Channel Access clients: only the analysis that hosts the IOC changes
 them (see ``docs/live_analysis.rst`` for why the IOC lives inside the analysis process).
@@ -47,6 +50,7 @@ from caproto.server import PVGroup, ioc_arg_parser, pvproperty
 from xas_bluesky.beamline.epics.server import run_ioc, tune_caproto
 from xas_bluesky.contracts import (
     DEFAULT_PREFIX,
+    GROUPS,
     PV_ATTRS,
     PV_SUFFIXES,
     STATES,
@@ -64,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 _NAME_LEN = 256
 _TEXT_LEN = 4096
+#: length of ``Match:GroupScores-Wfm``: the most groups an edge has
+N_GROUPS = max(len(g) for g in GROUPS.values())
 
 
 def _text(value: str, limit: int) -> str:
@@ -153,6 +159,19 @@ class MatchScoreGroup(PVGroup):
     update = pvproperty(
         name=PV_SUFFIXES["update"], value=0, read_only=True, doc="+1 per published update"
     )
+    groups = pvproperty(
+        name=PV_SUFFIXES["groups"], value="", dtype=ChannelType.CHAR, max_length=_NAME_LEN,
+        string_encoding="utf-8", read_only=True,
+        doc="functional groups, most probable first, newline-separated",
+    )  # fmt: skip
+    group_scores = pvproperty(
+        name=PV_SUFFIXES["group_scores"], value=[float("nan")] * N_GROUPS, max_length=N_GROUPS,
+        read_only=True, doc="probabilities of the groups (the molecule has it)",
+    )  # fmt: skip
+    in_library = pvproperty(
+        name=PV_SUFFIXES["in_library"], value=float("nan"), precision=3, read_only=True,
+        doc="probability that the sample is among the candidates",
+    )  # fmt: skip
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -168,6 +187,9 @@ class MatchScoreGroup(PVGroup):
         scores = [_num(s) for s in list(upd.top_probabilities)[:TOP_K]]
         scores += [float("nan")] * (TOP_K - len(scores))
         status = upd.status if upd.status in STATES else "Error"
+        gnames = list(upd.groups)[:N_GROUPS]
+        gscores = [_num(p) for p in list(upd.group_probabilities)[: len(gnames)]]
+        gscores += [float("nan")] * (N_GROUPS - len(gscores))
         fields = {
             "run_uid": _text(upd.run_uid, 64),
             "best_name": _text(upd.best_name, _NAME_LEN),
@@ -180,6 +202,9 @@ class MatchScoreGroup(PVGroup):
             "n_candidates": int(upd.n_candidates),
             "top_names": _text("\n".join(names), _TEXT_LEN),
             "top_probabilities": scores,
+            "groups": _text("\n".join(gnames), _NAME_LEN),
+            "group_probabilities": gscores,
+            "in_library": _num(upd.in_library),
             "message": _text(upd.message, _TEXT_LEN),
             "status": status,
             "n_events": int(upd.n_events),

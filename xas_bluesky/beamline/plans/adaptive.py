@@ -24,7 +24,12 @@ from ophyd.utils import StatusTimeoutError, WaitTimeoutError
 
 from xas_bluesky.beamline.devices import mode_fields
 from xas_bluesky.beamline.plans.xanes import _read_list, _sample_name, measure_point, xas_metadata
-from xas_bluesky.science.adaptive import STOP_NO_ANALYSIS, AdaptivePolicy
+from xas_bluesky.science.adaptive import (
+    NO_MATCH_MIN_POINTS,
+    STOP_NO_ANALYSIS,
+    STOP_NO_MATCH,
+    AdaptivePolicy,
+)
 
 __all__ = ["adaptive_xanes_scan"]
 
@@ -54,6 +59,7 @@ def adaptive_xanes_scan(
     coarse_step: float = 2.0,
     dwell: float = 1.0,
     score_timeout: float = 10.0,
+    no_match_min_points: int | None = NO_MATCH_MIN_POINTS,
     sample: str | None = None,
     sample_changer=None,
     candidates: str | None = None,
@@ -86,12 +92,18 @@ def adaptive_xanes_scan(
     score_timeout
         Seconds to wait for the analysis to score a point; on a timeout the scan stops with
         reason ``analysis-timeout`` rather than measure blind.
+    no_match_min_points
+        With the analysis' status ``NoMatch`` (``Match:Status-Sts``: the sample is probably none
+        of the candidates, ``docs/open_world.rst``) the scan stops with reason ``no-match``, but
+        only after the coarse pass and this many points (noise of the first points); None:
+        never.
     sample, sample_changer, candidates, energy_offset, readables, ring_current, md
         As for :func:`~xas_bluesky.beamline.plans.xanes.xanes_scan`.
     """
     policy = AdaptivePolicy(
-        edge, threshold=threshold, max_points=max_points, coarse_step=coarse_step
-    )
+        edge, threshold=threshold, max_points=max_points, coarse_step=coarse_step,
+        no_match_min_points=no_match_min_points,
+    )  # fmt: skip
     first = policy.first_pass()
     if energy_offset is None:
         energy_offset = float((yield from bps.rd(mono.calib_offset)))
@@ -116,6 +128,7 @@ def adaptive_xanes_scan(
             "max_points": max_points,
             "coarse_points": [float(e) for e in first],
             "score_timeout": score_timeout,
+            "no_match_min_points": no_match_min_points,
         },
         **xas_metadata(
             mono,
@@ -150,7 +163,12 @@ def adaptive_xanes_scan(
             decision_reading = yield from bps.trigger_and_read([scores], name="adaptive")
             best = float(decision_reading[scores.best_prob.name]["value"])
             nxt = float(decision_reading[scores.next_energy.name]["value"])
-            decision = policy.decide(np.array(measured), best, nxt)
+            status = decision_reading[scores.status.name]["value"]
+            decision = policy.decide(np.array(measured), best, nxt, status=status)
+            if decision.reason == STOP_NO_MATCH:
+                message = yield from bps.rd(scores.message)
+                reason = f"{STOP_NO_MATCH} after {len(measured)} points: {message}"
+                break
             if decision.stop:
                 name = decision_reading[scores.best_name.name]["value"]
                 reason = (
