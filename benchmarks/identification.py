@@ -243,6 +243,7 @@ def main() -> None:
                     a[:, 2].mean(),
                     a[:, 3].mean(),
                     rel["ece"],
+                    rel["mean_confidence"],
                     int(sure.sum()),
                     int((sure & (a[:, 0] == 0)).sum()),
                 )
@@ -250,12 +251,12 @@ def main() -> None:
 
     print(
         f"{'edge':4} {'set':7} {'mode':9} {'samples':>7} {'cands':>5} {'top1':>6} {'top5':>6} "
-        f"{'points':>7} {'s/scan':>7} {'ECE':>6} {'p>=.99':>6} {'wrong':>5}"
+        f"{'points':>7} {'s/scan':>7} {'ECE':>6} {'conf':>6} {'p>=.99':>6} {'wrong':>5}"
     )
     for r in rows:
         print(
             f"{r[0]:4} {r[1]:7} {r[2]:9} {r[3]:7d} {r[4]:5d} {r[5]:6.1%} {r[6]:6.1%} "
-            f"{r[7]:7.1f} {r[8]:7.3f} {r[9]:6.3f} {r[10]:6d} {r[11]:5d}"
+            f"{r[7]:7.1f} {r[8]:7.3f} {r[9]:6.3f} {r[10]:6.1%} {r[11]:6d} {r[12]:5d}"
         )
 
 

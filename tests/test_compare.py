@@ -209,6 +209,62 @@ def test_next_energy_goes_where_probable_candidates_disagree():
     assert r2.next_energy is None or abs(r2.next_energy - r.next_energy) > cmp.exclusion_ev
 
 
+def _two_resonances():
+    energy = np.arange(526.0, 575.01, 0.25)
+    edge = 1.0 / (1.0 + np.exp(-(energy - 530.0) / 0.5))
+
+    def peak(e0):
+        return np.exp(-0.5 * ((energy - e0) / 0.6) ** 2)
+
+    # A and B differ only by a resonance at 540 eV
+    return energy, np.stack([edge + peak(533), edge + peak(533) + 0.8 * peak(540)]), peak
+
+
+def test_model_error_discounts_energies_the_model_gets_wrong():
+    """Where the model's measured error is as large as the candidates' difference, a point there
+    cannot name one of them; elsewhere the same data still can."""
+    energy, mean, peak = _two_resonances()
+    rng = np.random.default_rng(3)
+    mono = np.arange(528.0, 560.0, 0.5)
+    y, sig = measure(energy, mean[1], mono, 0.0, rng)
+    kw = {"temperature": 1.0, "temperature_exponent": 0.0, "offset_max": 0.0}
+    plain = Comparator(energy, mean, None, ["A", "B"], **kw)
+    plain.add_points(mono, y, sig)
+    assert plain.result().best_name == "B" and plain.result().best_probability > 0.999
+    err = 0.01 + 2.0 * peak(540.0)  # the model is unreliable exactly where A and B differ
+    unsure = Comparator(energy, mean, None, ["A", "B"], model_error=err, **kw)
+    unsure.add_points(mono, y, sig)
+    assert unsure.result().best_probability < 0.9
+    with pytest.raises(ValueError, match="model_error"):
+        Comparator(energy, mean, None, ["A", "B"], model_error=err[:-1])
+    with pytest.raises(ValueError, match="model_error"):
+        Comparator(energy, mean, None, ["A", "B"], model_error=-err)
+
+
+def test_outlier_probability_caps_the_confidence():
+    """eps: the reported probabilities are (1 - eps) P + eps / C, never above 1 - eps (1 - 1/C);
+    the ranking and the next energy do not change."""
+    energy, mean, _ = _two_resonances()
+    mean = np.vstack([mean, mean[0] + 0.3])
+    names = ["A", "B", "C"]
+    rng = np.random.default_rng(4)
+    mono = np.arange(528.0, 560.0, 0.5)
+    y, sig = measure(energy, mean[1], mono, 0.0, rng)
+    results = []
+    for eps in (0.0, 0.05):
+        cmp = Comparator(energy, mean, None, names, outlier_probability=eps)
+        cmp.add_points(mono, y, sig)
+        results.append(cmp.result())
+    plain, capped = results
+    assert plain.best_name == capped.best_name == "B"
+    np.testing.assert_allclose(capped.probabilities, 0.95 * plain.probabilities + 0.05 / 3)
+    assert capped.best_probability <= 1 - 0.05 * (1 - 1 / 3) + 1e-12
+    assert capped.probabilities.sum() == pytest.approx(1.0)
+    assert capped.next_energy == plain.next_energy
+    with pytest.raises(ValueError, match="outlier_probability"):
+        Comparator(energy, mean, None, names, outlier_probability=1.0)
+
+
 def test_next_energy_excludes_measured_energies():
     energy, mu, names = feff("O")
     cmp = Comparator(energy, mu, None, names, edge_window=(530.0, 532.0))
@@ -235,8 +291,13 @@ def test_calibration_comes_from_the_checkpoint_metadata(edge, caplog):
     meta = json.loads((RESOURCES / "models" / edge / "metadata.json").read_text())
     cal = meta["calibration"]
     assert cal["model_version"] == meta["model_version"]
-    keys = ("temperature", "temperature_exponent", "std_scale")
-    assert calibration_for(meta) == {k: float(cal[k]) for k in keys}
+    keys = ("temperature", "temperature_exponent", "std_scale", "outlier_probability")
+    got = calibration_for(meta)
+    model_error = got.pop("model_error", None)
+    assert got == {k: float(cal[k]) for k in keys if k in cal}
+    if cal.get("model_error") is not None:  # the per-energy rms error, one per model energy
+        assert model_error.shape == (len(meta["energy"]),)
+        np.testing.assert_allclose(model_error, cal["model_error"])
     default = {
         "temperature": DEFAULT_TEMPERATURE,
         "temperature_exponent": DEFAULT_TEMPERATURE_EXPONENT,
@@ -289,7 +350,10 @@ def test_probabilities_are_calibrated_on_heldout_molecules(edge, model):
         edge, energy, truth, samples, np.random.default_rng(7), model
     )
     temp, gamma = cal["temperature"], cal.get("temperature_exponent", 0.0)
-    trials = simulate_trials(energy, truth, mean, std, np.random.default_rng(8), **cal)
+    # the stand-in's temperature was fitted on scans of up to 32 points (gamma 0: it does not
+    # grow), the GNN's on the default checkpoints (to 49) and the grid
+    stops = {"checkpoints": (6, 8, 12, 16, 24, 32)} if kind == "stand-in" else {}
+    trials = simulate_trials(energy, truth, mean, std, np.random.default_rng(8), **stops, **cal)
     truth_idx = [t.true_index for t in trials]
     rel = reliability([t.probabilities for t in trials], truth_idx)
     log_prior = Comparator(energy, mean[:1], None, ["x"]).log_prior

@@ -48,7 +48,7 @@ def structure_key(structure: Structure) -> str:
     return h.hexdigest()[:20]
 
 
-def model_calibration(model: Any) -> dict[str, float]:
+def model_calibration(model: Any) -> dict[str, Any]:
     """The comparator keywords of a model (its checkpoint's calibration), ``{}`` when unknown.
 
     ``model`` is a predictor, its metadata dict, or a stored calibration dict.

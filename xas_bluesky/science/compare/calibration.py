@@ -56,6 +56,10 @@ __all__ = [
 STAND_IN_TEMPERATURE = 2.1
 
 
+#: eps values :func:`calibrate_shipped` tries (the comparator's ``outlier_probability``)
+OUTLIER_PROBABILITIES = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08)
+
+
 @dataclass
 class Trial:
     """One simulated measurement stage used for calibration.
@@ -142,10 +146,11 @@ def simulate_trials(
     std: np.ndarray | None,
     rng: np.random.Generator,
     *,
-    checkpoints: Sequence[int] = (6, 8, 12, 16, 24, 32),
+    checkpoints: Sequence[int] = (6, 8, 12, 16, 24, 32, 49),
     n_coarse: int = 6,
     noise: float = 0.01,
     temperature: float = 1.0,
+    grid: np.ndarray | None = None,
     **comparator_kwargs,
 ) -> list[Trial]:
     """Scan every sample of ``truth`` adaptively against the candidates ``mean``/``std``.
@@ -174,6 +179,11 @@ def simulate_trials(
         Noise relative to the edge step.
     temperature : float
         Likelihood temperature T0 the scans run at.
+    grid : np.ndarray, optional
+        Mono energies of a conventional grid scan: each sample is also measured on it (same
+        offset, scale, background) and recorded as one more trial, so that the temperature's
+        growth is fitted over the whole range of points a measurement has (the adaptive scan's
+        few to the grid's hundreds), not extrapolated.
     **comparator_kwargs
         Further keywords of :class:`~xas_bluesky.science.compare.comparator.Comparator`.
 
@@ -212,6 +222,12 @@ def simulate_trials(
             trials.append(
                 Trial(i, n, cmp.log_likelihood_table(), res.probabilities, np.array(cmp._pe))
             )
+        if grid is not None:
+            cmp.reset()
+            g = np.asarray(grid, dtype=float)
+            cmp.add_points(g, *measure(g))
+            res = cmp.result()
+            trials.append(Trial(i, g.size, cmp.log_likelihood_table(), res.probabilities, g))
     return trials
 
 
@@ -220,6 +236,7 @@ def fit_temperature(
     log_prior: np.ndarray,
     temperatures: np.ndarray | None = None,
     exponent: float = 0.0,
+    outlier_probability: float = 0.0,
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """Temperature T0 minimising the mean negative log probability of the true candidate.
 
@@ -236,6 +253,8 @@ def fit_temperature(
         T0 values searched; 81 from 0.25 to 400, geometrically spaced, when None.
     exponent : float
         Growth exponent gamma of the temperature with the points.
+    outlier_probability : float
+        The comparator's eps (see :func:`tempered_probabilities`).
 
     Returns
     -------
@@ -252,13 +271,15 @@ def fit_temperature(
     for tr in trials:
         f = effective_temperature(1.0, exponent, tr.n_points)
         for j, t in enumerate(temperatures):
-            p = tempered_probabilities(tr, log_prior, t * f)
+            p = tempered_probabilities(tr, log_prior, t * f, outlier_probability)
             nll[j] -= np.log(max(p[tr.true_index], 1e-300))
     nll /= max(len(trials), 1)
     return float(temperatures[int(np.argmin(nll))]), temperatures, nll
 
 
-def tempered_probabilities(trial: Trial, log_prior: np.ndarray, temperature: float) -> np.ndarray:
+def tempered_probabilities(
+    trial: Trial, log_prior: np.ndarray, temperature: float, outlier_probability: float = 0.0
+) -> np.ndarray:
     """Candidate probabilities of a recorded trial at another (effective) temperature.
 
     Parameters
@@ -269,6 +290,8 @@ def tempered_probabilities(trial: Trial, log_prior: np.ndarray, temperature: flo
         (K,) log prior of the offsets (not tempered).
     temperature : float
         The effective temperature.
+    outlier_probability : float
+        eps of the comparator: (1 - eps) P + eps / C.
 
     Returns
     -------
@@ -277,7 +300,10 @@ def tempered_probabilities(trial: Trial, log_prior: np.ndarray, temperature: flo
     """
     lm = np.logaddexp.reduce(trial.table / temperature + np.asarray(log_prior)[:, None], axis=0)
     p = np.exp(lm - lm.max())
-    return p / p.sum()
+    p /= p.sum()
+    if outlier_probability > 0:
+        p = (1.0 - outlier_probability) * p + outlier_probability / p.size
+    return p
 
 
 def reliability(
@@ -335,8 +361,10 @@ def calibrate(
     seed: int = 0,
     rounds: int = 2,
     std_scales: Sequence[float] = (1.0,),
-    exponents: Sequence[float] = (0.0, 0.5, 1.0),
+    exponents: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
     paths: Sequence[str | Path] | None = None,
+    error_model: str = "spread",
+    outlier_probabilities: Sequence[float] = (0.0,),
     **kwargs,
 ) -> dict:
     """Fit the likelihood temperature, its growth with the points and the spread's scale on a
@@ -368,6 +396,13 @@ def calibrate(
         Growth exponents tried.
     paths : sequence of str or Path, optional
         The FEFF data files (default: the committed ones).
+    error_model : {"spread", "rms"}
+        ``"spread"``: the candidates' ensemble spread (times each of ``std_scales``) is the
+        model's error; ``"rms"``: the per-energy rms of (truth - prediction) over the split is
+        (the comparator's ``model_error``, returned as ``model_error``) and the spread is left
+        out.
+    outlier_probabilities : sequence of float
+        The comparator's eps values tried (fitted with T0 and the exponent, by the same NLL).
     **kwargs
         Further keywords of :func:`simulate_trials` and the comparator.
 
@@ -388,6 +423,13 @@ def calibrate(
     else:
         mean, std = (np.asarray(a, dtype=float) for a in predictions)
     log_prior = Comparator(energy, mean[:1], None, ["x"], **_offset_kwargs(kwargs)).log_prior
+    model_error = None
+    if error_model == "rms":
+        model_error = np.sqrt(np.mean((truth - mean) ** 2, axis=0))
+        kwargs["model_error"] = model_error
+        std_scales = (0.0,)
+    elif error_model != "spread":
+        raise ValueError(f"error_model must be 'spread' or 'rms', not {error_model!r}")
     best = None
     scan = []
     for kappa in std_scales:
@@ -404,25 +446,30 @@ def calibrate(
                 std_scale=kappa,
                 **kwargs,
             )
-            fits = [(*fit_temperature(trials, log_prior, exponent=e), e) for e in exponents]
-            t, temps, nll, g = min(fits, key=lambda f: f[2].min())
+            fits = [
+                (*fit_temperature(trials, log_prior, exponent=e, outlier_probability=o), e, o)
+                for e in exponents
+                for o in outlier_probabilities
+            ]
+            t, temps, nll, g, eps = min(fits, key=lambda f: f[2].min())
         scan.append(
             {
                 "std_scale": float(kappa),
                 "temperature": t,
                 "temperature_exponent": g,
+                "outlier_probability": eps,
                 "nll": float(nll.min()),
             }
         )
         if best is None or nll.min() < best[4].min():
-            best = (float(kappa), t, g, trials, nll)
+            best = (float(kappa), t, g, trials, nll, eps)
     assert best is not None  # std_scales is not empty
-    kappa, t, g, trials, nll = best
+    kappa, t, g, trials, nll, eps = best
     truth_idx = [tr.true_index for tr in trials]
 
-    def at(t0, e):
+    def at(t0, e, o=0.0):
         return [
-            tempered_probabilities(tr, log_prior, effective_temperature(t0, e, tr.n_points))
+            tempered_probabilities(tr, log_prior, effective_temperature(t0, e, tr.n_points), o)
             for tr in trials
         ]
 
@@ -435,11 +482,14 @@ def calibrate(
         "temperature": t,
         "temperature_exponent": g,
         "std_scale": kappa,
+        "outlier_probability": eps,
         "scan": scan,
         "temperatures": temps.tolist(),
         "nll": nll.tolist(),
-        "reliability": reliability(at(t, g), truth_idx),
+        "reliability": reliability(at(t, g, eps), truth_idx),
         "reliability_T1": reliability(at(1.0, 0.0), truth_idx),
+        "error_model": error_model,
+        "model_error": None if model_error is None else model_error.tolist(),
     }
 
 
@@ -481,6 +531,7 @@ def calibrate_shipped(
     directory: str | Path | None = None,
     seed: int = 0,
     paths: Sequence[str | Path] | None = None,
+    error_model: str = "rms",
 ) -> dict:
     """Fit the comparator's calibration for an ensemble and store it in its checkpoint.
 
@@ -497,12 +548,16 @@ def calibrate_shipped(
         Seed of :func:`calibrate`.
     paths : sequence of str or Path, optional
         The FEFF data files (default: the committed ones).
+    error_model : {"rms", "spread"}
+        See :func:`calibrate`; ``"rms"`` (measured better, ``benchmarks/likelihood.py``) stores
+        the per-energy ``model_error``.
 
     Returns
     -------
     dict
         The stored calibration: ``temperature``, ``temperature_exponent``, ``std_scale``,
-        ``n_molecules``, ``n_trials``, ``model_version`` and ``val_ece``.
+        ``model_error`` (or None), ``n_molecules``, ``n_trials``, ``model_version`` and
+        ``val_ece``.
     """
     # torch only here (see store_calibration)
     from xas_bluesky.science.model.checkpoint import model_dir
@@ -514,13 +569,25 @@ def calibrate_shipped(
     mols = [m for m in load_molecules(paths, edge) if m.split == "val"]
     structs = [structure_from_xyz(m.name, m.symbols, m.xyz, edge) for m in mols]
     mean, std = predictor.predict(structs, return_std=True)
+    from xas_bluesky.science.adaptive import grid_energies
+
     result = calibrate(
-        edge, predictions=(np.asarray(mean), np.asarray(std)), seed=seed, paths=paths
+        edge,
+        predictions=(np.asarray(mean), np.asarray(std)),
+        seed=seed,
+        paths=paths,
+        error_model=error_model,
+        grid=grid_energies(edge),
+        outlier_probabilities=OUTLIER_PROBABILITIES,
     )
-    summary = {
-        k: result[k]
-        for k in ("temperature", "temperature_exponent", "std_scale", "n_molecules", "n_trials")
-    }
+    keys = (
+        "temperature",
+        "temperature_exponent",
+        "std_scale",
+        "outlier_probability",
+        "model_error",
+    )
+    summary = {k: result[k] for k in (*keys, "n_molecules", "n_trials")}
     summary["model_version"] = predictor.model_version
     rel = result.get("reliability") or {}
     if isinstance(rel, dict) and "ece" in rel:
