@@ -173,8 +173,9 @@ def test_a_tiny_i0_is_one_refused_point_not_a_lost_batch(beam, session):
 def test_a_beam_dump_is_flagged_not_scored(beam, session):
     """The ring dumps for 30 simulated seconds at point 25 (no suspender: the scan goes on).
     The points measured meanwhile (I0 at dark counts, ring current 0) are flagged -- beam
-    down -- and the sample is identified from the rest at p = 1.000; every point scored, as
-    before, p fell to ~0.09."""
+    down -- and the sample is identified from the rest at the calibration's ceiling (its
+    outlier probability caps p at 1 - eps + eps/C, 0.97 for O); every point scored, as before,
+    p fell to ~0.09."""
     uid, docs = _scan(beam, session, 25, ("Ring:Sim:Dump-SP", 30.0))
     energy, i0, _ = _columns(docs)
     down = i0 < 0.2 * np.median(i0[:9])
@@ -184,7 +185,7 @@ def test_a_beam_dump_is_flagged_not_scored(beam, session):
     result = session.results[uid]
     last = _analysis_events(session)[-1]
     assert last["n_flagged"] >= down.sum() and result.n_points == 33 - last["n_flagged"]
-    assert result.best_name == SAMPLE and result.best_probability > 0.99
+    assert result.best_name == SAMPLE and result.best_probability > 0.95
     # scored as before, the dark-count points took the confidence away (measured: p ~ 0.09)
     _, p_before = _score_every_point(beam["cands"], docs)
     assert p_before < 0.5

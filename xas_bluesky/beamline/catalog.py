@@ -165,7 +165,7 @@ def store_predictions(
             "has_std": std is not None,
         }
         if calibration:
-            md["calibration"] = {str(k): float(v) for k, v in calibration.items()}
+            md["calibration"] = {str(k): _jsonable(v) for k, v in calibration.items()}
         root.write_array(mean[a:b], key=node, metadata=md)
         if std is not None:
             root.write_array(
@@ -179,6 +179,12 @@ def store_predictions(
                 },
             )
     return paths
+
+
+def _jsonable(value):
+    """A calibration value for tiled metadata: per-energy arrays (``model_error``) as lists."""
+    arr = np.asarray(value, dtype=float)
+    return float(arr) if arr.ndim == 0 else arr.tolist()
 
 
 def _prediction_nodes(client, *, edge=None, model_version=None):
