@@ -165,7 +165,8 @@ def store_predictions(
             "has_std": std is not None,
         }
         if calibration:
-            md["calibration"] = {str(k): _jsonable(v) for k, v in calibration.items()}
+            # per-energy arrays (model_error) go in as lists
+            md["calibration"] = _jsonable(dict(calibration))
         root.write_array(mean[a:b], key=node, metadata=md)
         if std is not None:
             root.write_array(
@@ -179,12 +180,6 @@ def store_predictions(
                 },
             )
     return paths
-
-
-def _jsonable(value):
-    """A calibration value for tiled metadata: per-energy arrays (``model_error``) as lists."""
-    arr = np.asarray(value, dtype=float)
-    return float(arr) if arr.ndim == 0 else arr.tolist()
 
 
 def _prediction_nodes(client, *, edge=None, model_version=None):
@@ -470,6 +465,7 @@ def get_match(client, run_uid: str) -> dict:
 
 
 def _jsonable(obj):
+    """Metadata for tiled: arrays as lists, numpy scalars as Python, non-finite floats as None."""
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
