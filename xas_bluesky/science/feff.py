@@ -9,15 +9,17 @@ stopped and resumed at any time and failed sites are kept on record rather than 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,6 +204,27 @@ def _end_line(path: Path) -> None:
                 fh.write(b"\n")
 
 
+@contextlib.contextmanager
+def _interrupt_as_flag() -> Iterator[threading.Event]:
+    """Ctrl-C sets a flag instead of raising wherever the main thread happens to be.
+
+    A KeyboardInterrupt raised inside ``concurrent.futures`` (while ``as_completed`` holds the
+    futures' locks, say) can leave a lock taken, and the pool's shutdown then hangs for good; the
+    loop checks the flag between waits and raises at a safe point instead.  Outside the main
+    thread signal handlers cannot be set, and Ctrl-C is left alone.
+    """
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: flag.set())
+    try:
+        yield flag
+    finally:
+        # None: a handler not set from Python; Python's own is the best stand-in
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+
+
 def run_sites(
     jobs: Iterable[SiteJob],
     out: str | os.PathLike,
@@ -230,15 +253,19 @@ def run_sites(
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_quiet_worker)
     n = 0
     try:
-        with open(out, "a") as fh:
-            futures = [pool.submit(runner, j, root) for j in todo]
-            for fut in as_completed(futures):
-                rec = fut.result()
-                fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
-                fh.flush()
-                n += 1
-                if progress is not None:
-                    progress(n, len(todo), rec)
+        with open(out, "a") as fh, _interrupt_as_flag() as interrupted:
+            pending = {pool.submit(runner, j, root) for j in todo}
+            while pending:
+                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    rec = fut.result()
+                    fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
+                    fh.flush()
+                    n += 1
+                    if progress is not None:
+                        progress(n, len(todo), rec)
+                if interrupted.is_set():
+                    raise KeyboardInterrupt
     except BaseException:
         # shutdown(wait=True), what the context manager does, would first run every queued
         # site (~12 s each); they are rerun on resume instead
@@ -247,7 +274,10 @@ def run_sites(
         for proc in procs:
             proc.terminate()
         for proc in procs:
-            proc.join(timeout=5)
+            proc.join(timeout=2)
+            if proc.is_alive():  # a loaded machine: SIGTERM not acted on yet
+                proc.kill()
+                proc.join(timeout=2)
         raise
     else:
         pool.shutdown()
