@@ -402,3 +402,19 @@ def test_edge_cases():
     # one energy only, however often: nothing to tell the candidates apart
     cmp.add_points(np.full(5, 402.0), np.full(5, 0.1), np.full(5, 1e-3))
     assert np.allclose(cmp.result().probabilities, 1 / len(names))
+
+
+def test_ece_floor_separates_sampling_noise_from_miscalibration():
+    """The floor is what a calibrated predictor's ECE looks like on this many trials: one whose
+    answers are right as often as it says sits near it; an overconfident one clearly above."""
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.3, 0.95, 150)
+    right = rng.random(150) < conf  # calibrated by construction
+    probs = [np.array([c, 1 - c]) for c in conf]
+    truth = [0 if r else 1 for r in right]
+    rel = reliability(probs, truth)
+    assert 0.02 < rel["ece_floor"] < 0.10  # ~150 trials over 10 bins: not zero
+    assert rel["ece"] < rel["ece_floor_p90"] + 0.02
+    # claims 0.95 for every answer while right as above: far beyond the floor
+    over = reliability([np.array([0.95, 0.05])] * 150, truth)
+    assert over["ece"] > 3 * over["ece_floor_p90"]

@@ -307,7 +307,11 @@ def tempered_probabilities(
 
 
 def reliability(
-    probabilities: Sequence[np.ndarray], true_indices: Sequence[int], n_bins: int = 10
+    probabilities: Sequence[np.ndarray],
+    true_indices: Sequence[int],
+    n_bins: int = 10,
+    n_draws: int = 500,
+    seed: int = 0,
 ) -> dict:
     """Reliability of the top-1 probability: per confidence bin, its mean and the accuracy.
 
@@ -319,13 +323,22 @@ def reliability(
         The true candidate of each trial.
     n_bins : int
         Confidence bins over [0, 1].
+    n_draws : int
+        Draws of the noise floor (0: none).
+    seed : int
+        Seed of those draws.
 
     Returns
     -------
     dict
         ``confidence``, ``accuracy``, ``count`` per non-empty bin, the expected calibration error
         ``ece`` (count-weighted ``abs(accuracy - confidence)``), ``top1`` accuracy, the mean top-1
-        ``mean_confidence`` and the mean negative log probability of the truth ``nll``.
+        ``mean_confidence``, the mean negative log probability of the truth ``nll``, and
+        ``ece_floor`` / ``ece_floor_p90``: the mean and 90th percentile of the ECE that a
+        *perfectly calibrated* predictor with the same confidences would show on this many
+        trials (each answer right with probability equal to its confidence).  The binned ECE is
+        biased upwards on small samples: with ~150 trials spread over 10 bins the floor is
+        ~0.05, so an ECE is only evidence of miscalibration where it clearly exceeds the floor.
     """
     conf = np.array([float(np.max(p)) for p in probabilities])
     hit = np.array(
@@ -347,10 +360,29 @@ def reliability(
         out["count"].append(int(m.sum()))
         ece += m.sum() * abs(hit[m].mean() - conf[m].mean())
     out["ece"] = float(ece / max(conf.size, 1))
+    floors = _ece_of_calibrated(conf, which, n_bins, n_draws, seed)
+    out["ece_floor"] = float(floors.mean()) if floors.size else float("nan")
+    out["ece_floor_p90"] = float(np.quantile(floors, 0.9)) if floors.size else float("nan")
     out["top1"] = float(hit.mean()) if hit.size else float("nan")
     out["mean_confidence"] = float(conf.mean()) if conf.size else float("nan")
     out["nll"] = float(nll)
     return out
+
+
+def _ece_of_calibrated(
+    conf: np.ndarray, which: np.ndarray, n_bins: int, n_draws: int, seed: int
+) -> np.ndarray:
+    """ECEs of ``n_draws`` simulated outcomes, each answer right with probability ``conf``."""
+    if n_draws <= 0 or conf.size == 0:
+        return np.empty(0)
+    rng = np.random.default_rng(seed)
+    hits = rng.random((n_draws, conf.size)) < conf  # (draws, trials)
+    ece = np.zeros(n_draws)
+    for b in range(n_bins):
+        m = which == b
+        if m.any():
+            ece += m.sum() * np.abs(hits[:, m].mean(axis=1) - conf[m].mean())
+    return ece / conf.size
 
 
 def calibrate(
