@@ -286,6 +286,10 @@ def part_soak(args, cands) -> dict[str, Any]:
             e, i0, tey = spec.point()
             for role, v in (("energy", e), ("i0", i0), ("signal", tey)):
                 sigs[role].put(v)
+            # as bp.scan and adaptive_xanes_scan do at each point: without a checkpoint the
+            # RunEngine keeps every message since the last one to replay on a resume (~2 kB a
+            # point: most of what this soak once counted as the analysis' RSS growth)
+            yield from bps.checkpoint()
             yield from bps.trigger_and_read(list(sigs.values()))
         clock["t1"], clock["t1_wall"] = time.monotonic(), time.time()
         yield from bps.close_run()

@@ -62,9 +62,9 @@ reliability) is :mod:`xas_bluesky.science.compare.calibration`, which this modul
 from __future__ import annotations
 
 import bisect
+import heapq
 import logging
-import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -253,6 +253,33 @@ def _top_indices(prob: np.ndarray, k: int, rank: np.ndarray) -> np.ndarray:
     return cand[order[:k]]
 
 
+class _RunningMedian:
+    """The median of a growing set of numbers: two heaps, O(log n) per value, O(1) per query."""
+
+    def __init__(self) -> None:
+        self._lo: list[float] = []  # the smaller half, negated (a max-heap)
+        self._hi: list[float] = []  # the larger half
+
+    def extend(self, values: Iterable[float]) -> None:
+        for v in values:
+            v = float(v)
+            if self._lo and v > -self._lo[0]:
+                heapq.heappush(self._hi, v)
+            else:
+                heapq.heappush(self._lo, -v)
+            if len(self._lo) > len(self._hi) + 1:
+                heapq.heappush(self._hi, -heapq.heappop(self._lo))
+            elif len(self._hi) > len(self._lo):
+                heapq.heappush(self._lo, -heapq.heappop(self._hi))
+
+    def value(self) -> float:
+        if not self._lo:
+            raise ValueError("median of no values")
+        if len(self._lo) > len(self._hi):
+            return -self._lo[0]
+        return 0.5 * (-self._lo[0] + self._hi[0])
+
+
 class Comparator:
     """Incremental scores of a measured spectrum against C candidate spectra.
 
@@ -435,7 +462,10 @@ class Comparator:
         self._pe: list[float] = []
         self._py: list[float] = []
         self._ps: list[float] = []
-        self._sorted_e: list[float] = []  # for the exclusion of measured energies
+        # for the exclusion of measured energies: distinct ones, sorted, kept as an array so a
+        # long run's next-energy search does not convert a list of every point each update
+        self._sorted_e = np.empty(0)
+        self._noise_median = _RunningMedian()  # of sigma: O(log n) per point, not a sort per result
         self._distinct: set[float] = set()
         self._post: np.ndarray | None = None  # last offset posterior
         self._n_results = 0
@@ -481,12 +511,21 @@ class Comparator:
         self._pe.extend(el)
         self._py.extend(y.tolist())
         self._ps.extend(s.tolist())
+        self._insert_sorted(e)
+        self._noise_median.extend(s)
         for v in el:
-            bisect.insort(self._sorted_e, v)
             self._distinct.add(round(v, 6))
         if self._a_ref is not None:
             for j in range(e.size):
                 self._accumulate(e[j], y[j], s[j])
+
+    def _insert_sorted(self, e: np.ndarray) -> None:
+        new = np.unique(e)
+        old = self._sorted_e
+        if old.size:
+            j = np.searchsorted(old, new)
+            new = new[old[np.minimum(j, old.size - 1)] != new]  # already measured
+        self._sorted_e = np.insert(old, np.searchsorted(old, new), new)
 
     def _locate1(self, model_energy: float) -> tuple[int, float]:
         """Scalar :meth:`_locate` without array overhead."""
@@ -873,8 +912,8 @@ class Comparator:
         lo, hi = self.edge_window
         e = self.energy - delta
         e = e[(e >= lo - 1e-9) & (e <= hi + 1e-9)]
-        if self._pe and e.size:
-            pts = np.asarray(self._sorted_e)
+        if self._sorted_e.size and e.size:
+            pts = self._sorted_e
             j = np.searchsorted(pts, e)
             left = pts[np.maximum(j - 1, 0)]
             right = pts[np.minimum(j, pts.size - 1)]
@@ -906,7 +945,7 @@ class Comparator:
         a = coef[:, 0]
         pred = a * p + coef[:, 1] + coef[:, 2] * x
         assert self._a_ref is not None  # a result has been made: the scale is set
-        noise = (statistics.median(self._ps) / self._a_ref) ** 2
+        noise = (self._noise_median.value() / self._a_ref) ** 2
         var = noise + a**2 * v
         pw = prob[top] / prob[top].sum()
         mean = pred @ pw
