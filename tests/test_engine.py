@@ -168,21 +168,26 @@ E33 = np.linspace(527.0, 559.0, 33)
 
 
 @pytest.mark.parametrize("index", [5, 16, 22])
-def test_a_saturated_point_is_flagged_not_scored(cands, index):
-    """One TEY point at a 24-bit scaler's full scale among 33: with the saturation check off a
-    wrong candidate wins with p = 1.000 (the fault); with it on the point is flagged, named on
-    the message and the right candidate wins."""
+def test_a_saturated_point_is_flagged_not_scored(cands, index, monkeypatch):
+    """One TEY point at a 24-bit scaler's full scale among 33: with the saturation check and
+    the comparator's glitch check off a wrong candidate wins with p = 1.000 (the fault); with
+    the saturation check on the point is flagged, named on the message and the right candidate
+    wins; with the saturation check off the glitch check alone sets the point aside."""
     from xas_bluesky.beamline.analysis.readings import ReadingChecks
+    from xas_bluesky.science.compare import Comparator
 
-    finals = {}
-    for on in (False, True):
+    def final(saturation_check: bool, glitch_check: bool):
         uid, docs = _run(E33, cands)
         docs[2 + index][1]["data"]["det_tey"] = float(2**24 - 1)
         sink = MemorySink()
-        checks = ReadingChecks() if on else ReadingChecks(saturation=None)
-        _feed(AnalysisEngine([sink], candidates=cands, checks=checks), docs, flush_every=None)
-        finals[on] = sink.finals[uid]
-    off, on_ = finals[False], finals[True]
+        checks = ReadingChecks() if saturation_check else ReadingChecks(saturation=None)
+        with monkeypatch.context() as m:
+            if not glitch_check:
+                m.setattr(Comparator, "GLITCH_Z", np.inf)
+            _feed(AnalysisEngine([sink], candidates=cands, checks=checks), docs, flush_every=None)
+        return sink.finals[uid]
+
+    off, on_, glitch = final(False, False), final(True, True), final(False, True)
     # the saturated point drags the fit to another candidate, confidently
     assert off.best_name != "c3" and off.best_probability > 0.99
     assert off.n_flagged == 0 and off.n_points == 33
@@ -190,6 +195,9 @@ def test_a_saturated_point_is_flagged_not_scored(cands, index):
     assert on_.n_flagged == 1 and on_.n_points == 32 and on_.n_events == 33
     assert on_.status == "Warning" and f"point {index + 1} flagged" in on_.message
     assert "saturated" in on_.message
+    # the second line of defence: not flagged (its reading passed), but not believed either
+    assert glitch.best_name == "c3" and glitch.best_probability > 0.99
+    assert glitch.n_flagged == 0 and glitch.n_points == 33
 
 
 def test_negative_counts_and_descriptor_limit_and_alarm_are_flagged(cands):

@@ -156,6 +156,10 @@ class MatchSummary:
     n_duplicates: int = 0
     #: ``seq_num`` s of the primary stream never received (missing events)
     gaps: int = 0
+    #: points whose reading passed the checks but that no probable candidate's fit comes
+    #: within 8 sigma of: set aside by the comparator as glitches (in ``n_points``, not scored;
+    #: ``docs/faults.rst``)
+    n_glitches: int = 0
     #: functional groups of the absorber (:data:`GROUPS` of the edge), most probable first, and
     #: their probabilities ("the molecule has it"; independent, they do not sum to 1); empty
     #: until the open-world analysis has a result (``docs/open_world.rst``)
@@ -236,6 +240,7 @@ ANALYSIS_KEYS = {
     "n_flagged": "n_flagged",
     "n_duplicates": "n_duplicates",
     "gaps": "gaps",
+    "n_glitches": "n_glitches",
     "status": "status",
     "message": "message",
     "groups": "groups",
@@ -257,6 +262,7 @@ TILED_KEYS = {
     "n_flagged": "n_flagged",
     "n_duplicates": "n_duplicates",
     "gaps": "gaps",
+    "n_glitches": "n_glitches",
     "groups": "groups",
     "group_probabilities": "group_probabilities",
     "in_library": "in_library",

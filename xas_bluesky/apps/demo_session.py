@@ -566,6 +566,8 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
         "flagged_points": int(final.n_flagged) if final is not None else 0,
         "gaps": int(final.gaps) if final is not None else 0,
         "duplicates": int(final.n_duplicates) if final is not None else 0,
+        # points the comparator set aside: their reading passed, no candidate came near them
+        "glitch_points": int(final.n_glitches) if final is not None else 0,
         "ioc_restarts": int(analysis.server.restarts),
         "faults": None
         if drill is None

@@ -575,6 +575,7 @@ class AnalysisEngine(DocumentRouter):
                 (run.n_bad, "flagged"),
                 (run.n_duplicates, "repeated"),
                 (run.gaps, "missing"),
+                (run.result.n_rejected if run.result is not None else 0, "set aside as glitches"),
             )
             if n
         ]

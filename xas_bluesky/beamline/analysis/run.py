@@ -198,6 +198,7 @@ class RunState:
             top = r.top_indices(top_k)
             s.n_points = int(r.n_points)
             s.best_name = r.best_name
+            s.n_glitches = int(r.n_rejected)
             s.best_smiles = self.candidates.smiles[r.best_index] if self.candidates else ""
             s.best_probability = float(r.best_probability)
             s.entropy = float(r.entropy)

@@ -61,6 +61,7 @@ _DATA_KEYS = {
     "n_flagged": {**_SCALAR, "dtype": "integer"},
     "n_duplicates": {**_SCALAR, "dtype": "integer"},
     "gaps": {**_SCALAR, "dtype": "integer"},
+    "n_glitches": {**_SCALAR, "dtype": "integer"},
     "status": _TEXT,
     # the newest problem: why the last flagged point was not scored, a gap, ...
     "message": _TEXT,

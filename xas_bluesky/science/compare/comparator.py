@@ -198,6 +198,9 @@ class MatchResult:
         The likelihood temperature used for this result (T0 grown with the points).
     scale : float or None
         Fitted edge-step scale a of the best candidate, in raw mu per model unit.
+    n_rejected : int
+        Points set aside as glitches: no probable candidate comes within
+        :attr:`Comparator.GLITCH_Z` of them (they are in ``n_points``, not in the scores).
     """
 
     probabilities: np.ndarray
@@ -214,6 +217,7 @@ class MatchResult:
     offset_std_ev: float = 0.0
     temperature: float = 1.0
     scale: float | None = None  # a of the best candidate, in raw mu per model unit
+    n_rejected: int = 0  # points set aside as glitches (see Comparator.GLITCH_Z)
     _name_rank: np.ndarray | None = field(default=None, repr=False)
 
     def top(self, k: int) -> list[tuple[str, float]]:
@@ -468,6 +472,8 @@ class Comparator:
         self._noise_median = _RunningMedian()  # of sigma: O(log n) per point, not a sort per result
         self._distinct: set[float] = set()
         self._post: np.ndarray | None = None  # last offset posterior
+        self._checked = 0  # points before this index were checked for glitches
+        self._rejected: dict[int, float] = {}  # point index -> its |z| against the best fit
         self._n_results = 0
         self._y_ref: float | None = None
         self._a_ref: float | None = None
@@ -567,17 +573,18 @@ class Comparator:
         out += tmp
         return out
 
-    def _accumulate(self, e: float, y: float, s: float) -> None:
-        """Add one point to the sums: a fixed number of passes over (K, C)."""
+    def _accumulate(self, e: float, y: float, s: float, sign: float = 1.0) -> None:
+        """Add one point to the sums (``sign`` -1: take it out): a fixed number of passes over
+        (K, C); every sum is linear in the weight, so taking out is exact."""
         assert self._y_ref is not None and self._a_ref is not None  # set by _rebuild first
         yy = (y - self._y_ref) / self._a_ref
         x = (e - self._x_ref) / self._x_scale
         i, t = self._locate1(e + self._delta_w)
         var = (s / self._a_ref) ** 2 + ((1.0 - t) * self._v[i] + t * self._v[i + 1]).astype(float)
-        w = 1.0 / var
+        w = sign / var
         sc = self._sc
         sc[:6] += np.multiply.outer([1.0, x, x * x, yy, x * yy, yy * yy], w)
-        sc[6] += np.log(var)
+        sc[6] += sign * np.log(var)
         w32 = w.astype(np.float32)
         x32, y32 = np.float32(x), np.float32(yy)
         rows = self._offset_rows(e)
@@ -600,14 +607,17 @@ class Comparator:
         self._delta_w = float(delta_w)
         self._zero_sums()
         self.n_rebuilds += 1
-        for e, y, s in zip(self._pe, self._py, self._ps, strict=True):
-            self._accumulate(e, y, s)
+        for j, (e, y, s) in enumerate(zip(self._pe, self._py, self._ps, strict=True)):
+            if j not in self._rejected:
+                self._accumulate(e, y, s)
 
     # ----------------------------------------------------------------- scores
     def _bootstrap_scale(self) -> float:
         """First guess of a_ref: spread of the data over the candidates' median spread there."""
-        e = np.asarray(self._pe)
-        y = np.asarray(self._py)
+        keep = np.ones(len(self._pe), bool)
+        keep[list(self._rejected)] = False
+        e = np.asarray(self._pe)[keep]
+        y = np.asarray(self._py)[keep]
         i, t = self._locate(e)
         p = self._m[i] + t.astype(np.float32)[:, None] * self._d[i]  # (n, C), n small
         spread_p = float(np.median(np.std(p, axis=0)))
@@ -644,6 +654,7 @@ class Comparator:
             offset_std_ev=off_std,
             temperature=self._temperature_now(),
             scale=scale,
+            n_rejected=len(self._rejected),
             _name_rank=self._rank,
         )
 
@@ -673,11 +684,17 @@ class Comparator:
             prior = np.exp(self.log_prior)
             c = self.n_candidates
             return self._make_result(np.full(c, 1.0 / c), prior, self._next_energy_prior())
-        if self._a_ref is None:
+        bootstrapped = self._a_ref is None
+        if bootstrapped:
             self._y_ref = float(self._py[0])
             self._rebuild(self._bootstrap_scale(), 0.0)
         assert self._a_ref is not None  # _rebuild set it
         prob, post, top, coef, logp = self._score(*self._live_offsets())
+        rejected = self._reject_glitches(top, int(np.argmax(post)))
+        if rejected:
+            if bootstrapped:  # the first guess of the scale saw the glitch too
+                self._rebuild(self._bootstrap_scale(), 0.0)
+            prob, post, top, coef, logp = self._score()
         a_hat = float(prob[top] @ coef[:, 0] / max(prob[top].sum(), 1e-300)) * self._a_ref
         off = float(post @ self.offsets)
         # a rebuild costs one accumulation per point so far: late in a scan only a large move
@@ -689,7 +706,8 @@ class Comparator:
         # arrives all at once (a grid scan) must still have it where the spectrum is -- left at
         # 0 while the true offset was 1.3 eV, sharp FEFF peaks made the right candidate lose
         # confidently (p ~ 1e-100).  After 3 moves only a large one counts (no thrashing).
-        late = self.n_points > self.REBUILD_LATE or self._scale_moves >= 3
+        # a glitch set aside may have held the scale far off: let it move as early on
+        late = (self.n_points > self.REBUILD_LATE or self._scale_moves >= 3) and not rejected
         move_a = a_hat > 0 and abs(np.log(a_hat / self._a_ref)) > np.log(3.0 if late else 1.5)
         move_d = abs(off - self._delta_w) > (1.5 if self._offset_moves >= 3 else 0.5)
         if move_a or move_d:  # at most one rebuild per result
@@ -712,6 +730,64 @@ class Comparator:
             scale=float(coef[best_pos, 0] * self._a_ref),
             logp=logp,
         )
+
+    #: a point that no probable candidate's fit comes within this many standard deviations of
+    #: (noise and model error together) is a glitch: set aside, not scored
+    GLITCH_Z = 8.0
+    #: glitches are looked for once this many distinct energies are measured (before, the fit
+    #: follows every point) ...
+    GLITCH_MIN_POINTS = 10
+    #: ... and at most 1 + n / GLITCH_EVERY of n points are set aside: more misfits than that
+    #: say the model does not describe the sample, which must lower no candidate's share of
+    #: the blame by dropping the points that show it
+    GLITCH_EVERY = 50
+
+    def _reject_glitches(self, top: np.ndarray, k: int) -> bool:
+        """Check the points not checked yet against the probable candidates' fits at offset
+        index k; take glitches out of the sums.  True when any was taken out."""
+        n = len(self._pe)
+        if self._n_distinct() < self.GLITCH_MIN_POINTS or self._checked >= n:
+            return False
+        assert self._a_ref is not None and self._y_ref is not None
+        j = np.arange(self._checked, n)
+        self._checked = n
+        e = np.asarray(self._pe[j[0] :])
+        yy = (np.asarray(self._py[j[0] :]) - self._y_ref) / self._a_ref
+        s = np.asarray(self._ps[j[0] :]) / self._a_ref
+        i, t = self._locate(e + float(self.offsets[k]))
+        t = t[:, None]
+        p = (1 - t) * self._m[np.ix_(i, top)] + t * self._m[np.ix_(i + 1, top)]
+        i, t = self._locate(e + self._delta_w)
+        t = t[:, None]
+        v = (1 - t) * self._v[np.ix_(i, top)] + t * self._v[np.ix_(i + 1, top)]
+        x = ((e - self._x_ref) / self._x_scale)[:, None]
+        coef, normal = self._normal_equations(top, k)
+        pred = coef[:, 0] * p + coef[:, 1] + coef[:, 2] * x
+        var = s[:, None] ** 2 + v
+        # leave-one-out: a point that drags the fit to itself (a saturated reading among 33)
+        # has leverage h -> 1; r / sqrt(var (1 - h)) is its misfit against the fit without it
+        xi = np.stack([p, np.ones_like(p), np.broadcast_to(x, p.shape)], axis=-1)  # (m, T, 3)
+        h = np.einsum("mti,tij,mtj->mt", xi, np.linalg.inv(normal), xi) / var
+        z = np.abs(yy[:, None] - pred) / np.sqrt(var * np.maximum(1.0 - h, 1e-6))
+        zmin = z.min(axis=1)
+        budget = 1 + n // self.GLITCH_EVERY - len(self._rejected)
+        out = False
+        for q in np.argsort(-zmin):
+            if zmin[q] <= self.GLITCH_Z or budget <= 0:
+                break
+            idx = int(j[q])
+            self._accumulate(self._pe[idx], self._py[idx], self._ps[idx], sign=-1.0)
+            self._rejected[idx] = float(zmin[q])
+            budget -= 1
+            out = True
+        if out:
+            logger.info("points set aside as glitches: %s", self.rejected_points)
+        return out
+
+    @property
+    def rejected_points(self) -> list[tuple[float, float, float]]:
+        """(energy, mu, |z|) of the points set aside as glitches, in order of arrival."""
+        return [(self._pe[j], self._py[j], z) for j, z in sorted(self._rejected.items())]
 
     def _with_outlier(self, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(1 - eps) P + eps / C: with probability eps the model is wrong about the sample's
@@ -879,6 +955,10 @@ class Comparator:
 
     def _coefficients(self, idx: np.ndarray, k: int) -> np.ndarray:
         """(a, b, g) of candidates ``idx`` at offset index k, a >= 0 (float64, few candidates)."""
+        return self._normal_equations(idx, k)[0]
+
+    def _normal_equations(self, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(a, b, g) as :meth:`_coefficients`, and the normal matrices X^T W X (n, 3, 3)."""
         w, wx, wxx, wy, wxy, _, _ = self._sc[:, idx]
         swp = self._swp[k, idx].astype(float)
         swpx = self._swpx[k, idx].astype(float)
@@ -897,7 +977,7 @@ class Comparator:
         if neg.any():
             bg = np.linalg.solve(A[neg][:, 1:, 1:], rhs[neg][:, 1:, None])[..., 0]
             coef[neg] = np.column_stack([np.zeros(bg.shape[0]), bg])
-        return coef
+        return coef, A
 
     @staticmethod
     def _probable(prob: np.ndarray, mass: float = 0.999, max_n: int = 64) -> np.ndarray:
