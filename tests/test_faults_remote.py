@@ -169,6 +169,7 @@ def test_pickle_refused_msgpack_accepted(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 20,000 events through tiled: ~2-3 min alone, past 300 s under load
 def test_stalled_worker_events_found_and_read_back(remote_rig):
     """The worker is stopped (SIGSTOP) for most of a 20,000-event run: the proxy drops what its
     queue cannot hold.  The worker finds which events it missed from the seq_nums and the stop's
