@@ -786,7 +786,7 @@ class Comparator:
 
     @property
     def rejected_points(self) -> list[tuple[float, float, float]]:
-        """(energy, mu, |z|) of the points set aside as glitches, in order of arrival."""
+        """(energy, mu, abs(z)) of the points set aside as glitches, in order of arrival."""
         return [(self._pe[j], self._py[j], z) for j, z in sorted(self._rejected.items())]
 
     def _with_outlier(self, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
