@@ -174,3 +174,53 @@ def test_gzip_output_is_refused_before_any_work(tmp_path):
 
 def _instant(job, workroot):
     return {"qm9_index": job.qm9_index, "element": job.element, "site": job.site, "ok": True}
+
+
+_SLOW_RUNNER_PIDS = """
+import os, sys, time
+from xas_bluesky.science.feff import SiteJob, run_sites
+
+def slow(job, workroot):
+    open(os.path.join(sys.argv[3], str(os.getpid())), "w").close()
+    time.sleep(2.0)
+    return {"qm9_index": job.qm9_index, "element": job.element, "site": job.site, "ok": True}
+
+if __name__ == "__main__":
+    jobs = [SiteJob(i, "O", "O", 0, ("O",), ((0.0, 0.0, 0.0),)) for i in range(20)]
+    print("started", flush=True)
+    run_sites(jobs, sys.argv[1], workers=2, workroot=sys.argv[2], runner=slow)
+"""
+
+
+def test_sigterm_to_the_batch_alone_stops_its_workers_too(tmp_path):
+    """``kill PID`` of a batch (SIGTERM to the parent only, not its group): the parent stops its
+    workers before it exits -- with Python's default SIGTERM they ran on as orphans."""
+    script = tmp_path / "batch.py"
+    script.write_text(_SLOW_RUNNER_PIDS)
+    out, work, pids = tmp_path / "sites.jsonl", tmp_path / "work", tmp_path / "pids"
+    work.mkdir()
+    pids.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out), str(work), str(pids)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(3.0)
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    workers = [int(p.name) for p in pids.iterdir()]
+    assert workers and proc.returncode != 0, err
+    deadline = time.monotonic() + 5
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        alive = [w for w in workers if os.path.exists(f"/proc/{w}")]
+        time.sleep(0.1)
+    assert not alive, f"workers left running: {alive}"
+    assert all(json.loads(line)["ok"] for line in out.read_text().splitlines())

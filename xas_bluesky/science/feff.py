@@ -206,23 +206,31 @@ def _end_line(path: Path) -> None:
 
 @contextlib.contextmanager
 def _interrupt_as_flag() -> Iterator[threading.Event]:
-    """Ctrl-C sets a flag instead of raising wherever the main thread happens to be.
+    """Ctrl-C (SIGINT) or SIGTERM sets a flag instead of raising wherever the main thread is.
 
     A KeyboardInterrupt raised inside ``concurrent.futures`` (while ``as_completed`` holds the
     futures' locks, say) can leave a lock taken, and the pool's shutdown then hangs for good; the
-    loop checks the flag between waits and raises at a safe point instead.  Outside the main
-    thread signal handlers cannot be set, and Ctrl-C is left alone.
+    loop checks the flag between waits and raises at a safe point instead.  SIGTERM (``kill``)
+    takes the same way out: by default it ended the parent alone and left its FEFF workers
+    running as orphans.  Outside the main thread signal handlers cannot be set, and the
+    signals are left alone.
     """
     flag = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
-    previous = signal.signal(signal.SIGINT, lambda *_: flag.set())
+    previous = {sig: signal.signal(sig, lambda *_: flag.set()) for sig in _STOP_SIGNALS}
     try:
         yield flag
     finally:
-        # None: a handler not set from Python; Python's own is the best stand-in
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+        for sig, handler in previous.items():
+            # None: a handler not set from Python; Python's own default is the best stand-in
+            fallback = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            signal.signal(sig, fallback if handler is None else handler)
+
+
+#: signals that stop a batch cleanly (queued sites dropped, workers stopped, KeyboardInterrupt)
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def run_sites(
