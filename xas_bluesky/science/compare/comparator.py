@@ -218,6 +218,10 @@ class MatchResult:
     temperature: float = 1.0
     scale: float | None = None  # a of the best candidate, in raw mu per model unit
     n_rejected: int = 0  # points set aside as glitches (see Comparator.GLITCH_Z)
+    #: log probabilities before the outlier term (None before the first fit), and its eps:
+    #: what :func:`~xas_bluesky.science.compare.joint.joint_result` combines across edges
+    model_log_probabilities: np.ndarray | None = None
+    outlier_probability: float = 0.0
     _name_rank: np.ndarray | None = field(default=None, repr=False)
 
     def top(self, k: int) -> list[tuple[str, float]]:
@@ -721,15 +725,19 @@ class Comparator:
         k_hat = int(np.argmax(post))
         best_pos = int(np.argmax(prob[top]))
         next_energy = self._next_energy(prob, top, coef, k_hat)
+        model_logp = logp
         if self.outlier_probability > 0:
             prob, logp = self._with_outlier(prob)
-        return self._make_result(
+        res = self._make_result(
             prob,
             post,
             next_energy,
             scale=float(coef[best_pos, 0] * self._a_ref),
             logp=logp,
         )
+        res.model_log_probabilities = model_logp
+        res.outlier_probability = float(self.outlier_probability)
+        return res
 
     #: a point that no probable candidate's fit comes within this many standard deviations of
     #: (noise and model error together) is a glitch: set aside, not scored
