@@ -749,19 +749,20 @@ class Comparator:
     #: say the model does not describe the sample, which must lower no candidate's share of
     #: the blame by dropping the points that show it
     GLITCH_EVERY = 50
+    #: ... and only a point that also stands out of its neighbours' misfit (by GLITCH_Z, on
+    #: the difference of its residual and theirs): where the sample is none of the candidates,
+    #: or the model is off, whole stretches misfit together, and no point of them is a glitch
+    GLITCH_LOCAL = True
 
-    def _reject_glitches(self, top: np.ndarray, k: int) -> bool:
-        """Check the points not checked yet against the probable candidates' fits at offset
-        index k; take glitches out of the sums.  True when any was taken out."""
-        n = len(self._pe)
-        if self._n_distinct() < self.GLITCH_MIN_POINTS or self._checked >= n:
-            return False
+    def _residuals(
+        self, pts: np.ndarray, top: np.ndarray, coef: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Residual, variance, model value and scaled energy of stored points ``pts`` under
+        the fits ``coef`` of candidates ``top`` at offset index k, in reference units (m, T)."""
         assert self._a_ref is not None and self._y_ref is not None
-        j = np.arange(self._checked, n)
-        self._checked = n
-        e = np.asarray(self._pe[j[0] :])
-        yy = (np.asarray(self._py[j[0] :]) - self._y_ref) / self._a_ref
-        s = np.asarray(self._ps[j[0] :]) / self._a_ref
+        e = np.asarray(self._pe)[pts]
+        yy = (np.asarray(self._py)[pts] - self._y_ref) / self._a_ref
+        s = np.asarray(self._ps)[pts] / self._a_ref
         i, t = self._locate(e + float(self.offsets[k]))
         t = t[:, None]
         p = (1 - t) * self._m[np.ix_(i, top)] + t * self._m[np.ix_(i + 1, top)]
@@ -769,21 +770,56 @@ class Comparator:
         t = t[:, None]
         v = (1 - t) * self._v[np.ix_(i, top)] + t * self._v[np.ix_(i + 1, top)]
         x = ((e - self._x_ref) / self._x_scale)[:, None]
-        coef, normal = self._normal_equations(top, k)
         pred = coef[:, 0] * p + coef[:, 1] + coef[:, 2] * x
-        var = s[:, None] ** 2 + v
+        return yy[:, None] - pred, s[:, None] ** 2 + v, p, np.broadcast_to(x, p.shape)
+
+    def _stands_alone(self, idx: int, c: int, coef: np.ndarray, k: int) -> bool:
+        """Whether point ``idx`` misfits candidate ``c`` (fit ``coef``) by more than its
+        nearest kept neighbours on either side in energy do, by GLITCH_Z."""
+        e = np.asarray(self._pe)
+        keep = np.abs(e - e[idx]) > 1e-9
+        if self._rejected:
+            keep[list(self._rejected)] = False
+        nb = []
+        for side in (e < e[idx], e > e[idx]):
+            cand = np.flatnonzero(keep & side)
+            if cand.size:
+                nb.append(int(cand[np.argmin(np.abs(e[cand] - e[idx]))]))
+        if not nb:
+            return True
+        top = np.array([c])
+        r, var, _, _ = self._residuals(np.array([idx, *nb]), top, coef[None, :], k)
+        d = r[0, 0] - r[1:, 0].mean()
+        var_d = var[0, 0] + var[1:, 0].sum() / len(nb) ** 2
+        return bool(abs(d) > self.GLITCH_Z * np.sqrt(var_d))
+
+    def _reject_glitches(self, top: np.ndarray, k: int) -> bool:
+        """Check the points not checked yet against the probable candidates' fits at offset
+        index k; take glitches out of the sums.  True when any was taken out."""
+        n = len(self._pe)
+        if self._n_distinct() < self.GLITCH_MIN_POINTS or self._checked >= n:
+            return False
+        j = np.arange(self._checked, n)
+        self._checked = n
+        coef, normal = self._normal_equations(top, k)
+        r, var, p, x = self._residuals(j, top, coef, k)
         # leave-one-out: a point that drags the fit to itself (a saturated reading among 33)
         # has leverage h -> 1; r / sqrt(var (1 - h)) is its misfit against the fit without it
-        xi = np.stack([p, np.ones_like(p), np.broadcast_to(x, p.shape)], axis=-1)  # (m, T, 3)
+        xi = np.stack([p, np.ones_like(p), x], axis=-1)  # (m, T, 3)
         h = np.einsum("mti,tij,mtj->mt", xi, np.linalg.inv(normal), xi) / var
-        z = np.abs(yy[:, None] - pred) / np.sqrt(var * np.maximum(1.0 - h, 1e-6))
-        zmin = z.min(axis=1)
+        z = np.abs(r) / np.sqrt(var * np.maximum(1.0 - h, 1e-6))
+        best = z.argmin(axis=1)
+        zmin = z[np.arange(z.shape[0]), best]
         budget = 1 + n // self.GLITCH_EVERY - len(self._rejected)
         out = False
         for q in np.argsort(-zmin):
             if zmin[q] <= self.GLITCH_Z or budget <= 0:
                 break
             idx = int(j[q])
+            if self.GLITCH_LOCAL and not self._stands_alone(
+                idx, int(top[best[q]]), coef[best[q]], k
+            ):
+                continue
             self._accumulate(self._pe[idx], self._py[idx], self._ps[idx], sign=-1.0)
             self._rejected[idx] = float(zmin[q])
             budget -= 1
