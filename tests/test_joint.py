@@ -75,3 +75,45 @@ def test_candidates_missing_at_one_edge_are_left_out_and_nothing_shared_is_an_er
     fresh = Comparator(GRID, n, None, ["a", "b", "c"], **kw)
     with pytest.raises(ValueError, match="no fit yet"):
         joint_result({"O": comp_o.result(), "N": fresh.result()})
+
+
+def test_sample_posteriors_match_candidates_by_structure_key_and_by_sample():
+    from types import SimpleNamespace
+
+    from xas_bluesky.beamline.analysis.samples import SamplePosteriors, sample_key
+
+    rng = np.random.default_rng(2)
+    comp_o, comp_n, o, n = _edges()
+    r_o = _measure(comp_o, o[1], rng)
+    r_n = _measure(comp_n, n[1], rng)
+    # the N list names the same molecules differently and in another order: keys match them
+    perm = [2, 0, 1]
+    r_n_renamed = type(r_n)(**{**r_n.__dict__, "names": [f"n{i}" for i in perm]})
+    r_n_renamed.probabilities = r_n.probabilities[perm]
+    r_n_renamed.model_log_probabilities = r_n.model_log_probabilities[perm]
+    keys = ["KA", "KB", "KC"]
+    cands_o = SimpleNamespace(keys=keys, smiles=["sa", "sb", "sc"])
+    cands_n = SimpleNamespace(keys=[keys[i] for i in perm], smiles=["x", "y", "z"])
+    samples = SamplePosteriors()
+    key = sample_key({"sample_uid": "u1", "sample_name": "slot 3"})
+    assert key == "sample_uid:u1" and sample_key({"sample_name": "s"}) == "sample_name:s"
+    assert sample_key({}) is None
+    assert samples.joint(key, "run-n", "N", r_n_renamed, cands_n) is None  # no other edge yet
+    samples.record(key, "run-o", "O", r_o, cands_o)
+    joint = samples.joint(key, "run-n", "N", r_n_renamed, cands_n)
+    assert (
+        joint is not None
+        and joint.edges == "N,O"
+        and joint.run_uids
+        == {
+            "N": "run-n",
+            "O": "run-o",
+        }
+    )
+    # named in the N run's own names: n1 is the molecule with key KB (b, the sample)
+    assert joint.ranking()[0]["name"] == "n1" and joint.ranking()[0]["smiles"] == "z"
+    expect = joint_result({"N": r_n, "O": r_o})
+    assert joint.joint.best_probability == pytest.approx(expect.best_probability)
+    # another sample, or the same edge again: no joint
+    assert samples.joint("sample_uid:u2", "r", "N", r_n_renamed, cands_n) is None
+    assert samples.joint(key, "run-o2", "O", r_o, cands_o) is None

@@ -170,6 +170,17 @@ class MatchSummary:
     in_library: float = math.nan
     #: points the groups and ``in_library`` were computed from (they lag the scores a little)
     groups_n_points: int = 0
+    #: both edges of one sample (``docs/real_samples.rst``): the edges combined, e.g. ``"N,O"``
+    #: (empty: no other edge of this sample scored yet, and the joint fields are empty too), the
+    #: best candidate of the joint posterior, its probability, the joint top candidates and the
+    #: candidates scored at every edge
+    joint_edges: str = ""
+    joint_best_name: str = ""
+    joint_best_smiles: str = ""
+    joint_best_probability: float = math.nan
+    joint_top_names: Sequence[str] = ()
+    joint_top_probabilities: Sequence[float] = ()
+    joint_n_candidates: int = 0
     #: ``time.time()`` of the newest event this summary includes (latency bookkeeping only)
     event_time: float | None = field(default=None, compare=False)
 
@@ -200,6 +211,13 @@ PV_SUFFIXES = {
     "groups": "Match:Groups-Wfm",
     "group_scores": "Match:GroupScores-Wfm",
     "in_library": "Match:InLibrary-I",
+    "joint_edges": "Match:Joint:Edges-Name",
+    "joint_best_name": "Match:Joint:Best-Name",
+    "joint_best_smiles": "Match:Joint:BestSmiles-Name",
+    "joint_best_prob": "Match:Joint:BestProb-I",
+    "joint_top_names": "Match:Joint:TopNames-Wfm",
+    "joint_top_scores": "Match:Joint:TopScores-Wfm",
+    "joint_ncandidates": "Match:Joint:NCandidates-I",
 }
 
 #: :class:`MatchSummary` field -> score IOC attribute (a key of :data:`PV_SUFFIXES`; also the
@@ -222,6 +240,13 @@ PV_ATTRS = {
     "groups": "groups",
     "group_probabilities": "group_scores",
     "in_library": "in_library",
+    "joint_edges": "joint_edges",
+    "joint_best_name": "joint_best_name",
+    "joint_best_smiles": "joint_best_smiles",
+    "joint_best_probability": "joint_best_prob",
+    "joint_top_names": "joint_top_names",
+    "joint_top_probabilities": "joint_top_scores",
+    "joint_n_candidates": "joint_ncandidates",
 }
 
 #: :class:`MatchSummary` field -> data key of the analysis run's primary stream
@@ -247,6 +272,9 @@ ANALYSIS_KEYS = {
     "group_probabilities": "group_probabilities",
     "in_library": "in_library",
     "groups_n_points": "groups_n_points",
+    "joint_edges": "joint_edges",
+    "joint_best_name": "joint_best_name",
+    "joint_best_probability": "joint_best_probability",
 }
 
 #: :class:`MatchSummary` field -> metadata key of tiled's match record
@@ -266,6 +294,10 @@ TILED_KEYS = {
     "groups": "groups",
     "group_probabilities": "group_probabilities",
     "in_library": "in_library",
+    "joint_edges": "joint_edges",
+    "joint_best_name": "joint_best_name",
+    "joint_best_probability": "joint_best_probability",
+    "joint_n_candidates": "joint_n_candidates",
 }
 
 #: functional groups of the absorbing atom that the open-world analysis names, per K edge (the

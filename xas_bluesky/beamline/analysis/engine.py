@@ -34,6 +34,7 @@ from event_model import DocumentRouter, pack_event_page
 
 from xas_bluesky.beamline.analysis.readings import ReadingChecks, RunReadings
 from xas_bluesky.beamline.analysis.run import CappedList, RunState
+from xas_bluesky.beamline.analysis.samples import SamplePosteriors, sample_key
 from xas_bluesky.beamline.analysis.sinks import AnalysisSink
 from xas_bluesky.beamline.catalog import load_candidate_set
 from xas_bluesky.contracts import (
@@ -160,6 +161,11 @@ class AnalysisEngine(DocumentRouter):
         #: raw run uid -> (event times by point count); for latency bookkeeping (the last
         #: ``max_runs`` runs, the newest ``MAX_EVENT_TIMES`` points of each)
         self.event_times: dict[str, dict[int, float]] = _Bounded(max_runs)
+        #: per sample, the latest finished result of each edge (both edges of one molecule)
+        self.samples = SamplePosteriors()
+        #: raw run uid -> its final joint posterior with the sample's other edges
+        #: (:class:`~.samples.SampleJoint`; runs with one edge have none)
+        self.joint_results: dict[str, Any] = _Bounded(max_runs)
         #: failures so far (the newest ``MAX_ERRORS``; ``errors.dropped`` counts the rest)
         self.errors: CappedList = CappedList(MAX_ERRORS)
 
@@ -548,6 +554,9 @@ class AnalysisEngine(DocumentRouter):
         run.n_scored = run.n_events
         if run.comparator is not None and run.comparator.n_points:
             run.result = run.comparator.result()
+            run.joint = self.samples.joint(
+                sample_key(run.start), run.uid, run.element, run.result, run.candidates
+            )
         if self.open_world is not None and run.open_world and pts:
             self.open_world.submit(run.uid, self._points(run))
         self._take_novelty(run)
@@ -565,6 +574,9 @@ class AnalysisEngine(DocumentRouter):
             self._call_sinks("run_closed", run, run.summary("Error", run.fatal), raw_stop)
             return
         self.results[run.uid] = run.result
+        if run.joint is not None:
+            self.joint_results[run.uid] = run.joint
+        self.samples.record(sample_key(run.start), run.uid, run.element, run.result, run.candidates)
         # sinks that keep the result go first: a failure of theirs is part of the final status
         self._call_sinks("run_closing", run, raw_stop)
         exit_status = raw_stop.get("exit_status", "success")

@@ -140,6 +140,9 @@ class RunState:
     #: uid of the linked analysis run, once a sink has opened one
     analysis_uid: str | None = None
     stopped: bool = False
+    #: the joint posterior with this sample's other edges (:class:`~.samples.SampleJoint`),
+    #: None while no other edge of the sample is scored
+    joint: Any = None
 
     @property
     def uid(self) -> str:
@@ -206,6 +209,17 @@ class RunState:
             s.offset_ev = float(r.offset_ev)
             s.top_names = [r.names[i] for i in top]
             s.top_probabilities = [float(r.probabilities[i]) for i in top]
+        j = None if self.fatal else self.joint
+        if j is not None:
+            order = j.order()
+            jb = int(order[0])
+            s.joint_edges = j.edges
+            s.joint_best_name = j.names[jb]
+            s.joint_best_smiles = j.smiles[jb]
+            s.joint_best_probability = float(j.joint.probabilities[jb])
+            s.joint_top_names = [j.names[i] for i in order[:top_k]]
+            s.joint_top_probabilities = [float(j.joint.probabilities[i]) for i in order[:top_k]]
+            s.joint_n_candidates = len(j.names)
         return s
 
     def ranking(self) -> list[dict]:

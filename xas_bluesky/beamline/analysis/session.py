@@ -143,6 +143,11 @@ class AnalysisSession:
         return self.engine.results
 
     @property
+    def joint_results(self) -> dict:
+        """Raw run uid -> its final joint posterior with the sample's other edges."""
+        return self.engine.joint_results
+
+    @property
     def analysis_uids(self) -> dict[str, str]:
         """Raw run uid -> uid of its analysis run."""
         return self.engine.analysis_uids

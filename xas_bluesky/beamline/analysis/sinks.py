@@ -71,6 +71,10 @@ _DATA_KEYS = {
     "group_probabilities": _TEXT,
     "in_library": _SCALAR,
     "groups_n_points": {**_SCALAR, "dtype": "integer"},
+    # both edges of one sample: the joint posterior's edges ("" with one edge) and best
+    "joint_edges": _TEXT,
+    "joint_best_name": _TEXT,
+    "joint_best_probability": _SCALAR,
 }
 
 
@@ -276,6 +280,16 @@ class TiledMatchSink(AnalysisSink):
                 "problems_dropped": run.problems.dropped,
                 "measured_energy_eV": run.energies,
                 "measured_mu": run.mus,
+                "sample_uid": run.start.get("sample_uid"),
+                # the sample's match record over both edges: the joint ranking and its runs
+                "joint": None
+                if run.joint is None
+                else {
+                    "edges": run.joint.edges,
+                    "run_uids": run.joint.run_uids,
+                    "outlier_probability": run.joint.joint.outlier_probability,
+                    "ranking": run.joint.ranking(),
+                },
             },
         )
         path = None

@@ -118,6 +118,13 @@ class MatchScores(Device):
     groups = _ro("groups", string=True)
     group_scores = _ro("group_scores")
     in_library = _ro("in_library")
+    joint_edges = _ro("joint_edges", Kind.config, string=True)
+    joint_best_name = _ro("joint_best_name", string=True)
+    joint_best_smiles = _ro("joint_best_smiles", Kind.omitted, string=True)
+    joint_best_prob = _ro("joint_best_prob")
+    joint_top_names = _ro("joint_top_names", Kind.omitted, string=True)
+    joint_top_scores = _ro("joint_top_scores", Kind.omitted)
+    joint_ncandidates = _ro("joint_ncandidates", Kind.config)
     scored = Cpt(ScoredSignal, value=("", 0), kind=Kind.omitted)
 
     def __init__(self, prefix: str = DEFAULT_PREFIX, *, wait_timeout: float = 10.0, **kwargs):

@@ -22,6 +22,17 @@ Names are a contract (``CLI.md``; add, never rename).  With the default prefix `
     XAS:Match:GroupScores-Wfm  float[G]       their probabilities (NaN-padded to G = 9 groups)
     XAS:Match:InLibrary-I      float          P(the sample is among the candidates); NaN: unknown
 
+Both K edges of one sample (a run whose sample, by ``sample_uid`` or ``sample_name``, has
+another edge scored already; empty / NaN otherwise, so never another sample's)::
+
+    XAS:Match:Joint:Edges-Name        CHAR waveform  the edges combined, e.g. ``N,O``
+    XAS:Match:Joint:Best-Name         CHAR waveform  best candidate of the joint posterior
+    XAS:Match:Joint:BestSmiles-Name   CHAR waveform  its SMILES
+    XAS:Match:Joint:BestProb-I        float          its joint probability
+    XAS:Match:Joint:TopNames-Wfm      CHAR waveform  top-k of the joint, newline-separated
+    XAS:Match:Joint:TopScores-Wfm     float[k]       their joint probabilities
+    XAS:Match:Joint:NCandidates-I     int            candidates scored at every edge
+
 Every PV is read-only to Channel Access clients: only the analysis that hosts the IOC changes
 them (see ``docs/live_analysis.rst`` for why the IOC lives inside the analysis process).
 
@@ -172,6 +183,38 @@ class MatchScoreGroup(PVGroup):
         name=PV_SUFFIXES["in_library"], value=float("nan"), precision=3, read_only=True,
         doc="probability that the sample is among the candidates",
     )  # fmt: skip
+    # both edges of one sample: the joint posterior (empty / NaN until a second edge is scored)
+    joint_edges = pvproperty(
+        name=PV_SUFFIXES["joint_edges"], value="", dtype=ChannelType.CHAR, max_length=16,
+        string_encoding="utf-8", read_only=True, doc="edges combined, e.g. N,O",
+    )  # fmt: skip
+    joint_best_name = pvproperty(
+        name=PV_SUFFIXES["joint_best_name"], value="", dtype=ChannelType.CHAR,
+        max_length=_NAME_LEN, string_encoding="utf-8", read_only=True,
+        doc="best candidate of the joint posterior over the edges",
+    )  # fmt: skip
+    joint_best_smiles = pvproperty(
+        name=PV_SUFFIXES["joint_best_smiles"], value="", dtype=ChannelType.CHAR,
+        max_length=_NAME_LEN, string_encoding="utf-8", read_only=True,
+        doc="its SMILES",
+    )  # fmt: skip
+    joint_best_prob = pvproperty(
+        name=PV_SUFFIXES["joint_best_prob"], value=float("nan"), precision=4, read_only=True,
+        doc="its joint posterior probability",
+    )  # fmt: skip
+    joint_top_names = pvproperty(
+        name=PV_SUFFIXES["joint_top_names"], value="", dtype=ChannelType.CHAR,
+        max_length=_TEXT_LEN, string_encoding="utf-8", read_only=True,
+        doc="top candidates of the joint posterior, newline-separated",
+    )  # fmt: skip
+    joint_top_scores = pvproperty(
+        name=PV_SUFFIXES["joint_top_scores"], value=[float("nan")] * TOP_K, max_length=TOP_K,
+        read_only=True, doc="their joint probabilities",
+    )  # fmt: skip
+    joint_ncandidates = pvproperty(
+        name=PV_SUFFIXES["joint_ncandidates"], value=0, read_only=True,
+        doc="candidates scored at every edge",
+    )  # fmt: skip
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -190,6 +233,9 @@ class MatchScoreGroup(PVGroup):
         gnames = list(upd.groups)[:N_GROUPS]
         gscores = [_num(p) for p in list(upd.group_probabilities)[: len(gnames)]]
         gscores += [float("nan")] * (N_GROUPS - len(gscores))
+        jnames = list(upd.joint_top_names)[:TOP_K]
+        jscores = [_num(p) for p in list(upd.joint_top_probabilities)[: len(jnames)]]
+        jscores += [float("nan")] * (TOP_K - len(jscores))
         fields = {
             "run_uid": _text(upd.run_uid, 64),
             "best_name": _text(upd.best_name, _NAME_LEN),
@@ -205,6 +251,13 @@ class MatchScoreGroup(PVGroup):
             "groups": _text("\n".join(gnames), _NAME_LEN),
             "group_probabilities": gscores,
             "in_library": _num(upd.in_library),
+            "joint_edges": _text(upd.joint_edges, 16),
+            "joint_best_name": _text(upd.joint_best_name, _NAME_LEN),
+            "joint_best_smiles": _text(upd.joint_best_smiles, _NAME_LEN),
+            "joint_best_probability": _num(upd.joint_best_probability),
+            "joint_top_names": _text("\n".join(jnames), _TEXT_LEN),
+            "joint_top_probabilities": jscores,
+            "joint_n_candidates": int(upd.joint_n_candidates),
             "message": _text(upd.message, _TEXT_LEN),
             "status": status,
             "n_events": int(upd.n_events),
