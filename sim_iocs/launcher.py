@@ -108,9 +108,11 @@ def sim_ioc_args(
         args += ["--axis-offset", repr(float(axis_offset))]
     for spec in slots:
         name, _, source = spec.partition("=")
-        if source and not source.startswith("heldout:") and source != "blank":
-            source = str(Path(source).resolve())
-        args += ["--slot", f"{name}={source}"]
+        parts = [
+            str(Path(p).resolve()) if p and not p.startswith("heldout:") and p != "blank" else p
+            for p in source.split("|")
+        ]
+        args += ["--slot", f"{name}={'|'.join(parts)}"]
     if sample:
         args += ["--sample", sample]
     if not tuned:

@@ -154,7 +154,8 @@ def measured_like(
 
 def parse_slot_spec(spec: str) -> tuple[str, list[Spectrum]]:
     """Parse ``NAME=SOURCE`` where SOURCE is a CSV path, ``heldout:NAME`` (all its edges),
-    ``heldout:EDGE:NAME`` or ``blank`` (background only)."""
+    ``heldout:EDGE:NAME`` or ``blank`` (background only); several sources joined by ``|``
+    (e.g. one CSV per edge: ``mol=o.csv|n.csv``) are the edges of one sample."""
     name, sep, source = spec.partition("=")
     name = name.strip()
     if not sep or not name or not source:
@@ -163,6 +164,11 @@ def parse_slot_spec(spec: str) -> tuple[str, list[Spectrum]]:
         )
     if len(name) > 39:
         raise SpectrumError(f"slot name {name!r} is longer than 39 characters")
+    if "|" in source:
+        spectra: list[Spectrum] = []
+        for part in source.split("|"):
+            spectra += parse_slot_spec(f"{name}={part.strip()}")[1]
+        return name, spectra
     if source == "blank":
         return name, []
     if source.startswith("heldout:"):

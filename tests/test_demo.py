@@ -228,3 +228,72 @@ def test_open_world_demo_without_candidates(tmp_path):
     stored = json.loads(q.stdout)
     assert stored["ranking"] == [] and [g["name"] for g in stored["groups"]] == names
     assert stored["in_library"] is None
+
+
+@pytest.mark.slow
+def test_two_edge_demo_from_one_spectrum_per_edge(tmp_path):
+    """``--edge O,N`` with ``--sample-spectrum O=... --sample-spectrum N=...``: one run per edge
+    of one sample, the joint ranking on top and in tiled, each edge's own under ``edges``."""
+    from xas_bluesky.resources import two_edge_candidates
+
+    both = two_edge_candidates(tmp_path / "both.xyz")
+    spectra, names = {}, []
+    for edge in ("O", "N"):
+        energy, samples = heldout_samples(edge)
+        names.append({s["name"]: s for s in samples})
+    sample = sorted(set(names[0]) & set(names[1]) & set(both.read_text().split()))[5]
+    for edge, by_name in zip(("O", "N"), names, strict=True):
+        energy, _ = heldout_samples(edge)
+        mu = by_name[sample]["mu"]
+        rows = "".join(f"{float(e)!r},{float(m)!r}\n" for e, m in zip(energy, mu, strict=True))
+        spectra[edge] = tmp_path / f"{sample}_{edge}.csv"
+        spectra[edge].write_text("energy_eV,mu\n" + rows)
+    frames = both.read_text().splitlines()
+    chosen, k = [], 0
+    while k < len(frames) and frames[k].strip():
+        m = int(frames[k])
+        chosen.append(frames[k : k + m + 2])
+        k += m + 2
+    chosen = [f for f in chosen if f[1] == sample] + [f for f in chosen if f[1] != sample][:29]
+    cands = tmp_path / "cands.xyz"
+    cands.write_text("\n".join(line for f in chosen for line in f) + "\n")
+    out, data = tmp_path / "demo.json", tmp_path / "data"
+    run = subprocess.run(
+        [*CLI, "demo", "--edge", "O,N", "--sample-spectrum", f"O={spectra['O']}",
+         "--sample-spectrum", f"N={spectra['N']}", "--candidates", str(cands),
+         "--max-points", "18", "--data-dir", str(data), "--json", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["edge"] == "O,N" and set(r["edges"]) == {"O", "N"}
+    assert r["points"] == r["edges"]["O"]["points"] + r["edges"]["N"]["points"]
+    for edge in ("O", "N"):
+        sub = r["edges"][edge]
+        assert len(sub["ranking"]) == 30 and 14 <= sub["points"] <= 18
+        assert sub["run_uid"] != r["edges"]["O" if edge == "N" else "N"]["run_uid"]
+    ranking = r["ranking"]
+    probs = np.array([e["probability"] for e in ranking])
+    assert len(ranking) == 30 and probs.sum() == pytest.approx(1.0, abs=1e-6)
+    assert np.all(np.diff(probs) <= 1e-12)
+    assert r["joint"]["edges"] == "N,O" and r["joint"]["n_candidates"] == 30
+    pv = r["pv"]
+    assert pv["XAS:Match:Joint:Best-Name"] == ranking[0]["name"]
+    assert pv["XAS:Match:Joint:BestProb-I"] == pytest.approx(ranking[0]["probability"], rel=1e-6)
+    assert pv["XAS:Match:Joint:NCandidates-I"] == 30
+    # the joint is at least as sure of the sample as the less sure edge alone
+    p_true = {e["name"]: e["probability"] for e in ranking}[sample]
+    p_edges = [
+        {e["name"]: e["probability"] for e in r["edges"][x]["ranking"]}[sample] for x in "ON"
+    ]
+    assert p_true >= min(p_edges), (p_true, p_edges)
+    # tiled holds the sample's match record: the last edge's run carries the joint ranking
+    q = subprocess.run(
+        [*CLI, "query", "--data-dir", str(data), "--run", r["run_uid"]],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert q.returncode == 0, q.stderr[-2000:]
+    stored = json.loads(q.stdout)
+    joint = stored["metadata"]["joint"]
+    assert [e["name"] for e in joint["ranking"]] == [e["name"] for e in ranking]
+    assert stored["metadata"]["sample_uid"] == r["sample_uid"]

@@ -35,14 +35,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "PVs point and stops when confident. Starts and stops everything itself."
         ),
     )
-    p.add_argument("--edge", choices=["O", "N"], default="O", help="K edge (default O)")
+    p.add_argument(
+        "--edge",
+        type=_edges,
+        default="O",
+        metavar="{O,N,O,N}",
+        help="K edge (default O), or both edges of one sample in the order measured (O,N or "
+        "N,O): one run per edge, combined into one joint ranking (docs/real_samples.rst)",
+    )
     p.add_argument("--mode", choices=["adaptive", "grid"], default="adaptive")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--sample", help="name of a shipped held-out sample (e.g. qm9_000123)")
     src.add_argument(
         "--sample-spectrum",
         metavar="FILE.csv",
-        help="CSV energy_eV,mu on FEFF10's absolute energy axis (or the experiment's: --axis)",
+        action="append",
+        help="CSV energy_eV,mu on FEFF10's absolute energy axis (or the experiment's: --axis); "
+        "with two edges one per edge: --sample-spectrum O=o.csv --sample-spectrum N=n.csv",
     )
     p.add_argument(
         "--axis",
@@ -114,11 +123,55 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _edges(text: str) -> str:
+    edges = [e.strip() for e in text.split(",")]
+    if not edges or any(e not in ("O", "N") for e in edges) or len(set(edges)) != len(edges):
+        raise argparse.ArgumentTypeError(f"expected O, N, O,N or N,O; got {text!r}")
+    return ",".join(edges)
+
+
+def _sample_spectra(given: list[str] | None, edges: list[str]) -> str | dict[str, str] | None:
+    """``--sample-spectrum`` values: one FILE (one edge), or EDGE=FILE for each edge."""
+    if not given:
+        return None
+    if len(edges) == 1:
+        if len(given) != 1:
+            raise CLIError("one --sample-spectrum per edge: this demo measures one edge")
+        file = given[0]
+        edge, sep, rest = file.partition("=")
+        if sep and edge in ("O", "N") and not Path(file).is_file():
+            if edge != edges[0]:
+                raise CLIError(f"--sample-spectrum {file}: the demo measures the {edges[0]} edge")
+            file = rest
+        if not Path(file).is_file():
+            raise CLIError(f"{file}: no such file")
+        return file
+    out: dict[str, str] = {}
+    for value in given:
+        edge, sep, file = value.partition("=")
+        if not sep or edge not in edges:
+            raise CLIError(
+                f"--sample-spectrum {value!r}: with --edge {','.join(edges)} give EDGE=FILE, "
+                f"one per edge"
+            )
+        if edge in out:
+            raise CLIError(f"--sample-spectrum: two spectra for the {edge} edge")
+        if not Path(file).is_file():
+            raise CLIError(f"{file}: no such file")
+        out[edge] = file
+    missing = [e for e in edges if e not in out]
+    if missing:
+        raise CLIError(f"--sample-spectrum: no spectrum for the {', '.join(missing)} edge")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from xas_bluesky.apps.demo_session import DemoConfig, DemoError, run_demo
 
-    if args.sample_spectrum and not Path(args.sample_spectrum).is_file():
-        raise CLIError(f"{args.sample_spectrum}: no such file")
+    edges = args.edge.split(",")
+    sample_spectrum = _sample_spectra(args.sample_spectrum, edges)
+    if len(edges) > 1 and args.faults:
+        raise CLIError("--faults drills one edge: give --edge O or --edge N")
     if args.axis != "feff" and not args.sample_spectrum:
         raise CLIError(f"--axis {args.axis} is the axis of a --sample-spectrum: give one")
     if not (args.broadening >= 0 and math.isfinite(args.broadening)):
@@ -135,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         edge=args.edge,
         mode=args.mode,
         sample=args.sample,
-        sample_spectrum=args.sample_spectrum,
+        sample_spectrum=sample_spectrum,
         axis=args.axis,
         broadening=args.broadening,
         axis_offset=args.axis_offset,

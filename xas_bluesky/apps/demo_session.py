@@ -8,12 +8,14 @@ reads it once per process), which is why those imports live inside the functions
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -48,10 +50,12 @@ class DemoError(RuntimeError):
 
 @dataclass
 class DemoConfig:
+    #: the K edge, or both edges of one sample in the order measured (``"O,N"``)
     edge: str = "O"
     mode: str = "adaptive"
     sample: str | None = None
-    sample_spectrum: str | None = None
+    #: one spectrum (one edge), or with two edges one per edge: ``{"O": path, "N": path}``
+    sample_spectrum: str | dict[str, str] | None = None
     #: energy axis of ``sample_spectrum``: "feff" or "experiment"
     axis: str = "feff"
     #: the simulated beamline's Gaussian FWHM (eV) and axis shift (eV) of the sample spectra
@@ -77,6 +81,10 @@ class DemoConfig:
     #: where the predicted reference libraries are cached (the default cache when None)
     library_cache: str | None = None
 
+    @property
+    def edges(self) -> list[str]:
+        return [e.strip() for e in self.edge.split(",") if e.strip()]
+
 
 def _say(config: DemoConfig, text: str) -> None:
     if config.progress is not None:
@@ -84,31 +92,40 @@ def _say(config: DemoConfig, text: str) -> None:
 
 
 def choose_sample(config: DemoConfig) -> tuple[str, str]:
-    """``(sample name, slot spec)`` of the sample to measure."""
+    """``(sample name, slot spec)`` of the sample to measure (with two edges, a sample that has
+    both: a held-out molecule with O and N, or one spectrum per edge)."""
+    edges = config.edges
     if config.sample_spectrum:
-        name = Path(config.sample_spectrum).stem
-        return name, f"{name[:39]}={_on_feff_axis(config).resolve()}"
-    _, samples = heldout_samples(config.edge)
-    names = sorted(s["name"] for s in samples)
+        files = config.sample_spectrum
+        if isinstance(files, dict):
+            name = "+".join(Path(files[e]).stem for e in edges)[:39]
+            paths = [str(_on_feff_axis(config, files[e], e).resolve()) for e in edges]
+            return name, f"{name}={'|'.join(paths)}"
+        name = Path(files).stem
+        return name, f"{name[:39]}={_on_feff_axis(config, files, edges[0]).resolve()}"
+    pools = [{s["name"] for s in heldout_samples(e)[1]} for e in edges]
+    names = sorted(set.intersection(*pools))
+    what = f"{' and '.join(edges)} K-edge"
     if config.sample:
         if config.sample not in names:
             raise DemoError(
-                f"no held-out {config.edge} K-edge sample named {config.sample!r} "
-                f"(e.g. {', '.join(names[:3])})"
+                f"no held-out {what} sample named {config.sample!r} (e.g. {', '.join(names[:3])})"
             )
         name = config.sample
     else:  # a random held-out sample, but not the calibration reference
-        pool = [n for n in names if n != REFERENCE_SLOTS[config.edge][1]]
+        refs = {REFERENCE_SLOTS[e][1] for e in edges}
+        pool = [n for n in names if n not in refs]
         name = random.Random(config.seed).choice(pool)
-    return name, f"{name}=heldout:{config.edge}:{name}"
+    if len(edges) > 1:
+        return name, f"{name}=heldout:{name}"
+    return name, f"{name}=heldout:{edges[0]}:{name}"
 
 
-def _on_feff_axis(config: DemoConfig) -> Path:
-    """The ``--sample-spectrum`` file on FEFF's axis: itself, or (``axis="experiment"``) a copy
+def _on_feff_axis(config: DemoConfig, file: str, edge: str) -> Path:
+    """A ``--sample-spectrum`` file on FEFF's axis: itself, or (``axis="experiment"``) a copy
     moved by the edge's convention (:mod:`xas_bluesky.science.compare.axis`) under the data
     directory."""
-    assert config.sample_spectrum is not None
-    src = Path(config.sample_spectrum)
+    src = Path(file)
     if config.axis == "feff":
         return src
     from xas_bluesky.science.compare.axis import to_feff_axis
@@ -118,9 +135,9 @@ def _on_feff_axis(config: DemoConfig) -> Path:
         energy, mu = load_spectrum_csv(src)
     except SpectrumError as exc:
         raise DemoError(str(exc)) from None
-    out = Path(config.data_dir).resolve() / "spectra" / f"{src.stem}.feff_axis.csv"
+    out = Path(config.data_dir).resolve() / "spectra" / f"{src.stem}.{edge}.feff_axis.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    e = to_feff_axis(energy, config.edge, config.axis)
+    e = to_feff_axis(energy, edge, config.axis)
     rows = "".join(f"{a!r},{b!r}\n" for a, b in zip(e.tolist(), mu.tolist(), strict=True))
     out.write_text("energy_eV,mu\n" + rows)
     return out
@@ -231,6 +248,7 @@ def run_demo(config: DemoConfig) -> dict:
         tiled = f_tiled.result()
         result = _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stack)
     predictions = result.pop("_predictions", None)
+    edge_predictions = result.pop("_edge_predictions", None)
     result["seconds"] = round(time.time() - t_start, 2)
     result["data_dir"] = str(data_dir)
     if config.json_path:
@@ -238,7 +256,14 @@ def run_demo(config: DemoConfig) -> dict:
     if config.plot_path:
         from xas_bluesky.apps.demo_plot import plot_demo
 
-        plot_demo(result, config.plot_path, predictions)
+        if edge_predictions is None:
+            plot_demo(result, config.plot_path, predictions)
+        else:  # one figure per edge: OUT_O.png, OUT_N.png
+            out = Path(config.plot_path)
+            for e, sub in result["edges"].items():
+                path = out.with_name(f"{out.stem}_{e}{out.suffix}")
+                plot_demo(sub, str(path), edge_predictions[e])
+                _say(config, f"demo: {e} K-edge plot in {path}")
     best = result["ranking"][0] if result.get("ranking") else None
     if best:
         _say(
@@ -390,7 +415,7 @@ def _groups(summary) -> list[dict]:
     ]
 
 
-def _prepare_library(config: DemoConfig) -> None:
+def _prepare_library(config: DemoConfig, edge: str) -> None:
     """``--predict-library``: the model's reference library of the edge, predicted now when it
     is not cached (minutes on a CPU, once per model)."""
     from xas_bluesky.science.library_cache import (
@@ -399,26 +424,23 @@ def _prepare_library(config: DemoConfig) -> None:
         shipped_model_version,
     )
 
-    path = library_path(config.edge, shipped_model_version(config.edge), config.library_cache)
+    path = library_path(edge, shipped_model_version(edge), config.library_cache)
     if path.is_file():
         return
-    _say(config, f"demo: predicting the {config.edge} reference library into {path} (minutes) ...")
-    predict_library(config.edge, config.library_cache)
+    _say(config, f"demo: predicting the {edge} reference library into {path} (minutes) ...")
+    predict_library(edge, config.library_cache)
 
 
 def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stack) -> dict:
     from bluesky import RunEngine
     from bluesky.callbacks.buffer import BufferingWrapper
-    from bluesky.utils import RunEngineInterrupted
     from bluesky_tiled_plugins import TiledWriter
 
     from xas_bluesky.beamline.analysis import subscribe_live_analysis
-    from xas_bluesky.beamline.catalog import final_ranking
     from xas_bluesky.beamline.epics.devices import MatchScores
     from xas_bluesky.beamline.epics.probe import pair_latencies
-    from xas_bluesky.beamline.plans import adaptive_xanes_scan, grid_xanes_scan
 
-    edge = config.edge
+    edges = config.edges
     client = tiled.client()
     RE = RunEngine({})  # its SIGINT handler pauses a scan on Ctrl-C; we then abort it
     RE.md.update({"beamline_id": "xas-bluesky-sim", "demo": True})
@@ -430,12 +452,22 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     from xas_bluesky.contracts import NO_CANDIDATES
     from xas_bluesky.science.compare.axis import offset_prior
 
-    candidates = Path(config.candidates or candidates_file(edge)).resolve()
+    if config.candidates:
+        candidates = Path(config.candidates).resolve()
+    elif len(edges) > 1:  # the molecules in every edge's shipped library: the joint's candidates
+        from xas_bluesky.resources import two_edge_candidates
+
+        candidates = two_edge_candidates(Path(config.data_dir).resolve() / "two_edges.xyz", edges)
+    else:
+        candidates = candidates_file(edges[0]).resolve()
     spec = NO_CANDIDATES if config.no_candidates else str(candidates)
     # a spectrum from the experiment's axis: the convention's error widens the offset prior
-    prior = offset_prior(edge, config.axis) if config.axis != "feff" else {}
+    # (the comparator's keywords, one set for the analysis: the widest of the edges')
+    priors = [offset_prior(e, config.axis) for e in edges] if config.axis != "feff" else [{}]
+    prior = max(priors, key=lambda p: p.get("offset_sigma", 0.0))
     if config.groups and config.predict_library:
-        _prepare_library(config)
+        for edge in edges:
+            _prepare_library(config, edge)
     finals = _FinalSummaries()
     analysis = subscribe_live_analysis(
         RE, score_prefix=SCORE_PREFIX, tiled_client=client, candidates=spec,
@@ -444,19 +476,23 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     )  # fmt: skip
     stack.callback(analysis.shutdown)
     if analysis.open_world is not None:  # read now, not in the middle of the scan
-        analysis.open_world.libraries.feff(edge)
-    cands = None
+        for edge in edges:
+            analysis.open_world.libraries.feff(edge)
+    cands_by_edge: dict[str, Any] = {}
     if config.no_candidates:
         _say(config, "demo: open world, no candidates: functional groups only")
     else:
-        _say(config, f"demo: predicting {candidates.name} with the GNN (cached in tiled) ...")
-        try:
-            cands = analysis.cache.from_file(candidates, edge)
-        except Exception as exc:
-            raise DemoError(f"{candidates}: {exc}") from None
-        for why in cands.skipped:
-            _say(config, f"demo: skipped candidate: {why}")
-        _say(config, f"demo: {len(cands)} candidates, model {cands.model_version}")
+        for edge in edges:
+            _say(config, f"demo: predicting {candidates.name} at the {edge} K edge with the GNN "
+                         "(cached in tiled) ...")  # fmt: skip
+            try:
+                cands = analysis.cache.from_file(candidates, edge)
+            except Exception as exc:
+                raise DemoError(f"{candidates}: {exc}") from None
+            for why in cands.skipped:
+                _say(config, f"demo: skipped candidate at {edge}: {why}")
+            _say(config, f"demo: {len(cands)} candidates, model {cands.model_version}")
+            cands_by_edge[edge] = cands
 
     devs = sim.devices()
     scores = MatchScores(SCORE_PREFIX, name="scores", wait_timeout=30.0)
@@ -470,8 +506,64 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     # runs first on exit: close our Channel Access channels before the IOCs go away, so libca
     # has no "virtual circuit disconnect" to complain about
     stack.callback(_close_channel_access)
+    ctx = _EdgeContext(
+        config=config, RE=RE, analysis=analysis, finals=finals, devs=devs, scores=scores,
+        sim=sim, spec=spec, candidates=candidates, sample_name=sample_name, stack=stack,
+        sample_uid=str(uuid.uuid4()), tiled_uri=tiled.uri,
+    )  # fmt: skip
+    per_edge = []
+    for k, edge in enumerate(edges):
+        # the second edge of a sample stops on the joint posterior once there is one
+        per_edge.append(_measure_edge(ctx, edge, cands_by_edge.get(edge), "joint" if k else "best"))
+    pv = _read_pvs(analysis.server)
+    time.sleep(0.2)  # let the probe write its last arrival lines
+    probe.stop()
+    lines = [json.loads(x) for x in arrivals.read_text().splitlines() if x.strip()]
+    lat_all = []
+    for k, res in enumerate(per_edge):  # each run's arrivals: from its start to the next's
+        t0 = res.pop("_t0")
+        t1 = per_edge[k + 1]["_t0"] if k + 1 < len(per_edge) else math.inf
+        lat_all += pair_latencies(res.pop("_times"), [a for a in lines if t0 <= a["t"] < t1])
+    lat = np.asarray(lat_all) * 1e3
+    latency = {
+        "median": float(np.median(lat)) if lat.size else None,
+        "p99": float(np.percentile(lat, 99)) if lat.size else None,
+        "n": int(lat.size),
+    }
+    if len(per_edge) == 1:
+        return {**per_edge[0], "pv": pv, "latency_ms": latency, "run_uid": per_edge[0]["run_uid"]}
+    return _joint_result(ctx, per_edge, pv, latency)
+
+
+@dataclass
+class _EdgeContext:
+    """What every edge's measurement of the demo shares."""
+
+    config: DemoConfig
+    RE: Any
+    analysis: Any
+    finals: _FinalSummaries
+    devs: Any
+    scores: Any
+    sim: Any
+    spec: str
+    candidates: Path
+    sample_name: str
+    stack: Any
+    sample_uid: str
+    tiled_uri: str
+
+
+def _measure_edge(ctx: _EdgeContext, edge: str, cands, stop_on: str) -> dict:
+    """Measure one edge of the sample (one run) and collect its part of the JSON."""
+    from bluesky.utils import RunEngineInterrupted
+
+    from xas_bluesky.beamline.catalog import final_ranking
+    from xas_bluesky.beamline.plans import adaptive_xanes_scan, grid_xanes_scan
+
+    config, RE, analysis, devs = ctx.config, ctx.RE, ctx.analysis, ctx.devs
     progress = _Progress(config, analysis.server)
-    RE.subscribe(progress)
+    token = RE.subscribe(progress)
     drill = suspender = None
     if config.faults:
         from xas_bluesky.apps.demo_faults import FaultDrill, fault_schedule
@@ -479,20 +571,21 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
 
         schedule = fault_schedule(config.seed, coarse_energies(edge).size, config.max_points)
         drill = FaultDrill(
-            schedule, sim.prefix, restart_ioc=analysis.server.restart,
+            schedule, ctx.sim.prefix, restart_ioc=analysis.server.restart,
             say=lambda text: _say(config, text),
         ).connect()  # fmt: skip
-        stack.callback(drill.close)
+        ctx.stack.callback(drill.close)
         RE.subscribe(drill)
         suspender = _ring_suspender(devs)
         RE.install_suspender(suspender)
         _say(config, f"demo: fault drill, {len(schedule)} faults scheduled (seed {config.seed})")
-    slot = sample_name[:39]
+    slot = ctx.sample_name[:39]
     common = dict(
         sample=slot,
         sample_changer=devs.sample_changer,
-        candidates=spec,
+        candidates=ctx.spec,
         ring_current=devs.ring_current,  # points measured with the beam down are flagged
+        md={"sample_uid": ctx.sample_uid},  # the edges of one sample: the joint posterior
     )
     if config.mode == "grid":
         plan = grid_xanes_scan(devs.mono, devs.det, edge=edge, **common)
@@ -500,12 +593,13 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
         # the drill's score-IOC restart: Channel Access clients take seconds to find it again
         # (more under load), so the wait for a score gets longer than the plan's default 10 s
         plan = adaptive_xanes_scan(
-            devs.mono, devs.det, scores, edge=edge, threshold=config.threshold,
+            devs.mono, devs.det, ctx.scores, edge=edge, threshold=config.threshold,
             max_points=config.max_points, score_timeout=30.0 if config.faults else 10.0,
-            **common,
+            stop_on=stop_on, **common,
         )  # fmt: skip
-    _say(config, f"demo: {config.mode} scan of {sample_name} at the {edge} K edge")
+    _say(config, f"demo: {config.mode} scan of {ctx.sample_name} at the {edge} K edge")
     _SignalGuard.run_engine = RE
+    t0 = time.time()
     try:
         uids = RE(plan)
     except RunEngineInterrupted:
@@ -513,7 +607,8 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
         raise KeyboardInterrupt from None
     finally:
         _SignalGuard.run_engine = None
-    run_uid = uids[0]  # type: ignore[index]  # a tuple of uids: call_returns_result is off
+        RE.unsubscribe(token)
+    run_uid = uids[0]  # a tuple of uids: call_returns_result is off
     if not analysis.wait_idle(120):
         raise DemoError("the analysis did not finish scoring within 120 s")
     if drill is not None:
@@ -521,18 +616,13 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
         RE.remove_suspender(suspender)
     result = analysis.results.get(run_uid)
     ranking = final_ranking(result, cands) if result is not None else []
-    final = finals.finals.get(run_uid)
+    final = ctx.finals.finals.get(run_uid)
     if result is None and not (config.no_candidates and final is not None and final.groups):
         raise DemoError(f"the analysis produced no result: {'; '.join(analysis.errors[-3:])}")
-    pv = _read_pvs(analysis.server)
-    time.sleep(0.2)  # let the probe write its last arrival lines
-    probe.stop()
-    lines = [json.loads(x) for x in arrivals.read_text().splitlines() if x.strip()]
-    lat = np.asarray(pair_latencies(progress.times, lines)) * 1e3
     groups = [] if final is None else _groups(final)
     in_library = None if final is None else final.in_library
     return {
-        "sample": sample_name,
+        "sample": ctx.sample_name,
         "edge": edge,
         "mode": config.mode,
         "seed": config.seed,
@@ -541,20 +631,14 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
         "axis_offset_ev": config.axis_offset,
         "points": len(progress.times),
         "ranking": ranking,
-        "pv": pv,
-        "latency_ms": {
-            "median": float(np.median(lat)) if lat.size else None,
-            "p99": float(np.percentile(lat, 99)) if lat.size else None,
-            "n": int(lat.size),
-        },
         "run_uid": run_uid,
         "analysis_run_uid": analysis.analysis_uids.get(run_uid),
-        "tiled_uri": tiled.uri,
+        "tiled_uri": ctx.tiled_uri,
         "stop_reason": progress.stop.get("reason"),
         "offset_ev": None if result is None else float(result.offset_ev),
-        "true_offset_ev": sim.true_offset(),
+        "true_offset_ev": ctx.sim.true_offset(),
         "measured": _measured(progress.rows, "TEY", edge),
-        "candidates": None if config.no_candidates else str(candidates),
+        "candidates": None if config.no_candidates else str(ctx.candidates),
         "model_version": None if cands is None else cands.model_version,
         # the open world: functional groups (best first) and in_library (null: not computed)
         "groups": groups,
@@ -587,4 +671,78 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
             for i, name in enumerate(cands.names)
             if name in {r["name"] for r in ranking[:3]}
         },
+        "_t0": t0,
+        "_times": progress.times,
+    }
+
+
+def _joint_result(ctx: _EdgeContext, per_edge: list[dict], pv: dict, latency: dict) -> dict:
+    """The JSON of a two-edge demo: the joint ranking on top, each edge's own under ``edges``."""
+    last = per_edge[-1]
+    joint = ctx.analysis.joint_results.get(last["run_uid"])
+    if joint is None and not ctx.config.no_candidates:
+        raise DemoError(
+            "no joint posterior of the edges (no candidate shared by the edges' lists, or an "
+            f"edge without a fit): {'; '.join(ctx.analysis.errors[-3:])}"
+        )
+    edges = {r["edge"]: r for r in per_edge}
+    groups = sorted(
+        ({**g, "edge": r["edge"]} for r in per_edge for g in r["groups"]),
+        key=lambda g: -g["probability"],
+    )
+    in_lib = [r["in_library"] for r in per_edge if r["in_library"] is not None]
+    measured: dict[str, list] = {"energy_eV": [], "mu_norm": []}
+    for r in sorted(per_edge, key=lambda r: r["measured"]["energy_eV"][:1]):
+        if r["measured"].get("mu_norm") is not None:
+            measured["energy_eV"] += r["measured"]["energy_eV"]
+            measured["mu_norm"] += r["measured"]["mu_norm"]
+    total = lambda key: sum(int(r[key]) for r in per_edge)  # noqa: E731
+    return {
+        "sample": ctx.sample_name,
+        "edge": ",".join(edges),
+        "mode": ctx.config.mode,
+        "seed": ctx.config.seed,
+        "axis": ctx.config.axis,
+        "broadening_ev": ctx.config.broadening,
+        "axis_offset_ev": ctx.config.axis_offset,
+        "points": total("points"),
+        "ranking": [] if joint is None else joint.ranking(),
+        "edges": {
+            e: {k: v for k, v in r.items() if not k.startswith("_")} for e, r in edges.items()
+        },
+        "joint": None
+        if joint is None
+        else {
+            "edges": joint.edges,
+            "n_candidates": len(joint.names),
+            "outlier_probability": joint.joint.outlier_probability,
+            "run_uids": joint.run_uids,
+        },
+        "sample_uid": ctx.sample_uid,
+        "pv": pv,
+        "latency_ms": latency,
+        "run_uid": last["run_uid"],
+        "analysis_run_uid": last["analysis_run_uid"],
+        "tiled_uri": ctx.tiled_uri,
+        "stop_reason": last["stop_reason"],
+        "offset_ev": None,  # one per edge: edges[E]["offset_ev"]
+        "true_offset_ev": last["true_offset_ev"],
+        "measured": measured,
+        "candidates": last["candidates"],
+        "model_version": ",".join(f"{r['edge']}={r['model_version']}" for r in per_edge),
+        # groups of every edge, best first, each naming its edge; in_library the least
+        # (the sample is among the candidates only if it is at every edge)
+        "groups": groups,
+        "in_library": min(in_lib) if in_lib else None,
+        "groups_points": total("groups_points"),
+        "status": last["status"],
+        "no_candidates": ctx.config.no_candidates,
+        "flagged_points": total("flagged_points"),
+        "gaps": total("gaps"),
+        "duplicates": total("duplicates"),
+        "glitch_points": total("glitch_points"),
+        "ioc_restarts": int(ctx.analysis.server.restarts),
+        "faults": None,
+        "_predictions": {},
+        "_edge_predictions": {r["edge"]: r["_predictions"] for r in per_edge},
     }

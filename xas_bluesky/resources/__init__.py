@@ -14,6 +14,7 @@ import numpy as np
 
 __all__ = [
     "RESOURCES",
+    "two_edge_candidates",
     "REFERENCE_SLOTS",
     "heldout_samples",
     "reference_spectrum",
@@ -68,6 +69,31 @@ def reference_spectrum(edge: str) -> tuple[np.ndarray, np.ndarray]:
 def candidates_file(edge: str) -> Path:
     """The shipped candidate library of ``edge`` (multi-frame XYZ, >= 500 QM9 molecules)."""
     return RESOURCES / f"candidates_{edge}.xyz"
+
+
+def _xyz_frames(path: Path) -> list[tuple[str, list[str]]]:
+    lines = path.read_text().splitlines()
+    frames, i = [], 0
+    while i < len(lines) and lines[i].strip():
+        n = int(lines[i])
+        frames.append(
+            (lines[i + 1].split()[0] if lines[i + 1].split() else "", lines[i : i + n + 2])
+        )
+        i += n + 2
+    return frames
+
+
+def two_edge_candidates(out: Path, edges: tuple[str, ...] = ("O", "N")) -> Path:
+    """Write the molecules of every shipped candidate library of ``edges`` (by name: the
+    molecules with both elements, 113 for O and N) as one XYZ file ``out``; returns it."""
+    frames = _xyz_frames(candidates_file(edges[0]))
+    for e in edges[1:]:
+        names = {name for name, _ in _xyz_frames(candidates_file(e))}
+        frames = [f for f in frames if f[0] in names]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(line for _, frame in frames for line in frame) + "\n")
+    return out
 
 
 def open_world_calibration(edge: str) -> dict | None:
