@@ -261,12 +261,15 @@ def test_two_edge_demo_from_one_spectrum_per_edge(tmp_path):
     run = subprocess.run(
         [*CLI, "demo", "--edge", "O,N", "--sample-spectrum", f"O={spectra['O']}",
          "--sample-spectrum", f"N={spectra['N']}", "--candidates", str(cands),
-         "--max-points", "18", "--data-dir", str(data), "--json", str(out), "--quiet"],
+         "--max-points", "18", "--data-dir", str(data), "--json", str(out), "--quiet",
+         "--plot", str(tmp_path / "demo.png")],
         capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["edge"] == "O,N" and set(r["edges"]) == {"O", "N"}
+    for name in ("demo.png", "demo_O.png", "demo_N.png"):
+        assert (tmp_path / name).stat().st_size > 10_000, name
     assert r["points"] == r["edges"]["O"]["points"] + r["edges"]["N"]["points"]
     for edge in ("O", "N"):
         sub = r["edges"][edge]

@@ -65,3 +65,25 @@ def plot_demo(result: dict, path: str, predictions: dict | None = None) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def stack_images(paths: list, out) -> None:
+    """Stack PNG figures (e.g. one per edge) top to bottom into one PNG ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = [plt.imread(str(p)) for p in paths]
+    height = sum(im.shape[0] for im in images)
+    width = max(im.shape[1] for im in images)
+    fig = plt.figure(figsize=(width / 100, height / 100), dpi=100)
+    top = 1.0
+    for im in images:
+        h = im.shape[0] / height
+        ax = fig.add_axes((0.0, top - h, im.shape[1] / width, h))
+        ax.imshow(im)
+        ax.axis("off")
+        top -= h
+    fig.savefig(str(out), dpi=100)
+    plt.close(fig)

@@ -258,12 +258,17 @@ def run_demo(config: DemoConfig) -> dict:
 
         if edge_predictions is None:
             plot_demo(result, config.plot_path, predictions)
-        else:  # one figure per edge: OUT_O.png, OUT_N.png
+        else:  # one figure per edge (OUT_O.png, OUT_N.png), and both stacked in OUT.png
+            from xas_bluesky.apps.demo_plot import stack_images
+
             out = Path(config.plot_path)
+            parts = []
             for e, sub in result["edges"].items():
                 path = out.with_name(f"{out.stem}_{e}{out.suffix}")
                 plot_demo(sub, str(path), edge_predictions[e])
-                _say(config, f"demo: {e} K-edge plot in {path}")
+                parts.append(path)
+            stack_images(parts, out)
+            _say(config, f"demo: plots in {out} ({', '.join(p.name for p in parts)} per edge)")
     best = result["ranking"][0] if result.get("ranking") else None
     if best:
         _say(
