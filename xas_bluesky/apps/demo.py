@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--edge",
         type=_edges,
         default="O",
-        metavar="{O,N,O,N}",
+        metavar="O|N|O,N",
         help="K edge (default O), or both edges of one sample in the order measured (O,N or "
         "N,O): one run per edge, combined into one joint ranking (docs/real_samples.rst)",
     )
