@@ -28,6 +28,21 @@ def small_candidates(path: Path, n: int = 24, edge: str = "O", skip: int = 0) ->
     return path
 
 
+def candidates_with(src: Path, out: Path, sample: str, n: int) -> Path:
+    """The frame named ``sample`` and the first ``n - 1`` other frames of the XYZ file ``src``,
+    written to ``out``."""
+    lines = Path(src).read_text().splitlines()
+    frames, i = [], 0
+    while i < len(lines) and lines[i].strip():
+        m = int(lines[i])
+        frames.append(lines[i : i + m + 2])
+        i += m + 2
+    keep = [f for f in frames if f[1].split()[0] == sample]
+    keep += [f for f in frames if f[1].split()[0] != sample][: n - 1]
+    out.write_text("\n".join(line for f in keep for line in f) + "\n")
+    return out
+
+
 @functools.lru_cache(maxsize=2)
 def shared_cache():
     """One PredictionCache (the real GNN) for the session: each structure is predicted once."""

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from live_helpers import candidates_with
 
 from xas_bluesky.resources import candidates_file, heldout_samples
 
@@ -31,16 +32,17 @@ pytestmark = pytest.mark.system  # real IOCs, tiled, RunEngine or the shipped we
 
 def _small_library(tmp_path, edge: str, sample: str, n: int = 40):
     """The first ``n`` frames of the shipped library, the sample among them."""
-    text = candidates_file(edge).read_text().splitlines()
-    frames, k = [], 0
-    while k < len(text):
-        m = int(text[k])
-        frames.append(text[k : k + m + 2])
-        k += m + 2
-    chosen = [f for f in frames if f[1] == sample] + [f for f in frames if f[1] != sample][: n - 1]
-    path = tmp_path / "candidates.xyz"
-    path.write_text("\n".join(line for f in chosen for line in f) + "\n")
-    return path
+    return candidates_with(candidates_file(edge), tmp_path / "candidates.xyz", sample, n)
+
+
+def _query(data, *extra) -> dict:
+    """``xas-bluesky query --data-dir DATA ...`` (it starts tiled on the directory): its JSON."""
+    q = subprocess.run(
+        [*CLI, "query", "--data-dir", str(data), *extra], capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert q.returncode == 0, q.stderr[-2000:]
+    return json.loads(q.stdout)
 
 
 @pytest.mark.slow
@@ -100,21 +102,11 @@ def test_adaptive_demo_end_to_end(tmp_path):
     assert plot.stat().st_size > 10_000
 
     # what the demo stored answers `xas-bluesky query` (which starts tiled on the directory)
-    def query(*extra):
-        q = subprocess.run(
-            [*CLI, "query", "--data-dir", str(data), *extra],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert q.returncode == 0, q.stderr[-2000:]
-        return json.loads(q.stdout)
-
-    predictions = query("--edge", edge)["predictions"]
+    predictions = _query(data, "--edge", edge)["predictions"]
     names = {p["name"] for p in predictions}
     assert sample in names and len(names) >= 40
     assert all(p["edge"] == edge and p["model_version"] and p["inchikey"] for p in predictions)
-    stored = query("--run", r["run_uid"])
+    stored = _query(data, "--run", r["run_uid"])
     assert [e["name"] for e in stored["ranking"]] == [e["name"] for e in ranking]
 
 
@@ -220,12 +212,7 @@ def test_open_world_demo_without_candidates(tmp_path):
     assert pv["XAS:Match:Groups-Wfm"].split("\n") == names
     assert pv["XAS:Match:GroupScores-Wfm"][0] == pytest.approx(probs[0])
     assert pv["XAS:Match:Status-Sts"] in ("Done", 3)
-    q = subprocess.run(
-        [*CLI, "query", "--data-dir", str(data), "--run", r["run_uid"]],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert q.returncode == 0, q.stderr[-2000:]
-    stored = json.loads(q.stdout)
+    stored = _query(data, "--run", r["run_uid"])
     assert stored["ranking"] == [] and [g["name"] for g in stored["groups"]] == names
     assert stored["in_library"] is None
 
@@ -248,15 +235,7 @@ def test_two_edge_demo_from_one_spectrum_per_edge(tmp_path):
         rows = "".join(f"{float(e)!r},{float(m)!r}\n" for e, m in zip(energy, mu, strict=True))
         spectra[edge] = tmp_path / f"{sample}_{edge}.csv"
         spectra[edge].write_text("energy_eV,mu\n" + rows)
-    frames = both.read_text().splitlines()
-    chosen, k = [], 0
-    while k < len(frames) and frames[k].strip():
-        m = int(frames[k])
-        chosen.append(frames[k : k + m + 2])
-        k += m + 2
-    chosen = [f for f in chosen if f[1] == sample] + [f for f in chosen if f[1] != sample][:29]
-    cands = tmp_path / "cands.xyz"
-    cands.write_text("\n".join(line for f in chosen for line in f) + "\n")
+    cands = candidates_with(both, tmp_path / "cands.xyz", sample, 30)
     out, data = tmp_path / "demo.json", tmp_path / "data"
     run = subprocess.run(
         [*CLI, "demo", "--edge", "O,N", "--sample-spectrum", f"O={spectra['O']}",
@@ -291,12 +270,7 @@ def test_two_edge_demo_from_one_spectrum_per_edge(tmp_path):
     ]
     assert p_true >= min(p_edges), (p_true, p_edges)
     # tiled holds the sample's match record: the last edge's run carries the joint ranking
-    q = subprocess.run(
-        [*CLI, "query", "--data-dir", str(data), "--run", r["run_uid"]],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert q.returncode == 0, q.stderr[-2000:]
-    stored = json.loads(q.stdout)
+    stored = _query(data, "--run", r["run_uid"])
     joint = stored["metadata"]["joint"]
     assert [e["name"] for e in joint["ranking"]] == [e["name"] for e in ranking]
     assert stored["metadata"]["sample_uid"] == r["sample_uid"]

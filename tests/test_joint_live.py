@@ -8,27 +8,13 @@ import uuid
 
 import numpy as np
 import pytest
-from live_helpers import shared_cache
+from live_helpers import candidates_with, shared_cache
 
 from sim_iocs.launcher import PROBE_PV, sim_ioc_args
 from xas_bluesky.resources import heldout_samples, two_edge_candidates
 from xas_bluesky.testing import IOCFactory, next_ca_port, unique_prefix
 
 pytestmark = pytest.mark.system  # real IOCs, RunEngine and the shipped weights
-
-
-def _first_frames(src, out, n: int, must: str):
-    """The first ``n`` frames of an XYZ file, with the frame named ``must`` among them."""
-    lines = src.read_text().splitlines()
-    frames, i = [], 0
-    while i < len(lines) and lines[i].strip():
-        m = int(lines[i])
-        frames.append(lines[i : i + m + 2])
-        i += m + 2
-    keep = [f for f in frames if f[1].split()[0] == must]
-    keep += [f for f in frames if f[1].split()[0] != must][: n - 1]
-    out.write_text("\n".join(line for f in keep for line in f) + "\n")
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +26,7 @@ def setup(ca_env, tmp_path_factory):
     names_o = {s["name"] for s in heldout_samples("O")[1]}
     names_n = {s["name"] for s in heldout_samples("N")[1]}
     sample = sorted(names_o & names_n & set(both.read_text().split()))[3]
-    cands = _first_frames(both, tmp / "cands.xyz", 24, sample)
+    cands = candidates_with(both, tmp / "cands.xyz", sample, 24)
     factory = IOCFactory(tmp / "ioc-logs")
     try:
         proc = factory(

@@ -748,6 +748,5 @@ def _joint_result(ctx: _EdgeContext, per_edge: list[dict], pv: dict, latency: di
         "glitch_points": total("glitch_points"),
         "ioc_restarts": int(ctx.analysis.server.restarts),
         "faults": None,
-        "_predictions": {},
         "_edge_predictions": {r["edge"]: r["_predictions"] for r in per_edge},
     }

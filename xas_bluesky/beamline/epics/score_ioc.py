@@ -93,6 +93,13 @@ def _num(value: float | None) -> float:
     return float(value) if value is not None and math.isfinite(value) else float("nan")
 
 
+def _ranked(names, probabilities, n: int) -> tuple[list[str], list[float]]:
+    """The first ``n`` names and their probabilities, NaN-padded to ``n`` (a waveform PV)."""
+    names = list(names)[:n]
+    scores = [_num(p) for p in list(probabilities)[: len(names)]]
+    return names, scores + [float("nan")] * (n - len(scores))
+
+
 def _same(a, b) -> bool:
     if isinstance(a, list) or isinstance(b, list):
         return (
@@ -230,12 +237,8 @@ class MatchScoreGroup(PVGroup):
         scores = [_num(s) for s in list(upd.top_probabilities)[:TOP_K]]
         scores += [float("nan")] * (TOP_K - len(scores))
         status = upd.status if upd.status in STATES else "Error"
-        gnames = list(upd.groups)[:N_GROUPS]
-        gscores = [_num(p) for p in list(upd.group_probabilities)[: len(gnames)]]
-        gscores += [float("nan")] * (N_GROUPS - len(gscores))
-        jnames = list(upd.joint_top_names)[:TOP_K]
-        jscores = [_num(p) for p in list(upd.joint_top_probabilities)[: len(jnames)]]
-        jscores += [float("nan")] * (TOP_K - len(jscores))
+        gnames, gscores = _ranked(upd.groups, upd.group_probabilities, N_GROUPS)
+        jnames, jscores = _ranked(upd.joint_top_names, upd.joint_top_probabilities, TOP_K)
         fields = {
             "run_uid": _text(upd.run_uid, 64),
             "best_name": _text(upd.best_name, _NAME_LEN),
