@@ -117,3 +117,35 @@ def test_sample_posteriors_match_candidates_by_structure_key_and_by_sample():
     # another sample, or the same edge again: no joint
     assert samples.joint("sample_uid:u2", "r", "N", r_n_renamed, cands_n) is None
     assert samples.joint(key, "run-o2", "O", r_o, cands_o) is None
+
+
+def test_two_edge_policy_charges_a_move_between_edges_and_stops_on_the_joint():
+    from xas_bluesky.science.adaptive import TwoEdgePolicy
+
+    policy = TwoEdgePolicy(("O", "N"), threshold=0.9, max_points=40, dwell=1.0, mono_speed=20.0)
+    measured = {e: policy.first_pass(e) for e in ("O", "N")}
+    n = sum(v.size for v in measured.values())
+    here = 535.0  # the mono at the O edge
+    # equal gains: the point stays at the edge the mono is at (no ~6.5 s move for nothing)
+    offers = {"O": (536.3, 0.2), "N": (402.1, 0.2)}
+    edge, d = policy.decide(measured, 0.5, offers, here)
+    assert (edge, d.energy) == ("O", 536.3)
+    # the other edge wins only when its gain pays for the move: 1 + 133.7 / 20 = 7.7x
+    assert policy.decide(measured, 0.5, {"O": (536.3, 0.2), "N": (402.1, 1.4)}, here)[0] == "O"
+    edge, d = policy.decide(measured, 0.5, {"O": (536.3, 0.2), "N": (402.1, 1.7)}, here)
+    assert (edge, d.energy) == ("N", 402.1)
+    # a recommendation that repeats a measured point promises nothing: the gap is filled where
+    # the other edge is worth more
+    repeat = float(measured["O"][3])
+    assert policy.decide(measured, 0.5, {"O": (repeat, 5.0), "N": (402.1, 0.01)}, here)[0] == "N"
+    # no fit yet at an edge (NaN gain, no energy): the other edge
+    assert policy.decide(measured, 0.5, {"O": (None, np.nan), "N": (402.1, 0.01)}, here)[0] == "N"
+    # the joint decides when to stop; the budget is both edges'
+    edge, d = policy.decide(measured, 0.93, offers, here)
+    assert edge is None and d.stop and d.reason == "confident"
+    assert not policy.decide(measured, np.nan, offers, here)[1].stop
+    full = {"O": np.linspace(526, 575, 40 - n + measured["O"].size), "N": measured["N"]}
+    edge, d = policy.decide(full, 0.5, offers, here)
+    assert edge is None and d.reason == "budget"
+    with pytest.raises(ValueError):
+        TwoEdgePolicy(("O",))

@@ -114,3 +114,90 @@ def test_two_edges_of_one_sample_give_a_joint_posterior_on_the_pvs(setup):
         and d["data"]["joint_edges"]
     ]  # fmt: skip
     assert joint_events and joint_events[-1]["joint_best_name"] == sample
+
+
+def test_two_edge_plan_steers_between_the_edges_on_the_gain_pvs(setup):
+    """``two_edge_xanes_scan``: two runs open at once, one per edge, sharing a sample_uid; every
+    point after the coarse passes goes where the published gain per second is highest, and the
+    plan stops on the joint posterior or the shared budget."""
+    from bluesky import RunEngine
+
+    from xas_bluesky.beamline.analysis import subscribe_live_analysis
+    from xas_bluesky.beamline.epics.devices import MatchScores
+    from xas_bluesky.beamline.plans import two_edge_xanes_scan
+    from xas_bluesky.science.adaptive import TwoEdgePolicy
+
+    devs, sample, cands = setup["devs"], setup["sample"], str(setup["cands"])
+    RE = RunEngine({}, context_managers=[])
+    raw: list[tuple[str, dict]] = []
+    RE.subscribe(lambda name, doc: raw.append((name, doc)))
+    prefix = unique_prefix("TE")
+    analysis = subscribe_live_analysis(
+        RE, score_prefix=prefix, port=next_ca_port(), candidates=cands, cache=shared_cache(),
+    )  # fmt: skip
+    budget = 40
+    try:
+        scores = MatchScores(prefix, name="scores", wait_timeout=30)
+        scores.wait_for_connection(timeout=10)
+        run_uids = RE(two_edge_xanes_scan(
+            devs.mono, devs.det, scores, sample=sample, sample_changer=devs.sample_changer,
+            candidates=cands, max_points=budget, mono_speed=200.0, md={"operator": "test"},
+        ))  # fmt: skip
+        assert analysis.wait_idle(60)
+        joint_pv = scores.joint_best_name.get(use_monitor=False)
+    finally:
+        analysis.shutdown()
+
+    starts = {d["uid"]: d for n, d in raw if n == "start"}
+    stops = {d["run_start"]: d for n, d in raw if n == "stop"}
+    assert len(starts) == 2 and set(stops) == set(starts)
+    by_edge = {d["xas_element"]: d for d in starts.values()}
+    assert set(by_edge) == {"O", "N"}
+    assert by_edge["O"]["sample_uid"] == by_edge["N"]["sample_uid"]
+    assert by_edge["O"]["operator"] == "test"
+    streams = {d["uid"]: (d["run_start"], d["name"]) for n, d in raw if n == "descriptor"}
+    policy = TwoEdgePolicy(max_points=budget, mono_speed=200.0)
+    n_coarse = {e: len(policy.first_pass(e)) for e in ("O", "N")}
+    # replay the documents in order: every steered point must be the rule's choice from the
+    # offers (next energy, gain) and the joint the plan had read before it
+    measured: dict[str, list[float]] = {"O": [], "N": []}
+    offers: dict = {}
+    joint, mono, steered, gains = float("nan"), None, 0, []
+    for n, d in raw:
+        if n != "event":
+            continue
+        run, stream = streams[d["descriptor"]]
+        edge = starts[run]["xas_element"]
+        if stream == "adaptive":
+            if d["data"]["scores_run_uid"] == run:  # a reading of the other run is read again
+                nxt = d["data"]["scores_next_energy"]
+                offers[edge] = (nxt if np.isfinite(nxt) else None, d["data"]["scores_next_gain"])
+                joint = d["data"]["scores_joint_best_prob"]
+                gains.append(d["data"]["scores_next_gain"])
+            continue
+        energy = d["data"]["mono_energy_setpoint"]  # what the plan chose (the readback rounds)
+        if all(len(measured[e]) >= n_coarse[e] for e in ("O", "N")):
+            want, decision = policy.decide(
+                {e: np.array(v) for e, v in measured.items()}, joint, offers, mono
+            )
+            assert want == edge and decision.energy == pytest.approx(energy, abs=1e-6)
+            steered += 1
+        measured[edge].append(energy)
+        mono = energy
+    total = len(measured["O"]) + len(measured["N"])
+    assert steered > 0 and total <= budget
+    assert all(len(measured[e]) >= n_coarse[e] for e in ("O", "N"))
+    assert all(np.isfinite(g) and g >= 0 for g in gains) and max(gains) > 0
+    reason = stops[by_edge["O"]["uid"]]["reason"]
+    assert reason == stops[by_edge["N"]["uid"]]["reason"]
+    assert reason.startswith(("confident", "budget")), reason
+    uids = {e: by_edge[e]["uid"] for e in ("O", "N")}
+    assert set(run_uids) == set(uids.values())
+    # the joint of the two open runs: the analysis combined them by their shared sample_uid,
+    # and the plan saw it (it steered on the edges' gains and stopped on the joint or budget)
+    assert analysis.joint_results[uids["O"]].run_uids == uids
+    assert analysis.joint_results[uids["N"]].run_uids == uids
+    assert np.isfinite(joint)
+    final = analysis.joint_results[uids[edge]]  # the edge measured last
+    assert joint_pv == final.names[int(final.order()[0])]
+    print(reason, {e: len(v) for e, v in measured.items()}, joint_pv == sample)

@@ -141,6 +141,9 @@ class MatchSummary:
     entropy: float = math.nan
     #: most informative next energy (eV)
     next_energy: float = math.nan
+    #: what a reading there is expected to tell about the molecule (nats, at the likelihood's
+    #: current temperature): a plan measuring both edges of a sample compares the edges by it
+    next_gain: float = math.nan
     #: fitted mono calibration offset (eV)
     offset_ev: float = math.nan
     #: energy of the last point scored (eV)
@@ -218,6 +221,7 @@ PV_SUFFIXES = {
     "joint_top_names": "Match:Joint:TopNames-Wfm",
     "joint_top_scores": "Match:Joint:TopScores-Wfm",
     "joint_ncandidates": "Match:Joint:NCandidates-I",
+    "next_gain": "Match:NextGain-I",
 }
 
 #: :class:`MatchSummary` field -> score IOC attribute (a key of :data:`PV_SUFFIXES`; also the
@@ -247,6 +251,7 @@ PV_ATTRS = {
     "joint_top_names": "joint_top_names",
     "joint_top_probabilities": "joint_top_scores",
     "joint_n_candidates": "joint_ncandidates",
+    "next_gain": "next_gain",
 }
 
 #: :class:`MatchSummary` field -> data key of the analysis run's primary stream
@@ -275,6 +280,7 @@ ANALYSIS_KEYS = {
     "joint_edges": "joint_edges",
     "joint_best_name": "joint_best_name",
     "joint_best_probability": "joint_best_probability",
+    "next_gain": "next_gain",
 }
 
 #: :class:`MatchSummary` field -> metadata key of tiled's match record
@@ -298,6 +304,7 @@ TILED_KEYS = {
     "joint_best_name": "joint_best_name",
     "joint_best_probability": "joint_best_probability",
     "joint_n_candidates": "joint_n_candidates",
+    "next_gain": "next_gain",
 }
 
 #: functional groups of the absorbing atom that the open-world analysis names, per K edge (the

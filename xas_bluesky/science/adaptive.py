@@ -5,6 +5,12 @@ A coarse pass over the edge first (the comparator needs a pre-edge, the edge and
 fit each candidate's scale and background), then one point at a time at the energy the comparator
 recommends (where the probable candidates disagree most), until the best candidate's probability
 reaches the threshold or the point budget is spent.
+
+Both K edges of one sample (:class:`TwoEdgePolicy`): a coarse pass at each edge, then one point at
+a time at the edge whose next point is worth most per second -- the comparator's expected
+information of its next reading (``Match:NextGain-I``) over the time it costs (the dwell, plus
+moving the mono there: across edges that is ~130 eV) -- until the joint posterior of the edges is
+confident or the budget of both is spent.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import numpy as np
 
 from xas_bluesky.science.grids import GRID_SPECS, ONSET_EV
 
-__all__ = ["coarse_energies", "grid_energies", "AdaptivePolicy", "Decision"]
+__all__ = ["coarse_energies", "grid_energies", "AdaptivePolicy", "Decision", "TwoEdgePolicy"]
 
 #: reasons a scan stops, as written into the run's documents
 STOP_CONFIDENT = "confident"
@@ -119,3 +125,91 @@ class AdaptivePolicy:
         gaps = np.diff(pts)
         i = int(np.argmax(gaps))
         return float(round(0.5 * (pts[i] + pts[i + 1]), 3))
+
+
+@dataclass
+class TwoEdgePolicy:
+    """Measure both edges of a sample: each next point where it is worth most per second.
+
+    After the coarse pass of every edge, each edge offers its comparator's next energy and that
+    reading's expected information (nats, ``Match:NextGain-I``); the point goes to the edge with
+    the most information per second, gain / (``dwell`` + |E - E_mono| / ``mono_speed``), so a
+    move across edges must earn its time.  The scan stops when the joint posterior's best
+    probability reaches ``threshold`` or ``max_points`` points (both edges together) are spent.
+
+    The gains are each edge's own (its comparator knows nothing of the other edge); the joint
+    posterior decides only when to stop.
+    """
+
+    edges: tuple[str, ...] = ("O", "N")
+    threshold: float = 0.99
+    #: both edges' budgets of the one-edge scan
+    max_points: int = 98
+    coarse_step: float = 2.0
+    #: count time per point (s)
+    dwell: float = 1.0
+    #: mono slew rate (eV/s): moving between the O and N edges (~130 eV) costs ~6.5 s at 20
+    mono_speed: float = 20.0
+    min_spacing: float = 0.05
+
+    def __post_init__(self) -> None:
+        if len(self.edges) < 2 or len(set(self.edges)) != len(self.edges):
+            raise ValueError(f"two or more distinct edges, not {self.edges!r}")
+        if self.dwell <= 0 or self.mono_speed <= 0:
+            raise ValueError("dwell and mono_speed must be > 0")
+        # one edge's rule picks its energy (and the fallback when the recommendation is a
+        # repeat); it never stops by itself: the joint and the shared budget do
+        self._one = {
+            e: AdaptivePolicy(
+                e,
+                threshold=np.inf,
+                max_points=self.max_points,
+                coarse_step=self.coarse_step,
+                min_spacing=self.min_spacing,
+                no_match_min_points=None,
+            )  # fmt: skip
+            for e in self.edges
+        }
+
+    def first_pass(self, edge: str) -> np.ndarray:
+        """The coarse pass of ``edge``."""
+        return self._one[edge].first_pass()
+
+    def decide(
+        self,
+        measured: dict[str, np.ndarray],
+        joint_probability: float,
+        offers: dict[str, tuple[float | None, float]],
+        mono_energy: float,
+    ) -> tuple[str | None, Decision]:
+        """The next point: ``(edge, Decision)``, or ``(None, Decision(None, reason))``.
+
+        Parameters
+        ----------
+        measured : dict
+            Energies measured so far, per edge.
+        joint_probability : float
+            Best probability of the joint posterior (NaN while it has no fit).
+        offers : dict
+            Per edge, its analysis' latest ``(next energy, gain)``.
+        mono_energy : float
+            Where the mono is (eV).
+        """
+        total = sum(np.asarray(measured.get(e, ())).size for e in self.edges)
+        if np.isfinite(joint_probability) and joint_probability >= self.threshold:
+            return None, Decision(None, STOP_CONFIDENT)
+        if total >= self.max_points:
+            return None, Decision(None, STOP_BUDGET)
+        best: tuple[float, str, float] | None = None
+        for e in self.edges:
+            nxt, gain = offers.get(e, (None, float("nan")))
+            energy = self._one[e].decide(np.asarray(measured.get(e, ())), 0.0, nxt).energy
+            assert energy is not None  # the one-edge rule never stops here
+            if nxt is None or not np.isfinite(nxt) or abs(energy - nxt) > 1e-9:
+                gain = 0.0  # the fallback (a gap filled) promises nothing measurable
+            gain = float(gain) if np.isfinite(gain) else 0.0
+            value = gain / (self.dwell + abs(energy - mono_energy) / self.mono_speed)
+            if best is None or value > best[0]:
+                best = (value, e, energy)
+        assert best is not None  # edges is not empty
+        return best[1], Decision(best[2])

@@ -554,9 +554,11 @@ class AnalysisEngine(DocumentRouter):
         run.n_scored = run.n_events
         if run.comparator is not None and run.comparator.n_points:
             run.result = run.comparator.result()
-            run.joint = self.samples.joint(
-                sample_key(run.start), run.uid, run.element, run.result, run.candidates
-            )
+            key = sample_key(run.start)
+            run.joint = self.samples.joint(key, run.uid, run.element, run.result, run.candidates)
+            # live too: a run of the sample's other edge open at the same time (one plan
+            # measuring both edges point by point) combines with this edge's newest result
+            self.samples.record(key, run.uid, run.element, run.result, run.candidates)
         if self.open_world is not None and run.open_world and pts:
             self.open_world.submit(run.uid, self._points(run))
         self._take_novelty(run)

@@ -206,6 +206,7 @@ class RunState:
             s.best_probability = float(r.best_probability)
             s.entropy = float(r.entropy)
             s.next_energy = math.nan if r.next_energy is None else float(r.next_energy)
+            s.next_gain = float(r.next_gain)
             s.offset_ev = float(r.offset_ev)
             s.top_names = [r.names[i] for i in top]
             s.top_probabilities = [float(r.probabilities[i]) for i in top]

@@ -1,7 +1,8 @@
 """The sample-level posterior: both K edges of one sample, combined across runs.
 
 A molecule with O and N is measured in one run per edge.  The engine keeps, per sample, the
-final result of the latest finished run of each edge; while a run of another edge of the same
+newest result of each edge (of a finished run, or of a run still open: a plan that measures
+both edges point by point keeps both runs open); while a run of another edge of the same
 sample is scored, its live result is combined with them by
 :func:`~xas_bluesky.science.compare.joint.joint_result` (each edge its own offset and
 calibration; log probabilities summed, the outlier term once).  A sample is the start
@@ -76,7 +77,7 @@ class SampleJoint:
 
 
 class SamplePosteriors:
-    """Per sample, the latest finished result of each edge (the newest ``max_samples``)."""
+    """Per sample, the newest result of each edge (the newest ``max_samples`` samples)."""
 
     def __init__(self, max_samples: int = 64):
         self.max_samples = int(max_samples)
@@ -85,7 +86,8 @@ class SamplePosteriors:
     def record(
         self, key: str | None, run_uid: str, edge: str, result: MatchResult | None, cands
     ) -> None:
-        """Keep a finished run's result as its sample's ``edge`` (a later run replaces it)."""
+        """Keep a run's result (final, or live while it is open) as its sample's ``edge``; a
+        later result, of this run or another, replaces it."""
         if key is None or result is None or result.model_log_probabilities is None:
             return
         edges = self._samples.pop(key, {})

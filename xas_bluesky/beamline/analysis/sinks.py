@@ -55,6 +55,7 @@ _DATA_KEYS = {
     "entropy": _SCALAR,
     "offset_ev": {**_SCALAR, "units": "eV"},
     "next_energy": {**_SCALAR, "units": "eV"},
+    "next_gain": {**_SCALAR, "units": "nat"},
     "top_names": _TEXT,
     # text, parallel to top_names: TiledWriter's tables would stringify an array anyway
     "top_probabilities": _TEXT,

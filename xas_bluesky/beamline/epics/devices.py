@@ -104,6 +104,7 @@ class MatchScores(Device):
     entropy = _ro("entropy")
     npoints = _ro("npoints")
     next_energy = _ro("next_energy")
+    next_gain = _ro("next_gain")
     run_uid = _ro("run_uid", string=True)
     top_names = _ro("top_names", string=True)
     top_scores = _ro("top_scores")

@@ -21,6 +21,7 @@ Names are a contract (``CLI.md``; add, never rename).  With the default prefix `
     XAS:Match:Groups-Wfm       CHAR waveform  functional groups, most probable first, newline-separated
     XAS:Match:GroupScores-Wfm  float[G]       their probabilities (NaN-padded to G = 9 groups)
     XAS:Match:InLibrary-I      float          P(the sample is among the candidates); NaN: unknown
+    XAS:Match:NextGain-I       float          expected information of a reading at NextEnergy (nats)
 
 Both K edges of one sample (a run whose sample, by ``sample_uid`` or ``sample_name``, has
 another edge scored already; empty / NaN otherwise, so never another sample's)::
@@ -136,6 +137,10 @@ class MatchScoreGroup(PVGroup):
         name=PV_SUFFIXES["next_energy"], value=float("nan"), precision=3, units="eV",
         read_only=True, doc="most informative next energy",
     )  # fmt: skip
+    next_gain = pvproperty(
+        name=PV_SUFFIXES["next_gain"], value=float("nan"), precision=4, units="nat",
+        read_only=True, doc="expected information of a reading at the next energy",
+    )  # fmt: skip
     run_uid = pvproperty(
         name=PV_SUFFIXES["run_uid"], value="", dtype=ChannelType.CHAR, max_length=64,
         string_encoding="utf-8", read_only=True, doc="uid of the raw run being scored",
@@ -246,6 +251,7 @@ class MatchScoreGroup(PVGroup):
             "best_probability": _num(upd.best_probability),
             "entropy": _num(upd.entropy),
             "next_energy": _num(upd.next_energy),
+            "next_gain": _num(upd.next_gain),
             "offset_ev": _num(upd.offset_ev),
             "last_energy": _num(upd.last_energy),
             "n_candidates": int(upd.n_candidates),

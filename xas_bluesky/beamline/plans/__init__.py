@@ -5,14 +5,17 @@
   analysis reads (:class:`~xas_bluesky.contracts.XASStart`).
 - :mod:`.calibration` -- :func:`calibrate_energy`.
 - :mod:`.adaptive` -- :func:`adaptive_xanes_scan`, steered by the score PVs.
+- :mod:`.two_edges` -- :func:`two_edge_xanes_scan`: both K edges of a sample, two runs open at
+  once, each point at the edge where it tells most.
 
 All are ordinary bluesky plans: checkpoints at every point (pause/resume, suspenders), staging,
-one run each.
+one run each (two for :func:`two_edge_xanes_scan`).
 """
 
 from xas_bluesky.beamline.plans.adaptive import adaptive_xanes_scan
 from xas_bluesky.beamline.plans.calibration import CalibrationError, calibrate_energy
 from xas_bluesky.beamline.plans.regions import Region, default_regions, grid_region, region_points
+from xas_bluesky.beamline.plans.two_edges import two_edge_xanes_scan
 from xas_bluesky.beamline.plans.xanes import (
     grid_xanes_scan,
     measure_point,
@@ -32,4 +35,5 @@ __all__ = [
     "CalibrationError",
     "calibrate_energy",
     "adaptive_xanes_scan",
+    "two_edge_xanes_scan",
 ]

@@ -44,7 +44,11 @@ the prior-weighted sum over the offset grid, normalised over candidates; the off
 the sum over candidates.  No temperature makes every answer honest: the model sometimes
 mispredicts the true molecule while another candidate happens to fit.  The reported
 probabilities are therefore (1 - eps) P + eps / C, eps (``outlier_probability``) fitted with T0
-and gamma, so that no answer claims more than the model's track record supports.
+and gamma, so that no answer claims more than the model's track record supports.  One
+temperature curve cannot fit every confidence at once (the shipped models were under-confident
+at p 0.3-0.8 and over-confident near the cap), so a top-label map (Platt scaling of the best
+candidate's probability, :func:`recalibrate_top`; Gupta and Ramdas, "Top-label calibration",
+ICLR 2022) fitted on the same trials finishes the calibration.
 
 Next energy
 -----------
@@ -80,6 +84,7 @@ __all__ = [
     "DEFAULT_TEMPERATURE_EXPONENT",
     "effective_temperature",
     "calibration_for",
+    "recalibrate_top",
 ]
 
 logger = logging.getLogger(__name__)
@@ -119,6 +124,9 @@ def calibration_for(model: Predictor | dict | str | None) -> dict[str, Any]:
         if cal:
             keys = ("temperature", "temperature_exponent", "std_scale", "outlier_probability")
             out: dict = {k: float(cal[k]) for k in keys if k in cal}
+            if cal.get("top_calibration") is not None:
+                a, b = cal["top_calibration"]
+                out["top_calibration"] = (float(a), float(b))
             if cal.get("model_error") is not None:
                 out["model_error"] = np.asarray(cal["model_error"], dtype=float)
             return out
@@ -168,6 +176,42 @@ def effective_temperature(t0: float, exponent: float, n_points: int) -> float:
     return float(t0) * (max(int(n_points), TEMPERATURE_POINTS) / TEMPERATURE_POINTS) ** exponent
 
 
+def recalibrate_top(prob: np.ndarray, top_calibration: tuple[float, float]) -> np.ndarray:
+    """Platt map of the best candidate's probability (top-label calibration).
+
+    The best candidate's p becomes sigmoid(a logit(p) + b); the others share the rest in their
+    old proportions, so the distribution still sums to 1.  The map never demotes the best
+    candidate: its new probability stays above the runner-up's.
+
+    Parameters
+    ----------
+    prob : np.ndarray
+        (C,) probabilities (after the outlier term).
+    top_calibration : (float, float)
+        (a, b), a > 0, fitted on calibration trials
+        (:func:`~xas_bluesky.science.compare.calibration.fit_top_calibration`).
+
+    Returns
+    -------
+    np.ndarray
+        (C,) the recalibrated probabilities.
+    """
+    a, b = top_calibration
+    prob = np.asarray(prob, dtype=float)
+    if prob.size < 2:
+        return prob.copy()
+    best = int(np.argmax(prob))
+    p1 = float(np.clip(prob[best], 1e-12, 1.0 - 1e-12))
+    g = 1.0 / (1.0 + np.exp(-(a * np.log(p1 / (1.0 - p1)) + b)))
+    rest = 1.0 - p1
+    p2 = float(np.partition(prob, -2)[-2])
+    # the runner-up after rescaling is p2 (1 - g) / rest: keep g just above it
+    g = min(max(g, p2 / (rest + p2) * (1.0 + 1e-9)), 1.0) if rest > 0 else g
+    out = prob * ((1.0 - g) / rest) if rest > 0 else np.zeros_like(prob)
+    out[best] = g
+    return out
+
+
 @dataclass
 class MatchResult:
     """Scores of a partial measurement against every candidate.
@@ -190,6 +234,11 @@ class MatchResult:
         Posterior over ``offset_grid``.
     next_energy : float or None
         Most informative next mono energy (eV), None when every energy in the window is measured.
+    next_gain : float
+        What a reading at ``next_energy`` is expected to tell about the candidate's identity
+        (nats; the Gaussian mutual information with the model's variance at the current
+        temperature): a plan measuring two edges compares the edges by it.  NaN before the
+        first fit.
     n_points : int
         Points scored so far.
     offset_grid, offset_std_ev
@@ -216,6 +265,7 @@ class MatchResult:
     offset_grid: np.ndarray = field(default_factory=lambda: np.empty(0))
     offset_std_ev: float = 0.0
     temperature: float = 1.0
+    next_gain: float = float("nan")
     scale: float | None = None  # a of the best candidate, in raw mu per model unit
     n_rejected: int = 0  # points set aside as glitches (see Comparator.GLITCH_Z)
     #: log probabilities before the outlier term (None before the first fit), and its eps:
@@ -338,6 +388,9 @@ class Comparator:
         the reported probabilities are (1 - eps) P + eps / C, so none exceeds
         1 - eps (1 - 1/C).  Fitted with the temperature on the validation split; without it,
         1 in 12 answers given with p >= 0.99 on held-out grid scans was wrong.
+    top_calibration : (float, float), optional
+        (a, b) of the top-label map applied last (:func:`recalibrate_top`); None leaves the
+        probabilities as the temperature and eps make them.
     """
 
     def __init__(
@@ -358,6 +411,7 @@ class Comparator:
         std_scale: float = 1.0,
         model_error: Sequence[float] | np.ndarray | None = None,
         outlier_probability: float = 0.0,
+        top_calibration: tuple[float, float] | None = None,
     ) -> None:
         energy = np.asarray(energy, dtype=float)
         mean = np.asarray(mean)
@@ -395,6 +449,12 @@ class Comparator:
         if not 0.0 <= outlier_probability < 1.0:
             raise ValueError("outlier_probability must be in [0, 1)")
         self.outlier_probability = float(outlier_probability)
+        if top_calibration is not None:
+            a, b = (float(x) for x in top_calibration)
+            if not (a > 0 and np.isfinite(b)):
+                raise ValueError("top_calibration must be (a > 0, finite b)")
+            top_calibration = (a, b)
+        self.top_calibration = top_calibration
         self.offset_sigma = float(offset_sigma)
         n_half = int(np.floor(offset_max / offset_step + 1e-9))
         self.offsets = offset_step * np.arange(-n_half, n_half + 1)
@@ -724,10 +784,13 @@ class Comparator:
         self._n_results += 1
         k_hat = int(np.argmax(post))
         best_pos = int(np.argmax(prob[top]))
-        next_energy = self._next_energy(prob, top, coef, k_hat)
+        next_energy, next_gain = self._next_energy(prob, top, coef, k_hat)
         model_logp = logp
         if self.outlier_probability > 0:
             prob, logp = self._with_outlier(prob)
+        if self.top_calibration is not None:
+            prob = recalibrate_top(prob, self.top_calibration)
+            logp = np.log(np.maximum(prob, 1e-300))
         res = self._make_result(
             prob,
             post,
@@ -737,6 +800,7 @@ class Comparator:
         )
         res.model_log_probabilities = model_logp
         res.outlier_probability = float(self.outlier_probability)
+        res.next_gain = next_gain
         return res
 
     #: a point that no probable candidate's fit comes within this many standard deviations of
@@ -1057,11 +1121,12 @@ class Comparator:
         idx = np.minimum(np.searchsorted(self.energy, e - 1e-9), self.energy.size - 1)
         return float(e[int(np.argmax(self._prior_gain[idx]))])
 
-    def _next_energy(self, prob, top, coef, k_hat) -> float | None:
+    def _next_energy(self, prob, top, coef, k_hat) -> tuple[float | None, float]:
+        """The most informative next energy and its gain (nats, at the current temperature)."""
         delta = float(self.offsets[k_hat])
         e = self._window_energies(delta)
         if e.size == 0:
-            return None
+            return None, 0.0
         idx = np.minimum(np.searchsorted(self.energy, e + delta - 1e-9), self.energy.size - 1)
         p = self._m_c[top][:, idx].T.astype(float)  # (n_e, T)
         v = self._v_c[top][:, idx].T.astype(float)
@@ -1075,5 +1140,8 @@ class Comparator:
         mean = pred @ pw
         between = ((pred - mean[:, None]) ** 2) @ pw
         within = var @ pw
-        gain = 0.5 * np.log1p(between / within)
-        return float(e[int(np.argmax(gain))])
+        # the tempered likelihood is a Gaussian of variance T x var: the same argmax (log1p is
+        # monotone), and a gain comparable between two comparators at different temperatures
+        ratio = between / within
+        best = int(np.argmax(ratio))
+        return float(e[best]), float(0.5 * np.log1p(ratio[best] / self._temperature_now()))
