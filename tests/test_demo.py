@@ -220,7 +220,8 @@ def test_open_world_demo_without_candidates(tmp_path):
 @pytest.mark.slow
 def test_two_edge_demo_from_one_spectrum_per_edge(tmp_path):
     """``--edge O,N`` with ``--sample-spectrum O=... --sample-spectrum N=...``: one run per edge
-    of one sample, the joint ranking on top and in tiled, each edge's own under ``edges``."""
+    of one sample (both open in one plan), the joint ranking on top and in tiled, each edge's
+    own under ``edges``."""
     from xas_bluesky.resources import two_edge_candidates
 
     both = two_edge_candidates(tmp_path / "both.xyz")
@@ -249,11 +250,14 @@ def test_two_edge_demo_from_one_spectrum_per_edge(tmp_path):
     assert r["edge"] == "O,N" and set(r["edges"]) == {"O", "N"}
     for name in ("demo.png", "demo_O.png", "demo_N.png"):
         assert (tmp_path / name).stat().st_size > 10_000, name
-    assert r["points"] == r["edges"]["O"]["points"] + r["edges"]["N"]["points"]
+    # one plan, both edges: each coarse pass, then each point where it tells most, within
+    # both edges' budgets together
+    assert r["points"] == r["edges"]["O"]["points"] + r["edges"]["N"]["points"] <= 36
     for edge in ("O", "N"):
         sub = r["edges"][edge]
-        assert len(sub["ranking"]) == 30 and 14 <= sub["points"] <= 18
+        assert len(sub["ranking"]) == 30 and sub["points"] >= 14
         assert sub["run_uid"] != r["edges"]["O" if edge == "N" else "N"]["run_uid"]
+        assert sub["stop_reason"].startswith(("confident", "budget"))
     ranking = r["ranking"]
     probs = np.array([e["probability"] for e in ranking])
     assert len(ranking) == 30 and probs.sum() == pytest.approx(1.0, abs=1e-6)

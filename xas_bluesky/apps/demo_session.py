@@ -288,41 +288,67 @@ def run_demo(config: DemoConfig) -> dict:
 
 
 class _Progress:
-    """RunEngine callback: remembers primary events (times, channels) and prints live progress.
+    """RunEngine callback: remembers primary events (times, channels) per run and prints live
+    progress.
 
     It only copies numbers and reads the analysis' latest published update (no I/O but one
-    print), so it costs the RunEngine microseconds.
+    print), so it costs the RunEngine microseconds.  Two runs may be open at once (both edges
+    of a sample, :func:`~xas_bluesky.beamline.plans.two_edge_xanes_scan`): each keeps its own.
     """
 
     def __init__(self, config: DemoConfig, server):
         self.config = config
         self.server = server
-        self.fields: dict = {}
-        self.primary: set[str] = set()
-        self.times: dict[int, float] = {}
-        self.rows: list[tuple[float, float, float]] = []
-        self.stop: dict = {}
+        self.runs: dict[str, dict] = {}  # run uid -> fields, times, rows, stop
+        self._primary: dict[str, str] = {}  # descriptor uid -> run uid
+        self._last = ""
+        self._n = 0
+
+    def _new(self) -> dict:
+        return {"fields": {}, "times": {}, "rows": [], "stop": {}, "edge": ""}
+
+    def run(self, uid: str | None = None) -> dict:
+        """What was recorded of run ``uid`` (default: the run started last)."""
+        return self.runs.get(uid or self._last) or self._new()
+
+    @property
+    def times(self) -> dict[int, float]:
+        return self.run()["times"]
+
+    @property
+    def rows(self) -> list[tuple[float, float, float]]:
+        return self.run()["rows"]
+
+    @property
+    def stop(self) -> dict:
+        return self.run()["stop"]
 
     def __call__(self, name, doc):
         if name == "stop":
-            self.stop = dict(doc)
+            self.runs.setdefault(doc["run_start"], self._new())["stop"] = dict(doc)
         elif name == "start":
-            self.fields = dict(doc.get("xas_fields") or {})
+            run = self.runs.setdefault(doc["uid"], self._new())
+            run["fields"] = dict(doc.get("xas_fields") or {})
+            run["edge"] = str(doc.get("xas_element") or "")
+            self._last = doc["uid"]
         elif name == "descriptor" and doc.get("name") == "primary":
-            self.primary.add(doc["uid"])
-        elif name == "event" and doc["descriptor"] in self.primary:
+            self._primary[doc["uid"]] = doc["run_start"]
+        elif name == "event" and doc["descriptor"] in self._primary:
+            run = self.runs[self._primary[doc["descriptor"]]]
             data = doc["data"]
-            n = len(self.times) + 1
-            self.times[n] = doc["time"]
-            f = self.fields
-            self.rows.append((data[f["energy"]], data[f["i0"]], data[f["signal"]]))
+            n = len(run["times"]) + 1
+            self._n += 1
+            run["times"][n] = doc["time"]
+            f = run["fields"]
+            run["rows"].append((data[f["energy"]], data[f["i0"]], data[f["signal"]]))
             upd = self.server.latest
             if self.config.progress is not None:
                 best = upd.best_name or "-"
                 group = f"  {upd.groups[0]} {upd.group_probabilities[0]:.2f}" if upd.groups else ""
+                edge = f"{run['edge']} " if len(self.runs) > 1 else ""
                 print(
-                    f"  point {n:3d}  E={data[f['energy']]:8.2f} eV   best {best:<12} "
-                    f"p={upd.best_probability:5.3f}  (scored {upd.n_events}){group}",
+                    f"  point {self._n:3d}  {edge}E={data[f['energy']]:8.2f} eV   best "
+                    f"{best:<12} p={upd.best_probability:5.3f}  (scored {upd.n_events}){group}",
                     file=self.config.progress,
                     flush=True,
                 )
@@ -517,9 +543,13 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
         sample_uid=str(uuid.uuid4()), tiled_uri=tiled.uri,
     )  # fmt: skip
     per_edge = []
-    for k, edge in enumerate(edges):
-        # the second edge of a sample stops on the joint posterior once there is one
-        per_edge.append(_measure_edge(ctx, edge, cands_by_edge.get(edge), "joint" if k else "best"))
+    if len(edges) > 1 and config.mode == "adaptive" and not config.faults:
+        per_edge = _measure_both(ctx, cands_by_edge)
+    else:
+        for k, edge in enumerate(edges):
+            # the second edge of a sample stops on the joint posterior once there is one
+            stop_on = "joint" if k else "best"
+            per_edge.append(_measure_edge(ctx, edge, cands_by_edge.get(edge), stop_on))
     pv = _read_pvs(analysis.server)
     time.sleep(0.2)  # let the probe write its last arrival lines
     probe.stop()
@@ -527,6 +557,11 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     lat_all = []
     for k, res in enumerate(per_edge):  # each run's arrivals: from its start to the next's
         t0 = res.pop("_t0")
+        if res.pop("_interleaved", False):
+            # both runs at once: the point count on the PVs alternates between the runs, so
+            # an event is paired only with an arrival of exactly its own count, after it
+            lat_all += _exact_latencies(res.pop("_times"), lines)
+            continue
         t1 = per_edge[k + 1]["_t0"] if k + 1 < len(per_edge) else math.inf
         lat_all += pair_latencies(res.pop("_times"), [a for a in lines if t0 <= a["t"] < t1])
     lat = np.asarray(lat_all) * 1e3
@@ -538,6 +573,17 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     if len(per_edge) == 1:
         return {**per_edge[0], "pv": pv, "latency_ms": latency, "run_uid": per_edge[0]["run_uid"]}
     return _joint_result(ctx, per_edge, pv, latency)
+
+
+def _exact_latencies(event_times: dict[int, float], arrivals: list[dict]) -> list[float]:
+    """Latency of each event ``k``: the first arrival after it whose count is exactly ``k``."""
+    ups = sorted((a["t"], a["value"]) for a in arrivals if "value" in a)
+    out = []
+    for k, t in sorted(event_times.items()):
+        hit = next((ta for ta, v in ups if ta >= t and v == k), None)
+        if hit is not None:
+            out.append(hit - t)
+    return out
 
 
 @dataclass
@@ -563,7 +609,6 @@ def _measure_edge(ctx: _EdgeContext, edge: str, cands, stop_on: str) -> dict:
     """Measure one edge of the sample (one run) and collect its part of the JSON."""
     from bluesky.utils import RunEngineInterrupted
 
-    from xas_bluesky.beamline.catalog import final_ranking
     from xas_bluesky.beamline.plans import adaptive_xanes_scan, grid_xanes_scan
 
     config, RE, analysis, devs = ctx.config, ctx.RE, ctx.analysis, ctx.devs
@@ -619,6 +664,55 @@ def _measure_edge(ctx: _EdgeContext, edge: str, cands, stop_on: str) -> dict:
     if drill is not None:
         drill.close()
         RE.remove_suspender(suspender)
+    return _edge_json(ctx, edge, run_uid, cands, progress.run(run_uid), t0, drill, suspender)
+
+
+def _measure_both(ctx: _EdgeContext, cands_by_edge: dict) -> list[dict]:
+    """Measure every edge of the sample in one plan, point by point where each tells most
+    (:func:`~xas_bluesky.beamline.plans.two_edge_xanes_scan`: one run per edge, both open)."""
+    from bluesky.utils import RunEngineInterrupted
+
+    from xas_bluesky.beamline.plans import two_edge_xanes_scan
+
+    config, RE, analysis, devs = ctx.config, ctx.RE, ctx.analysis, ctx.devs
+    edges = config.edges
+    progress = _Progress(config, analysis.server)
+    token = RE.subscribe(progress)
+    plan = two_edge_xanes_scan(
+        devs.mono, devs.det, ctx.scores, edges=edges, threshold=config.threshold,
+        max_points=config.max_points * len(edges), sample=ctx.sample_name[:39],
+        sample_changer=devs.sample_changer, candidates=ctx.spec,
+        ring_current=devs.ring_current, md={"sample_uid": ctx.sample_uid},
+    )  # fmt: skip
+    _say(config, f"demo: adaptive scan of {ctx.sample_name} at the {' and '.join(edges)} K "
+                 "edges, each point at the edge where it tells most")  # fmt: skip
+    _SignalGuard.run_engine = RE
+    t0 = time.time()
+    try:
+        RE(plan)
+    except RunEngineInterrupted:
+        RE.abort("interrupted")
+        raise KeyboardInterrupt from None
+    finally:
+        _SignalGuard.run_engine = None
+        RE.unsubscribe(token)
+    if not analysis.wait_idle(120):
+        raise DemoError("the analysis did not finish scoring within 120 s")
+    by_edge = {rec["edge"]: uid for uid, rec in progress.runs.items()}
+    out = []
+    for edge in edges:
+        uid = by_edge[edge]
+        res = _edge_json(ctx, edge, uid, cands_by_edge.get(edge), progress.run(uid), t0)
+        res["_interleaved"] = True
+        out.append(res)
+    return out
+
+
+def _edge_json(ctx, edge, run_uid, cands, rec: dict, t0: float, drill=None, suspender=None):
+    """One edge's part of the demo's JSON, from its run's record (:class:`_Progress`)."""
+    from xas_bluesky.beamline.catalog import final_ranking
+
+    config, analysis = ctx.config, ctx.analysis
     result = analysis.results.get(run_uid)
     ranking = final_ranking(result, cands) if result is not None else []
     final = ctx.finals.finals.get(run_uid)
@@ -634,15 +728,15 @@ def _measure_edge(ctx: _EdgeContext, edge: str, cands, stop_on: str) -> dict:
         "axis": config.axis,
         "broadening_ev": config.broadening,
         "axis_offset_ev": config.axis_offset,
-        "points": len(progress.times),
+        "points": len(rec["times"]),
         "ranking": ranking,
         "run_uid": run_uid,
         "analysis_run_uid": analysis.analysis_uids.get(run_uid),
         "tiled_uri": ctx.tiled_uri,
-        "stop_reason": progress.stop.get("reason"),
+        "stop_reason": rec["stop"].get("reason"),
         "offset_ev": None if result is None else float(result.offset_ev),
         "true_offset_ev": ctx.sim.true_offset(),
-        "measured": _measured(progress.rows, "TEY", edge),
+        "measured": _measured(rec["rows"], "TEY", edge),
         "candidates": None if config.no_candidates else str(ctx.candidates),
         "model_version": None if cands is None else cands.model_version,
         # the open world: functional groups (best first) and in_library (null: not computed)
@@ -677,7 +771,7 @@ def _measure_edge(ctx: _EdgeContext, edge: str, cands, stop_on: str) -> dict:
             if name in {r["name"] for r in ranking[:3]}
         },
         "_t0": t0,
-        "_times": progress.times,
+        "_times": rec["times"],
     }
 
 

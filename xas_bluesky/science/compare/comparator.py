@@ -450,10 +450,10 @@ class Comparator:
             raise ValueError("outlier_probability must be in [0, 1)")
         self.outlier_probability = float(outlier_probability)
         if top_calibration is not None:
-            a, b = (float(x) for x in top_calibration)
-            if not (a > 0 and np.isfinite(b)):
+            t_a, t_b = (float(x) for x in top_calibration)
+            if not (t_a > 0 and np.isfinite(t_b)):
                 raise ValueError("top_calibration must be (a > 0, finite b)")
-            top_calibration = (a, b)
+            top_calibration = (t_a, t_b)
         self.top_calibration = top_calibration
         self.offset_sigma = float(offset_sigma)
         n_half = int(np.floor(offset_max / offset_step + 1e-9))
