@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.xas-bluesky-installed
 # the package's extras installed into .venv; CI adds larch (xraylarch, ~1.5 GB): make EXTRAS=...
-EXTRAS ?= simulate,test,docs,kafka
+EXTRAS ?= simulate,test,docs,kafka,adaptive
 DEMO_ARGS ?=
 
 .PHONY: demo test lint docs venv clean

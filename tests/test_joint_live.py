@@ -201,3 +201,64 @@ def test_two_edge_plan_steers_between_the_edges_on_the_gain_pvs(setup):
     final = analysis.joint_results[uids[edge]]  # the edge measured last
     assert joint_pv == final.names[int(final.order()[0])]
     print(reason, {e: len(v) for e, v in measured.items()}, joint_pv == sample)
+
+
+def test_bluesky_adaptive_optimize_chooses_the_next_edge_of_a_sample(setup):
+    """bluesky-adaptive 1.0 itself (``plans.optimize``) runs the identification: the optimizer
+    suggests the sample's O edge, then -- not yet sure -- its N edge; each acquisition is an
+    adaptive scan steered by the score PVs, the outcomes are read from them, and the two runs
+    combine into the joint because they share the sample's ``sample_uid``."""
+    pytest.importorskip("bluesky_adaptive")
+    from bluesky import RunEngine
+    from bluesky_adaptive.plans import optimize
+    from bluesky_adaptive.protocols import OptimizationProblem, Optimizer
+
+    from xas_bluesky.beamline.analysis import subscribe_live_analysis
+    from xas_bluesky.beamline.epics.devices import MatchScores
+    from xas_bluesky.beamline.plans.agent import IdentificationOptimizer, XASAcquisition
+
+    devs, sample, cands = setup["devs"], setup["sample"], str(setup["cands"])
+    RE = RunEngine({}, context_managers=[])
+    raw: list[tuple[str, dict]] = []
+    RE.subscribe(lambda name, doc: raw.append((name, doc)))
+    prefix = unique_prefix("AG")
+    analysis = subscribe_live_analysis(
+        RE, score_prefix=prefix, port=next_ca_port(), candidates=cands, cache=shared_cache(),
+    )  # fmt: skip
+    optimizer = IdentificationOptimizer([sample], edges=("O", "N"), threshold=0.999)
+    assert isinstance(optimizer, Optimizer)
+    try:
+        scores = MatchScores(prefix, name="scores", wait_timeout=30)
+        scores.wait_for_connection(timeout=10)
+        acquire = XASAcquisition(
+            devs.mono, devs.det, scores, devs.sample_changer, candidates=cands, max_points=20
+        )
+        problem = OptimizationProblem(
+            optimizer=optimizer, actuators=[devs.sample_changer], sensors=[scores],
+            evaluation_function=acquire.evaluate, acquisition_plan=acquire,
+        )  # fmt: skip
+        RE(optimize(problem, iterations=None))
+        assert analysis.wait_idle(60)
+    finally:
+        analysis.shutdown()
+
+    starts = [d for n, d in raw if n == "start"]
+    xas = [d for d in starts if d.get("xas_element")]
+    assert [d["xas_element"] for d in xas] == ["O", "N"]
+    assert xas[0]["sample_uid"] == xas[1]["sample_uid"]
+    assert [d.get("plan_name") for d in starts if not d.get("xas_element")] == ["optimize"]
+    assert optimizer.should_stop()[0]
+    ((sid, params, best),) = optimizer.get_best_points()
+    assert params == {"sample": sample, "edge": "N"} and sid == f"{sample}:N"
+    # the outcome is what the analysis published: the N run's joint with the O run
+    joint = analysis.joint_results[best["run_uid"]]
+    assert joint.run_uids == {"O": xas[0]["uid"], "N": xas[1]["uid"]}
+    assert best["joint_best_name"] == joint.names[int(joint.order()[0])]
+    assert best["joint_best_probability"] == pytest.approx(
+        float(joint.joint.probabilities[int(joint.order()[0])]), rel=1e-4
+    )
+    assert best["best_name"] == analysis.results[best["run_uid"]].best_name
+    # the optimize run recorded both steps (bluesky-adaptive's own events)
+    opt_uid = next(d["uid"] for d in starts if d.get("plan_name") == "optimize")
+    opt_streams = {d["uid"] for n, d in raw if n == "descriptor" and d["run_start"] == opt_uid}
+    assert sum(1 for n, d in raw if n == "event" and d["descriptor"] in opt_streams) >= 1

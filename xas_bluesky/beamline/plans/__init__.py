@@ -7,6 +7,8 @@
 - :mod:`.adaptive` -- :func:`adaptive_xanes_scan`, steered by the score PVs.
 - :mod:`.two_edges` -- :func:`two_edge_xanes_scan`: both K edges of a sample, two runs open at
   once, each point at the edge where it tells most.
+- :mod:`.agent` -- :class:`~.agent.IdentificationOptimizer` and :class:`~.agent.XASAcquisition`:
+  which sample and edge to measure next, behind bluesky-adaptive's ``Optimizer`` protocol.
 
 All are ordinary bluesky plans: checkpoints at every point (pause/resume, suspenders), staging,
 one run each (two for :func:`two_edge_xanes_scan`).
