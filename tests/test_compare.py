@@ -294,7 +294,13 @@ def test_calibration_comes_from_the_checkpoint_metadata(edge, caplog):
     keys = ("temperature", "temperature_exponent", "std_scale", "outlier_probability")
     got = calibration_for(meta)
     model_error = got.pop("model_error", None)
+    top = got.pop("top_calibration", None)
     assert got == {k: float(cal[k]) for k in keys if k in cal}
+    # the top-label map, fitted on the calibration molecules (never the held-out samples)
+    assert (top is None) == (cal.get("top_calibration") is None)
+    if top is not None:
+        assert top == tuple(cal["top_calibration"]) and top[0] > 0
+        assert cal["split"] == "cal" and cal["molecules"]
     if cal.get("model_error") is not None:  # the per-energy rms error, one per model energy
         assert model_error.shape == (len(meta["energy"]),)
         np.testing.assert_allclose(model_error, cal["model_error"])
@@ -459,3 +465,39 @@ def test_one_glitch_that_passes_the_gates_does_not_flip_the_answer():
     assert clean_rejected == 0
     assert caught >= 12, caught  # of 24 spikes: the small ones the fit can absorb stay
     assert right["off"] < right["on"] >= right["clean"] - 1, right
+
+
+def test_top_label_map_recovers_a_known_miscalibration_and_keeps_the_ranking():
+    """Trials whose top answer is right with probability sigmoid(0.5 logit p + 0.4 + 0.3
+    log(n / 49)) (over-confident at the top, under-confident in the middle, more so on a grid):
+    the fit finds the map, the mapped probabilities are calibrated, sum to 1 and never demote
+    the best candidate."""
+    from xas_bluesky.science.compare import fit_top_calibration, recalibrate_top
+
+    rng = np.random.default_rng(3)
+    probs, truth, npts = [], [], []
+    for _ in range(4000):
+        c = rng.uniform(0.3, 0.995)
+        n = int(rng.choice([24, 49, 491]))
+        p = np.array([c, *(1 - c) * rng.dirichlet(np.ones(9))])
+        z = 0.5 * np.log(c / (1 - c)) + 0.4 + 0.3 * np.log(n / 49)
+        right = rng.random() < 1 / (1 + np.exp(-z))
+        probs.append(p)
+        truth.append(0 if right else 1 + int(np.argmax(p[1:])))
+        npts.append(n)
+    a, b, c = fit_top_calibration(probs, truth, npts)
+    assert a == pytest.approx(0.5, abs=0.1) and b == pytest.approx(0.4, abs=0.15)
+    assert c == pytest.approx(0.3, abs=0.12)
+    mapped = [recalibrate_top(p, (a, b, c), n) for p, n in zip(probs, npts, strict=True)]
+    before = reliability(probs, truth, n_draws=10)["ece"]
+    after = reliability(mapped, truth, n_draws=10)["ece"]
+    assert after < 0.03 < before
+    for p, m in zip(probs[:200], mapped[:200], strict=True):
+        assert m.sum() == pytest.approx(1.0) and int(np.argmax(m)) == int(np.argmax(p))
+        np.testing.assert_allclose(m[1:] / m[1:].sum(), p[1:] / p[1:].sum())
+    # a map that would push the best below the runner-up stops at the tie
+    m = recalibrate_top(np.array([0.5, 0.45, 0.05]), (0.3, -2.0))
+    assert m[0] >= m[1] and m[0] == pytest.approx(m[1])
+    with pytest.raises(ValueError):
+        Comparator(np.linspace(0, 10, 20), np.ones((2, 20)), None, ["a", "b"],
+                   top_calibration=(-1.0, 0.0))  # fmt: skip

@@ -126,14 +126,17 @@ def run(args: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from None
-    # the comparator's likelihood temperature belongs to these weights: fit it on the validation
-    # split now and store it in the checkpoint (see xas_bluesky.science.compare.calibration)
+    # the comparator's likelihood temperature belongs to these weights: fit it now on molecules
+    # that played no part in training (the calibration set: test split outside the held-out
+    # samples) and store it in the checkpoint (see xas_bluesky.science.compare.calibration)
     from xas_bluesky.science.compare.calibration import calibrate_shipped
 
     cal = calibrate_shipped(args.edge, out, paths=paths)
     print(
         f"{args.edge}: comparator calibration T0 {cal['temperature']:.2f} "
-        f"(validation ECE {cal.get('val_ece', float('nan')):.3f})",
+        f"eps {cal['outlier_probability']:.3f}, top-label map {cal.get('top_calibration')} "
+        f"(calibration-set ECE {cal.get('cal_ece_top', float('nan')):.3f}, cross-fitted "
+        f"{cal.get('cal_crossfit_ece', float('nan')):.3f}, {cal['n_molecules']} molecules)",
         file=sys.stderr,
     )
     for split, m in meta["metrics"].items():

@@ -133,7 +133,7 @@ class TwoEdgePolicy:
 
     After the coarse pass of every edge, each edge offers its comparator's next energy and that
     reading's expected information (nats, ``Match:NextGain-I``); the point goes to the edge with
-    the most information per second, gain / (``dwell`` + |E - E_mono| / ``mono_speed``), so a
+    the most information per second, gain / (``dwell`` + ``abs(E - E_mono)`` / ``mono_speed``), so a
     move across edges must earn its time.  The scan stops when the joint posterior's best
     probability reaches ``threshold`` or ``max_points`` points (both edges together) are spent.
 

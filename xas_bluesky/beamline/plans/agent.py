@@ -137,7 +137,7 @@ class IdentificationOptimizer:
 
     def get_best_points(self) -> list[tuple[Any, Mapping, Mapping]]:
         """Per measured sample, its most informative outcome: ``(_id, suggestion, outcome)``."""
-        out = []
+        out: list[tuple[Any, Mapping, Mapping]] = []
         for s in self._samples.values():
             if not s.measured:
                 continue

@@ -21,6 +21,7 @@ from xas_bluesky.science.compare.comparator import (
     MatchResult,
     calibration_for,
     effective_temperature,
+    recalibrate_top,
 )
 
 if TYPE_CHECKING:  # loaded on first use, see __getattr__
@@ -29,7 +30,9 @@ if TYPE_CHECKING:  # loaded on first use, see __getattr__
         Trial,
         calibrate,
         calibrate_shipped,
+        calibration_molecules,
         fit_temperature,
+        fit_top_calibration,
         perturbed_model,
         reliability,
         simulate_trials,
@@ -45,6 +48,7 @@ __all__ = [
     "STAND_IN_TEMPERATURE",
     "effective_temperature",
     "calibration_for",
+    "recalibrate_top",
     "Trial",
     "perturbed_model",
     "simulate_trials",
@@ -54,6 +58,8 @@ __all__ = [
     "calibrate",
     "store_calibration",
     "calibrate_shipped",
+    "fit_top_calibration",
+    "calibration_molecules",
 ]
 
 _OFFLINE = frozenset(
@@ -68,6 +74,8 @@ _OFFLINE = frozenset(
         "calibrate",
         "store_calibration",
         "calibrate_shipped",
+        "fit_top_calibration",
+        "calibration_molecules",
     }
 )
 

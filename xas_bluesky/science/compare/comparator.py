@@ -96,6 +96,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_TEMPERATURE = 12.5
 DEFAULT_TEMPERATURE_EXPONENT = 1.0
 
+#: points at which the top-label map's term in the number of points vanishes (an adaptive
+#: scan's budget)
+TOP_REFERENCE_POINTS = 49
+
 
 def calibration_for(model: Predictor | dict | str | None) -> dict[str, Any]:
     """Comparator keywords (``temperature``, ``temperature_exponent``, ``std_scale`` and, when
@@ -125,8 +129,7 @@ def calibration_for(model: Predictor | dict | str | None) -> dict[str, Any]:
             keys = ("temperature", "temperature_exponent", "std_scale", "outlier_probability")
             out: dict = {k: float(cal[k]) for k in keys if k in cal}
             if cal.get("top_calibration") is not None:
-                a, b = cal["top_calibration"]
-                out["top_calibration"] = (float(a), float(b))
+                out["top_calibration"] = tuple(float(x) for x in cal["top_calibration"])
             if cal.get("model_error") is not None:
                 out["model_error"] = np.asarray(cal["model_error"], dtype=float)
             return out
@@ -176,33 +179,42 @@ def effective_temperature(t0: float, exponent: float, n_points: int) -> float:
     return float(t0) * (max(int(n_points), TEMPERATURE_POINTS) / TEMPERATURE_POINTS) ** exponent
 
 
-def recalibrate_top(prob: np.ndarray, top_calibration: tuple[float, float]) -> np.ndarray:
+def recalibrate_top(
+    prob: np.ndarray, top_calibration: Sequence[float], n_points: int = TOP_REFERENCE_POINTS
+) -> np.ndarray:
     """Platt map of the best candidate's probability (top-label calibration).
 
-    The best candidate's p becomes sigmoid(a logit(p) + b); the others share the rest in their
-    old proportions, so the distribution still sums to 1.  The map never demotes the best
-    candidate: its new probability stays above the runner-up's.
+    The best candidate's p becomes sigmoid(a logit(p) + b + c log(n / 49)); the others share
+    the rest in their old proportions, so the distribution still sums to 1.  The optional term
+    in the number of points n would correct what the temperature's growth law
+    T0 (n / 6) ** gamma leaves between a 49-point scan and a 491-point grid; the shipped maps
+    have none (c = 0: it did not help on the calibration molecules).  The map never demotes
+    the best candidate: its new probability stays above the runner-up's.
 
     Parameters
     ----------
     prob : np.ndarray
         (C,) probabilities (after the outlier term).
-    top_calibration : (float, float)
-        (a, b), a > 0, fitted on calibration trials
+    top_calibration : sequence of float
+        (a, b) or (a, b, c), a > 0, fitted on calibration trials
         (:func:`~xas_bluesky.science.compare.calibration.fit_top_calibration`).
+    n_points : int
+        Points measured.
 
     Returns
     -------
     np.ndarray
         (C,) the recalibrated probabilities.
     """
-    a, b = top_calibration
+    a, b = float(top_calibration[0]), float(top_calibration[1])
+    c = float(top_calibration[2]) if len(top_calibration) > 2 else 0.0
     prob = np.asarray(prob, dtype=float)
     if prob.size < 2:
         return prob.copy()
     best = int(np.argmax(prob))
     p1 = float(np.clip(prob[best], 1e-12, 1.0 - 1e-12))
-    g = 1.0 / (1.0 + np.exp(-(a * np.log(p1 / (1.0 - p1)) + b)))
+    shift = b + c * np.log(max(int(n_points), 1) / TOP_REFERENCE_POINTS)
+    g = 1.0 / (1.0 + np.exp(-(a * np.log(p1 / (1.0 - p1)) + shift)))
     rest = 1.0 - p1
     p2 = float(np.partition(prob, -2)[-2])
     # the runner-up after rescaling is p2 (1 - g) / rest: keep g just above it
@@ -388,9 +400,9 @@ class Comparator:
         the reported probabilities are (1 - eps) P + eps / C, so none exceeds
         1 - eps (1 - 1/C).  Fitted with the temperature on the validation split; without it,
         1 in 12 answers given with p >= 0.99 on held-out grid scans was wrong.
-    top_calibration : (float, float), optional
-        (a, b) of the top-label map applied last (:func:`recalibrate_top`); None leaves the
-        probabilities as the temperature and eps make them.
+    top_calibration : sequence of float, optional
+        (a, b) or (a, b, c) of the top-label map applied last (:func:`recalibrate_top`); None
+        leaves the probabilities as the temperature and eps make them.
     """
 
     def __init__(
@@ -411,7 +423,7 @@ class Comparator:
         std_scale: float = 1.0,
         model_error: Sequence[float] | np.ndarray | None = None,
         outlier_probability: float = 0.0,
-        top_calibration: tuple[float, float] | None = None,
+        top_calibration: Sequence[float] | None = None,
     ) -> None:
         energy = np.asarray(energy, dtype=float)
         mean = np.asarray(mean)
@@ -450,11 +462,10 @@ class Comparator:
             raise ValueError("outlier_probability must be in [0, 1)")
         self.outlier_probability = float(outlier_probability)
         if top_calibration is not None:
-            t_a, t_b = (float(x) for x in top_calibration)
-            if not (t_a > 0 and np.isfinite(t_b)):
-                raise ValueError("top_calibration must be (a > 0, finite b)")
-            top_calibration = (t_a, t_b)
-        self.top_calibration = top_calibration
+            top = tuple(float(x) for x in top_calibration)
+            if len(top) not in (2, 3) or not (top[0] > 0 and np.all(np.isfinite(top))):
+                raise ValueError("top_calibration must be (a > 0, b[, c]), finite")
+        self.top_calibration = None if top_calibration is None else top
         self.offset_sigma = float(offset_sigma)
         n_half = int(np.floor(offset_max / offset_step + 1e-9))
         self.offsets = offset_step * np.arange(-n_half, n_half + 1)
@@ -789,7 +800,7 @@ class Comparator:
         if self.outlier_probability > 0:
             prob, logp = self._with_outlier(prob)
         if self.top_calibration is not None:
-            prob = recalibrate_top(prob, self.top_calibration)
+            prob = recalibrate_top(prob, self.top_calibration, self.n_points)
             logp = np.log(np.maximum(prob, 1e-300))
         res = self._make_result(
             prob,
