@@ -66,6 +66,10 @@ STAND_IN_TEMPERATURE = 2.1
 #: eps values :func:`calibrate_shipped` tries (the comparator's ``outlier_probability``)
 OUTLIER_PROBABILITIES = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08)
 
+#: with fewer calibration molecules than this, :func:`calibrate_shipped` falls back to the
+#: validation split (and says so in the stored ``split``)
+MIN_CALIBRATION_MOLECULES = 20
+
 #: the top-label map is fitted on the trials of at least this many points: the finished scans
 #: (49 adaptive points, the grid), whose answers a scientist reads
 TOP_MIN_POINTS = 49
@@ -773,6 +777,11 @@ def calibrate_shipped(
     predictor = Predictor.load(edge, device="cpu", directory=directory)
     paths = default_data_files() if paths is None else paths
     mols = _split_molecules(edge, split, paths)
+    if split == "cal" and len(mols) < MIN_CALIBRATION_MOLECULES:
+        # a small data set (a test's, a first training) has no calibration molecules yet:
+        # the validation split, with the bias that comes with it, is all there is
+        split = "val"
+        mols = _split_molecules(edge, split, paths)
     structs = [structure_from_xyz(m.name, m.symbols, m.xyz, edge) for m in mols]
     mean, std = predictor.predict(structs, return_std=True)
     from xas_bluesky.science.adaptive import grid_energies
