@@ -98,6 +98,10 @@ class MonoGroup(PVGroup):
     beamline *measured* (:func:`xas_bluesky.beamline.plans.calibrate_energy`).  A put of N to
     ``Sim:Stick-SP`` makes the next N moves fail silently (a stuck mono): the put completes after
     the settling time, the readback stays where it was, so that point repeats the last energy.
+
+    ``Energy`` presents the same axis as a motor record (caproto's motor fields), so that a stock
+    ``ophyd.EpicsMotor`` drives it as it drives a beamline's real mono: a put to ``.VAL`` moves,
+    ``.DMOV`` falls and rises around the move, ``.RBV`` follows ``Energy-RB``.
     """
 
     energy_sp = pvproperty(
@@ -158,8 +162,57 @@ class MonoGroup(PVGroup):
         _state(self).true_offset = float(value)
         return value
 
+    energy_motor = pvproperty(
+        name="Energy",
+        value=530.0,
+        record="motor",
+        precision=3,
+        units="eV",
+        lower_ctrl_limit=ENERGY_LIMITS[0],
+        upper_ctrl_limit=ENERGY_LIMITS[1],
+        doc="the energy as a motor record (ophyd.EpicsMotor): VAL moves the same mono as "
+        "Energy-SP; RBV, DMOV and MOVN follow it",
+    )
+
     @energy_sp.putter
     async def energy_sp(self, instance, value):
+        await self._move(value)
+        return value
+
+    @energy_motor.startup
+    async def energy_motor(self, instance, async_lib):
+        f = instance.field_inst
+        await f.user_low_limit.write(ENERGY_LIMITS[0])
+        await f.user_high_limit.write(ENERGY_LIMITS[1])
+        await f.velocity.write(self.velocity.value)
+        await f.engineering_units.write("eV")
+        await self._readback(_state(self).readback)
+        await f.motor_is_moving.write(0)
+        await f.done_moving_to_value.write(1)
+
+    @energy_motor.putter
+    async def energy_motor(self, instance, value):
+        if not ENERGY_LIMITS[0] <= value <= ENERGY_LIMITS[1]:
+            raise ValueError(f"energy {value} outside {ENERGY_LIMITS}")
+        f = instance.field_inst
+        # the motor record's handshake: DMOV drops at the start of a move and rises at its end
+        await f.done_moving_to_value.write(0)
+        await f.motor_is_moving.write(1)
+        try:
+            await self._move(value)
+        finally:
+            await f.motor_is_moving.write(0)
+            await f.done_moving_to_value.write(1)
+        return value
+
+    async def _readback(self, value: float) -> None:
+        """Both readbacks: ``Energy-RB`` and the motor record's RBV."""
+        await self.energy_rb.write(value)
+        f = self.energy_motor.field_inst
+        await f.user_readback_value.write(value)
+        await f.dial_readback_value.write(value)
+
+    async def _move(self, value: float) -> None:
         if not math.isfinite(value):
             raise ValueError("energy must be finite")
         state = _state(self)
@@ -167,8 +220,8 @@ class MonoGroup(PVGroup):
             if self.stick.value > 0:  # stuck: settle, report done, stay where we are
                 await self.stick.write(self.stick.value - 1)
                 await asyncio.sleep(state.clock.real(self.settle.value))
-                await self.energy_rb.write(state.readback)
-                return value
+                await self._readback(state.readback)
+                return
             start = state.readback
             duration = state.clock.real(
                 self.settle.value + abs(value - start) / self.velocity.value
@@ -180,14 +233,13 @@ class MonoGroup(PVGroup):
             for k in range(1, steps + 1):
                 await asyncio.sleep(duration / (steps + 1))
                 state.readback = start + (value - start) * k / (steps + 1)
-                await self.energy_rb.write(state.readback)
+                await self._readback(state.readback)
             await asyncio.sleep(duration / (steps + 1) if steps else duration)
             # encoder jitter: the readback is what was reached, not what was asked
             state.readback = float(value + state.rng.normal(0.0, 0.002))
-            await self.energy_rb.write(state.readback)
+            await self._readback(state.readback)
             await self.moving.write(0)
             await self.done.write(1)
-        return value
 
 
 class RingGroup(PVGroup):

@@ -70,7 +70,13 @@ def test_analysis_file_is_optional(ioc_factory, capsys):
 
     proc = ioc_factory(sim_ioc_args(clock=200.0), probe=PROBE_PV)
     env = {"XAS_BEAMLINE_PREFIX": proc.info["prefix"], "XAS_TILED_URI": "", "XAS_ANALYSIS": "0"}
-    ns = load_profile(env)
+    # the ring current is the facility's PV, not the beamline's: any other name is taken (here
+    # another PV of the sim IOC, to show the suspender and the device follow the setting)
+    ring_pv = proc.info["prefix"] + "Mono:Velo-SP"
+    ns = load_profile({**env, "XAS_RING_CURRENT_PV": ring_pv})
+    assert ns["ring_current_monitor"].pvname == ring_pv
+    assert ns["ring_current"].pvname == ring_pv
+    assert ns["ring_suspender"]._sig is ns["ring_current_monitor"]
     assert ns["live_analysis"] is None and ns["tiled_client"] is None
     if importlib.util.find_spec("xas_bluesky.beamline.analysis") is None:
         ns = load_profile({**env, "XAS_ANALYSIS": "1"})

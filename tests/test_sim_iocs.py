@@ -317,3 +317,25 @@ def test_standalone_mono_ioc(ioc_factory):
     with pytest.raises(ErrorResponseReceived):
         _write_ca(prefix + "Energy-SP", 2000.0)
     assert _write_ca(prefix + "Sim:Offset-SP", 0.3) is not None
+
+
+def test_stock_epics_motor_drives_the_sim_mono(sim):
+    # a beamline's mono is a motor record: ophyd's EpicsMotor, unchanged, must move this one too
+    import epics
+    from ophyd import EpicsMotor
+    from ophyd.utils import LimitError
+
+    prefix, devs = sim
+    motor = EpicsMotor(prefix + "Mono:Energy", name="mono_motor")
+    motor.wait_for_connection(timeout=10)
+    assert motor.limits == (250.0, 1500.0)
+    assert motor.egu == "eV"
+    motor.move(537.5, wait=True, timeout=20)
+    assert motor.position == pytest.approx(537.5, abs=0.02)
+    # one axis: the plain readback PV and the plugin's Mono device see the same move
+    assert epics.caget(prefix + "Mono:Energy-RB", use_monitor=False) == pytest.approx(537.5, abs=0.02)
+    assert devs.mono.read()["mono_energy"]["value"] == pytest.approx(537.5, abs=0.02)
+    devs.mono.set(531.0).wait(20)
+    assert motor.user_readback.get(use_monitor=False) == pytest.approx(531.0, abs=0.02)
+    with pytest.raises(LimitError):
+        motor.move(5000.0, wait=True, timeout=5)

@@ -3,6 +3,9 @@
 Environment (defaults fit ``xas-bluesky sim-beamline`` on this machine):
 
 - ``XAS_BEAMLINE_PREFIX``  PV prefix of the beamline (``SIM:``)
+- ``XAS_RING_CURRENT_PV`` the storage ring's current, for the beam-dump suspender and the
+                           ``ring_current`` device (``{XAS_BEAMLINE_PREFIX}Ring:Current-I``, the
+                           sim beamline's; NSLS-II: ``SR:OPS-BI{DCCT:1}I:Real-I``)
 - ``XAS_BEAMLINE_ID``      ``RE.md["beamline_id"]`` (``xas-sim``)
 - ``XAS_SCORE_PREFIX``     PV prefix of the structure-match score IOC (``XAS:``)
 - ``XAS_TILED_URI``        tiled server to write runs to (unset: runs are not stored)
@@ -30,6 +33,7 @@ from bluesky.callbacks.buffer import BufferingWrapper
 from xas_bluesky.contracts import DEFAULT_PREFIX
 
 BEAMLINE_PREFIX = os.environ.get("XAS_BEAMLINE_PREFIX", "SIM:")
+RING_CURRENT_PV = os.environ.get("XAS_RING_CURRENT_PV") or BEAMLINE_PREFIX + "Ring:Current-I"
 SCORE_PREFIX = os.environ.get("XAS_SCORE_PREFIX", DEFAULT_PREFIX)
 TILED_URI = os.environ.get("XAS_TILED_URI") or None
 TILED_API_KEY = os.environ.get("XAS_TILED_API_KEY") or os.environ.get("TILED_API_KEY") or None

@@ -89,7 +89,7 @@ def calibrate(edge="O", slot=None, **kwargs):
 
 # a beam dump pauses the scan; it resumes once the ring is refilled (monitored signal)
 ring_current_monitor = EpicsSignalRO(
-    BEAMLINE_PREFIX + "Ring:Current-I", name="ring_current_monitor", auto_monitor=True
+    RING_CURRENT_PV, name="ring_current_monitor", auto_monitor=True
 )
 ring_current_monitor.wait_for_connection(timeout=10)
 ring_suspender = SuspendFloor(ring_current_monitor, 100.0, resume_thresh=300.0, sleep=5.0)

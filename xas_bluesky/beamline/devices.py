@@ -258,18 +258,29 @@ class BeamlineDevices:
         return [self.mono, self.det, self.sample_changer, self.ring_current]
 
 
-def make_devices(prefix: str, *, name_prefix: str = "", timeout: float = 10.0) -> BeamlineDevices:
+def make_devices(
+    prefix: str,
+    *,
+    name_prefix: str = "",
+    timeout: float = 10.0,
+    ring_current_pv: str | None = None,
+) -> BeamlineDevices:
     """Devices of the beamline whose PVs start with ``prefix`` (e.g. ``"SIM:"``), connected.
 
     ``name_prefix`` is prepended to every device name (to tell two beamlines apart in one
     process); the default names are ``mono``, ``det``, ``sample_changer``, ``ring_current``.
+    ``ring_current_pv`` is the storage ring's current, which belongs to the facility, not the
+    beamline (NSLS-II: ``"SR:OPS-BI{DCCT:1}I:Real-I"``); default ``prefix + "Ring:Current-I"``
+    (the simulated beamline's).
     """
     devs = BeamlineDevices(
         mono=Mono(prefix + "Mono:", name=f"{name_prefix}mono"),
         det=XASDetector(prefix + "Det:", name=f"{name_prefix}det"),
         sample_changer=SampleChanger(prefix + "Sample:", name=f"{name_prefix}sample_changer"),
         ring_current=EpicsSignalRO(
-            prefix + "Ring:Current-I", name=f"{name_prefix}ring_current", auto_monitor=False
+            ring_current_pv or prefix + "Ring:Current-I",
+            name=f"{name_prefix}ring_current",
+            auto_monitor=False,
         ),
     )
     for d in devs.all():
