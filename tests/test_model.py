@@ -94,6 +94,43 @@ def test_training_is_seeded_and_reproducible():
         assert torch.equal(ta, tb), k
 
 
+def test_schnet_variant_sees_geometry_not_orientation_and_round_trips(tmp_path):
+    # the 3D variant (benchmarks/variants.py): its spectra must not change when a molecule is
+    # rotated and moved, must change when an atom moves, and a saved member must load back
+    from xas_bluesky.science.model.checkpoint import load_ensemble, save_ensemble
+    from xas_bluesky.science.model.schnet import molecule_pairs
+    from xas_bluesky.science.model.training import (
+        TrainConfig,
+        load_examples,
+        predict_examples,
+        train_member,
+    )
+
+    batch = torch.tensor([0, 0, 0, 1, 1, 2])
+    pairs = {tuple(p) for p in molecule_pairs(batch).t().tolist()}
+    assert pairs == {(i, j) for i in range(6) for j in range(6) if i != j and batch[i] == batch[j]}
+
+    examples = load_examples("N", positions=True)
+    train = [e for e in examples if e.split == "train"][:24]
+    val = [e for e in examples if e.split == "val" and e.graph.num_nodes > 2][:4]
+    cfg = TrainConfig(arch="schnet", epochs=2, batch_size=8, dim=8)
+    model, _ = train_member(train, val, cfg, len(energy_grid("N")))
+    before = predict_examples([model], val)
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))
+    rot = torch.from_numpy(q.astype(np.float32))
+    for e in val:
+        e.graph.pos = e.graph.pos @ rot.T + torch.tensor([1.0, -2.0, 0.5])
+    np.testing.assert_allclose(predict_examples([model], val), before, rtol=1e-4, atol=1e-5)
+    val[0].graph.pos[0] += torch.tensor([0.3, 0.0, 0.0])
+    assert not np.allclose(predict_examples([model], val)[0], before[0], atol=1e-5)
+    save_ensemble(tmp_path, [model], {"edge": "N"})
+    (loaded,), meta = load_ensemble(tmp_path)
+    assert meta["config"]["arch"] == "schnet"
+    np.testing.assert_allclose(
+        predict_examples([loaded], val), predict_examples([model], val), rtol=1e-2, atol=1e-3
+    )
+
+
 def test_bondless_molecules_do_not_depend_on_their_batch():
     # water alone has no bond (hydrogens are node features): the message-passing rounds must
     # still run, as they did in training, whatever else is in the batch

@@ -14,10 +14,19 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from xas_bluesky.science.model.network import XasMPNN
+from xas_bluesky.science.model.schnet import XasSchNet
 
-__all__ = ["model_dir", "weights_version", "save_ensemble", "load_ensemble", "round_to_shipped"]
+__all__ = [
+    "model_dir",
+    "weights_version",
+    "save_ensemble",
+    "load_ensemble",
+    "round_to_shipped",
+    "model_from_config",
+]
 
 WEIGHTS_FILE = "ensemble.pt"
 METADATA_FILE = "metadata.json"
@@ -42,12 +51,23 @@ def weights_version(states: list[dict]) -> str:
     return h.hexdigest()[:16]
 
 
+def model_from_config(config: dict) -> nn.Module:
+    """The network a checkpoint's ``config`` describes (no ``arch``: :class:`XasMPNN`)."""
+    config = dict(config)
+    arch = config.pop("arch", "mpnn")
+    if arch == "schnet":
+        return XasSchNet(**config)
+    if arch != "mpnn":
+        raise ValueError(f"unknown architecture {arch!r}")
+    return XasMPNN(**config)
+
+
 def _half(t: torch.Tensor) -> torch.Tensor:
     t = t.detach().cpu()
     return t.half() if t.is_floating_point() else t.clone()
 
 
-def round_to_shipped(model: XasMPNN) -> XasMPNN:
+def round_to_shipped(model: nn.Module) -> nn.Module:
     """Round a model's weights to the float16 values :func:`save_ensemble` stores."""
     with torch.no_grad():
         for t in model.state_dict().values():
@@ -56,14 +76,15 @@ def round_to_shipped(model: XasMPNN) -> XasMPNN:
     return model
 
 
-def save_ensemble(directory: str | os.PathLike, models: list[XasMPNN], metadata: dict) -> dict:
+def save_ensemble(directory: str | os.PathLike, models: list[nn.Module], metadata: dict) -> dict:
     """Write ``ensemble.pt`` and ``metadata.json``; returns the metadata as written."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # float16 halves the package's size; train_ensemble rounds the members to it before it
     # evaluates them, so the recorded metrics are those of the shipped weights
     states = [{k: _half(v) for k, v in m.state_dict().items()} for m in models]
-    metadata = dict(metadata, model_version=weights_version(states), config=models[0].config())
+    config = models[0].config()  # type: ignore[operator]  # both architectures have one
+    metadata = dict(metadata, model_version=weights_version(states), config=config)
     metadata = json.loads(json.dumps(metadata, default=str))  # plain types for weights_only
     path = directory / WEIGHTS_FILE
     torch.save({"metadata": metadata, "members": states}, path)
@@ -73,7 +94,7 @@ def save_ensemble(directory: str | os.PathLike, models: list[XasMPNN], metadata:
 
 def load_ensemble(
     directory: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[list[XasMPNN], dict]:
+) -> tuple[list[nn.Module], dict]:
     """Members (in eval mode, on ``device``) and metadata of a saved ensemble."""
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
@@ -82,7 +103,7 @@ def load_ensemble(
     meta = blob["metadata"]
     models = []
     for state in blob["members"]:
-        m = XasMPNN(**meta["config"])
+        m = model_from_config(meta["config"])
         m.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         models.append(m.to(device).eval())
     meta["model_version"] = weights_version(blob["members"])

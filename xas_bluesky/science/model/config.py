@@ -12,6 +12,9 @@ class TrainConfig:
     """Settings of one training run (the shipped ensembles use the defaults)."""
 
     readout: str = "site"
+    #: ``"mpnn"`` (bond graph, :class:`~xas_bluesky.science.model.network.XasMPNN`, shipped) or
+    #: ``"schnet"`` (all atom pairs by distance, :class:`~xas_bluesky.science.model.schnet.XasSchNet`)
+    arch: str = "mpnn"
     dim: int = 32
     steps: int = 3
     edge_hidden: int = 32
@@ -28,5 +31,9 @@ class TrainConfig:
     joint: bool = False
 
     def __post_init__(self) -> None:
+        if self.arch not in ("mpnn", "schnet"):
+            raise ValueError(f"arch must be 'mpnn' or 'schnet', not {self.arch!r}")
+        if self.arch == "schnet" and self.readout != "site":
+            raise ValueError("the SchNet variant has the site readout only")
         if self.readout != "site":  # the absorber's surroundings feed the site head only
             self.env = False

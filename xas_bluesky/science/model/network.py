@@ -31,7 +31,13 @@ from torch_geometric.nn.aggr import Set2Set
 
 from xas_bluesky.science.graphs import BOND_TYPES, ELEMENTS, ENV_DIM, MAX_H, N_HYBRID
 
-__all__ = ["XasMPNN", "EdgeConv", "rbf", "molecular_from_sites"]
+__all__ = [
+    "XasMPNN",
+    "EdgeConv",
+    "rbf",
+    "molecular_from_sites",
+    "site_spectra",
+]
 
 #: radial basis of bond lengths: Gaussians centred from 1.0 to 1.7 A
 RBF_CENTRES = torch.linspace(1.0, 1.7, 16)
@@ -187,13 +193,24 @@ class XasMPNN(nn.Module):
             (n_sites,) graph of each site.
         """
         h, summary = self.trunk(g)
-        n_graphs = int(g.num_graphs)
         if self.readout == "molecule":
             return nn.functional.softplus(self.head(summary)), None, None
-        sites = torch.nonzero(g.x[:, 4] == 1).squeeze(1)
-        site_graph = g.batch[sites]
-        parts = [h[sites], summary[site_graph]]
-        if self.env:
-            parts.append(self.env_net(g.site_env))
-        site = nn.functional.softplus(self.head(torch.cat(parts, dim=1)))
-        return molecular_from_sites(site, site_graph, n_graphs), site, site_graph
+        return site_spectra(g, h, summary, self.head, self.env_net if self.env else None)
+
+
+def site_spectra(
+    g, h: torch.Tensor, summary: torch.Tensor, head: nn.Module, env_net: nn.Module | None
+):
+    """The site readout shared by the architectures: ``head`` on each absorber's state, its
+    molecule's summary and (``env_net`` given) its 3D surroundings through ``env_net``.
+
+    Returns the molecular spectra, the site spectra and each site's graph (see
+    :meth:`XasMPNN.forward`).
+    """
+    sites = torch.nonzero(g.x[:, 4] == 1).squeeze(1)
+    site_graph = g.batch[sites]
+    parts = [h[sites], summary[site_graph]]
+    if env_net is not None:
+        parts.append(env_net(g.site_env))
+    site = nn.functional.softplus(head(torch.cat(parts, dim=1)))
+    return molecular_from_sites(site, site_graph, int(g.num_graphs)), site, site_graph

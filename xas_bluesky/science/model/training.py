@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import nn
 
 from xas_bluesky.science import dataset
 from xas_bluesky.science.graphs import collate, molecule_graph
@@ -38,6 +39,7 @@ __all__ = [
     "load_examples",
     "TrainConfig",
     "train_member",
+    "build_model",
     "predict_examples",
     "is_complete",
 ]
@@ -57,8 +59,12 @@ class Example:
     n_sites: int
 
 
-def load_examples(edge: str, paths=None) -> list[Example]:
-    """Graphs and spectra of every molecule with ``edge`` spectra in ``paths`` (default: committed)."""
+def load_examples(edge: str, paths=None, positions: bool = False) -> list[Example]:
+    """Graphs and spectra of every molecule with ``edge`` spectra in ``paths`` (default: committed).
+
+    ``positions``: also give each graph its heavy atoms' coordinates (``pos``, Angstrom), which
+    the 3D variant (:class:`~xas_bluesky.science.model.schnet.XasSchNet`) reads.
+    """
     paths = dataset.default_data_files() if paths is None else paths
     n_e = len(energy_grid(edge))
     out = []
@@ -69,6 +75,8 @@ def load_examples(edge: str, paths=None) -> list[Example]:
             log.warning("skipped: %s", exc)
             continue
         g = molecule_graph(s, edge)
+        if positions:
+            g.pos = torch.from_numpy(np.asarray(s.xyz, dtype=np.float32)[g.atom_index.numpy()])
         absorbers = g.atom_index[g.x[:, 4] == 1].tolist()
         y = np.zeros((len(absorbers), n_e), dtype=np.float32)
         mask = np.zeros(len(absorbers), dtype=bool)
@@ -81,10 +89,28 @@ def load_examples(edge: str, paths=None) -> list[Example]:
     return out
 
 
+def build_model(cfg: TrainConfig, n_out: int) -> nn.Module:
+    """The untrained network ``cfg`` describes."""
+    if cfg.arch == "schnet":
+        from xas_bluesky.science.model.schnet import XasSchNet
+
+        return XasSchNet(n_out, dim=cfg.dim, steps=cfg.steps, env=cfg.env)
+    return XasMPNN(
+        n_out,
+        dim=cfg.dim,
+        steps=cfg.steps,
+        readout=cfg.readout,
+        edge_hidden=cfg.edge_hidden,
+        env=cfg.env,
+    )
+
+
 def _collate(examples: list[Example]):
     g = collate([e.graph for e in examples])
     g.y_site = torch.cat([e.graph.y_site for e in examples])
     g.site_mask = torch.cat([e.graph.site_mask for e in examples])
+    if examples and getattr(examples[0].graph, "pos", None) is not None:
+        g.pos = torch.cat([e.graph.pos for e in examples])
     g.y_mol = torch.from_numpy(np.stack([e.spectrum for e in examples]).astype(np.float32))
     return g
 
@@ -102,20 +128,20 @@ def _loss(pred: torch.Tensor, y: torch.Tensor, deriv_weight: float) -> torch.Ten
 
 
 def predict_examples(
-    models: list[XasMPNN], examples: list[Example], batch: int = 256
+    models: list[nn.Module], examples: list[Example], batch: int = 256
 ) -> np.ndarray:
     """Ensemble-mean molecular spectra of ``examples``, shape (n, E)."""
     out = []
     with torch.inference_mode():
         for k in range(0, len(examples), batch):
-            g = collate([e.graph for e in examples[k : k + batch]])
+            g = _collate(examples[k : k + batch])
             out.append(torch.stack([m.eval()(g)[0] for m in models]).mean(0).numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
 def train_member(
     train: list[Example], val: list[Example], cfg: TrainConfig, n_out: int, device: str = "cpu"
-) -> tuple[XasMPNN, dict]:
+) -> tuple[nn.Module, dict]:
     """Train one member; returns the model (on the CPU) at its best validation epoch and its
     history.  Shipped members are trained on the CPU, where the result is reproducible."""
     # a molecule's FEFF spectrum is the mean of the sites FEFF finished, the network's the mean
@@ -126,14 +152,7 @@ def train_member(
         train = [e for e in train if is_complete(e)]
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = XasMPNN(
-        n_out,
-        dim=cfg.dim,
-        steps=cfg.steps,
-        readout=cfg.readout,
-        edge_hidden=cfg.edge_hidden,
-        env=cfg.env,
-    ).to(device)
+    model = build_model(cfg, n_out).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt,
@@ -148,7 +167,9 @@ def train_member(
         order = rng.permutation(len(train))
         for k in range(0, len(order), cfg.batch_size):
             g = _collate([train[i] for i in order[k : k + cfg.batch_size]]).to(device)
-            if cfg.jitter:
+            if cfg.jitter and cfg.arch == "schnet":  # each distance jittered by ~cfg.jitter
+                g.pos = g.pos + torch.randn_like(g.pos) * (cfg.jitter / 2**0.5)
+            elif cfg.jitter:
                 noise = torch.randn(g.edge_len.shape[0] // 2).to(device) * cfg.jitter
                 g.edge_len = g.edge_len + noise.repeat_interleave(2)  # both directions alike
             mol, site, _ = model(g)
@@ -221,7 +242,7 @@ def train_ensemble(
         raise FileNotFoundError("no FEFF data files to train on")
     t0 = time.perf_counter()
     grid = energy_grid(edge)
-    examples = load_examples(edge, paths)
+    examples = load_examples(edge, paths, positions=cfg.arch == "schnet")
     parts = {s: [e for e in examples if e.split == s] for s in ("train", "val", "test")}
     if not parts["train"] or not parts["val"]:
         raise ValueError(f"too little {edge} data to train: {len(examples)} molecules")
@@ -230,7 +251,8 @@ def train_ensemble(
         other = other_edge(edge)
         if len(energy_grid(other)) != len(grid):
             raise ValueError(f"joint training needs grids of one length ({edge}, {other})")
-        train = train + [e for e in load_examples(other, paths) if e.split == "train"]
+        extra = load_examples(other, paths, positions=cfg.arch == "schnet")
+        train = train + [e for e in extra if e.split == "train"]
     models, history = [], []
     for k in range(members):
         member_cfg = TrainConfig(**{**cfg.__dict__, "seed": cfg.seed + k})
