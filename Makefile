@@ -7,10 +7,10 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.xas-bluesky-installed
 # the package's extras installed into .venv; CI adds larch (xraylarch, ~1.5 GB): make EXTRAS=...
-EXTRAS ?= simulate,test,docs,kafka,adaptive
+EXTRAS ?= simulate,test,docs,kafka,adaptive,queueserver
 DEMO_ARGS ?=
 
-.PHONY: demo test lint docs venv clean
+.PHONY: demo test lint docs venv clean redis
 
 venv: $(STAMP)
 
@@ -30,8 +30,18 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint redis
 	$(PY) -m pytest
+
+# the queue-server tests start a real redis server: Debian's package where it is missing (root)
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
+	      || echo "make: apt-get could not install redis-server; the queue-server tests will skip"; \
+	  else \
+	    echo "make: redis-server not found (as root: apt-get install redis-server); the queue-server tests will skip"; \
+	  fi; }
 
 docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -q -W --keep-going -b html docs docs/_build/html

@@ -333,7 +333,9 @@ def test_stock_epics_motor_drives_the_sim_mono(sim):
     motor.move(537.5, wait=True, timeout=20)
     assert motor.position == pytest.approx(537.5, abs=0.02)
     # one axis: the plain readback PV and the plugin's Mono device see the same move
-    assert epics.caget(prefix + "Mono:Energy-RB", use_monitor=False) == pytest.approx(537.5, abs=0.02)
+    assert epics.caget(prefix + "Mono:Energy-RB", use_monitor=False) == pytest.approx(
+        537.5, abs=0.02
+    )
     assert devs.mono.read()["mono_energy"]["value"] == pytest.approx(537.5, abs=0.02)
     devs.mono.set(531.0).wait(20)
     assert motor.user_readback.get(use_monitor=False) == pytest.approx(531.0, abs=0.02)

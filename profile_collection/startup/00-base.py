@@ -25,10 +25,14 @@ The Channel Access variables (``EPICS_CA_ADDR_LIST`` ...) are the standard ones;
 ``xas-bluesky sim-beamline`` prints those of the sim beamline.
 """
 
+import atexit
 import os
 
 from bluesky import RunEngine
+from bluesky.callbacks.best_effort import BestEffortCallback
 from bluesky.callbacks.buffer import BufferingWrapper
+from bluesky.preprocessors import SupplementalData
+from bluesky.utils import ProgressBarManager
 
 from xas_bluesky.contracts import DEFAULT_PREFIX
 
@@ -46,6 +50,25 @@ if os.environ.get("XAS_MD_DIR"):
     RE.md = PersistentDict(os.environ["XAS_MD_DIR"])
 RE.md.setdefault("beamline_id", os.environ.get("XAS_BEAMLINE_ID", "xas-sim"))
 RE.md.setdefault("facility", "NSLS-II")
+
+try:  # the queue server's worker runs this profile too (start-re-manager --startup-dir)
+    from bluesky_queueserver import is_re_worker_active
+except ImportError:  # bluesky-queueserver not installed: always an interactive session
+
+    def is_re_worker_active():
+        return False
+
+
+# baseline readings and monitors, as NSLS-II profiles have them: sd.baseline.append(device)
+sd = SupplementalData()
+RE.preprocessors.append(sd)
+if not is_re_worker_active():
+    # an interactive session: a table of each run's readings and a progress bar for moves
+    # (the queue server's worker has no terminal to draw them on)
+    bec = BestEffortCallback()
+    bec.disable_plots()
+    RE.subscribe(bec)
+    RE.waiting_hook = ProgressBarManager()
 
 tiled_client = None
 tiled_writer = None
@@ -81,3 +104,8 @@ def close_tiled_writer():
     """Write out every buffered document and stop the writer (before tiled stops)."""
     if tiled_writer_buffer is not None:
         tiled_writer_buffer.shutdown(wait=True)
+
+
+# the queue server's worker (and a plain `exit`) leaves through the interpreter's exit: write out
+# what is still buffered, so that the last run reaches tiled whole, stop document included
+atexit.register(close_tiled_writer)

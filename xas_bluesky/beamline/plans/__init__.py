@@ -16,7 +16,13 @@ one run each (two for :func:`two_edge_xanes_scan`).
 
 from xas_bluesky.beamline.plans.adaptive import adaptive_xanes_scan
 from xas_bluesky.beamline.plans.calibration import CalibrationError, calibrate_energy
-from xas_bluesky.beamline.plans.regions import Region, default_regions, grid_region, region_points
+from xas_bluesky.beamline.plans.regions import (
+    Region,
+    as_regions,
+    default_regions,
+    grid_region,
+    region_points,
+)
 from xas_bluesky.beamline.plans.two_edges import two_edge_xanes_scan
 from xas_bluesky.beamline.plans.xanes import (
     grid_xanes_scan,
@@ -27,6 +33,7 @@ from xas_bluesky.beamline.plans.xanes import (
 
 __all__ = [
     "Region",
+    "as_regions",
     "default_regions",
     "grid_region",
     "region_points",

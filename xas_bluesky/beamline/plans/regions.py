@@ -14,7 +14,7 @@ import numpy as np
 
 from xas_bluesky.science.grids import GRID_SPECS, ONSET_EV
 
-__all__ = ["Region", "default_regions", "grid_region", "region_points"]
+__all__ = ["Region", "as_regions", "default_regions", "grid_region", "region_points"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,28 @@ class Region:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def as_regions(regions) -> list[Region]:
+    """``regions`` as :class:`Region` objects: each may be one already, a mapping with its
+    fields (``{"start": 526, "stop": 529, "step": 0.5, "dwell": 1}``, as plain JSON arrives
+    through the queue server) or a sequence ``(start, stop, step[, dwell])``."""
+    out = []
+    for r in regions:
+        if isinstance(r, Region):
+            out.append(r)
+        elif isinstance(r, dict):
+            unknown = set(r) - {"start", "stop", "step", "dwell"}
+            if unknown:
+                raise ValueError(f"region {r}: unknown keys {sorted(unknown)}")
+            out.append(Region(**{k: float(v) for k, v in r.items()}))
+        elif isinstance(r, (list, tuple)) and len(r) in (3, 4):
+            out.append(Region(*(float(v) for v in r)))
+        else:
+            raise ValueError(
+                f"not a region: {r!r} (a Region, a dict or (start, stop, step[, dwell]))"
+            )
+    return out
 
 
 def default_regions(edge: str, *, dwell: float = 1.0) -> list[Region]:

@@ -33,7 +33,13 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 
 from xas_bluesky.beamline.devices import SIGNAL_CHANNELS, mode_fields
-from xas_bluesky.beamline.plans.regions import Region, default_regions, grid_region, region_points
+from xas_bluesky.beamline.plans.regions import (
+    Region,
+    as_regions,
+    default_regions,
+    grid_region,
+    region_points,
+)
 from xas_bluesky.contracts import XASStart
 from xas_bluesky.science.grids import ONSET_EV
 
@@ -139,7 +145,7 @@ def xanes_scan(
     det,
     *,
     edge: str,
-    regions: Sequence[Region] | None = None,
+    regions: Sequence[Region | dict] | None = None,
     mode: str = "TEY",
     sample: str | None = None,
     sample_changer=None,
@@ -161,7 +167,9 @@ def xanes_scan(
     edge
         Absorbing element of the K edge, ``"O"`` or ``"N"``.
     regions
-        Region grids; default :func:`~.regions.default_regions` of ``edge``.
+        Region grids (:class:`~.regions.Region`, or plain dicts of its fields as the queue
+        server passes them: :func:`~.regions.as_regions`); default
+        :func:`~.regions.default_regions` of ``edge``.
     mode
         ``"TEY"`` (default, soft X-ray O/N K edges), ``"PFY"`` or ``"TRANS"``.
     sample, sample_changer
@@ -186,7 +194,7 @@ def xanes_scan(
         The proposal session (NSLS-II: ``"pass-123456"``) recorded as ``data_session``; default:
         the RunEngine's ``RE.md["data_session"]``, if any.
     """
-    regions = list(regions) if regions is not None else default_regions(edge)
+    regions = as_regions(regions) if regions is not None else default_regions(edge)
     energies, dwells = region_points(regions)
     fields = mode_fields(mono, det, mode, ring_current)  # an unknown mode fails here
     if energy_offset is None:

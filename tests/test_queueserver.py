@@ -1,0 +1,142 @@
+"""The profile under the queue server: a real redis server, a real ``start-re-manager`` whose
+worker loads ``profile_collection/startup`` against the sim beamline, plans queued with plain JSON
+arguments through bluesky-queueserver-api, their runs read back from a real tiled server."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sim_iocs.launcher import PROBE_PV, sim_ioc_args
+from xas_bluesky.services import _spawn, free_ports
+from xas_bluesky.testing import next_ca_port, unique_prefix
+
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
+pytest.importorskip("bluesky_queueserver", reason="the queueserver extra is not installed")
+pytest.importorskip("bluesky_queueserver_api", reason="the queueserver extra is not installed")
+
+PROFILE = Path(__file__).resolve().parents[1] / "profile_collection"
+
+
+@pytest.fixture(scope="module")
+def redis_addr(tmp_path_factory):
+    """A redis server of its own on a free loopback port (no persistence), stopped by PID."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server not found: `make test` installs Debian's (apt-get, as root)")
+    (port,) = free_ports(1)
+    logs = tmp_path_factory.mktemp("redis")
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = _spawn("redis", [*cmd, "--dir", str(logs)], {}, logs)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or not proc.alive():
+                    raise RuntimeError(f"redis-server did not start (log {proc.log_path})") from None
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.stop()
+
+
+def test_committed_queue_files_name_the_profiles_plans():
+    existing = yaml.safe_load((PROFILE / "existing_plans_and_devices.yaml").read_text())
+    perms = yaml.safe_load((PROFILE / "user_group_permissions.yaml").read_text())
+    allowed = perms["user_groups"]["primary"]["allowed_plans"]
+    assert set(allowed) <= set(existing["existing_plans"])
+    assert {"xanes", "grid_xanes", "adaptive", "calibrate"} <= set(allowed)
+    assert {"mono", "det", "sample_changer", "scores"} <= set(existing["existing_devices"])
+
+
+@pytest.mark.timeout(900)
+def test_queue_server_runs_the_profiles_plans(
+    redis_addr, ioc_factory, tiled_server, tmp_path, ca_env
+):
+    from bluesky_queueserver_api import BPlan
+    from bluesky_queueserver_api.zmq import REManagerAPI
+    from live_helpers import small_candidates
+
+    ioc = ioc_factory(sim_ioc_args(clock=200.0), probe=PROBE_PV)
+    score_prefix = unique_prefix("Q")
+    # the manager may rewrite its list when the environment opens: give it a copy
+    existing = tmp_path / "existing_plans_and_devices.yaml"
+    shutil.copy(PROFILE / "existing_plans_and_devices.yaml", existing)
+    control, info = free_ports(2)
+    env = {
+        **ca_env,
+        "XAS_BEAMLINE_PREFIX": ioc.info["prefix"],
+        "XAS_TILED_URI": tiled_server.uri,
+        "XAS_TILED_API_KEY": tiled_server.api_key,
+        "XAS_ANALYSIS": "1",
+        "XAS_SCORE_PREFIX": score_prefix,
+        "XAS_SCORE_PORT": str(next_ca_port()),
+        "XAS_CANDIDATES": str(small_candidates(tmp_path / "c.xyz", n=6)),
+        "XAS_BACKUP_DIR": str(tmp_path / "backup"),
+    }
+    cmd = [
+        "start-re-manager",
+        "--startup-dir",
+        str(PROFILE / "startup"),
+        "--existing-plans-devices",
+        str(existing),
+        "--update-existing-plans-devices",
+        "ENVIRONMENT_OPEN",
+        "--user-group-permissions",
+        str(PROFILE / "user_group_permissions.yaml"),
+        "--redis-addr",
+        redis_addr,
+        "--redis-name-prefix",
+        unique_prefix("qs").rstrip(":"),
+        "--zmq-control-addr",
+        f"tcp://127.0.0.1:{control}",
+        "--zmq-info-addr",
+        f"tcp://127.0.0.1:{info}",
+    ]
+    manager = _spawn("re-manager", cmd, env, tmp_path)
+    rm = REManagerAPI(
+        zmq_control_addr=f"tcp://127.0.0.1:{control}", zmq_info_addr=f"tcp://127.0.0.1:{info}"
+    )
+    try:
+        rm.wait_for_idle(timeout=60)  # the manager is up
+        rm.environment_open()
+        rm.wait_for_idle(timeout=300)  # the worker loaded the profile (torch, the model, IOCs)
+        assert rm.status()["worker_environment_exists"], manager.log_path.read_text()[-3000:]
+        # plain JSON arguments only, as any queue client sends them: regions are dicts
+        regions = [{"start": 526.0, "stop": 530.0, "step": 1.0, "dwell": 0.5}]
+        rm.item_add(BPlan("xanes", "O", sample="ref_O", regions=regions))
+        rm.item_add(BPlan("adaptive", "O", sample="ref_O", max_points=16, threshold=1.01))
+        # a plan outside the user group's permissions is refused, not queued
+        with pytest.raises(Exception, match="not in the list of allowed plans"):
+            rm.item_add(BPlan("xanes_scan", "mono", "det", edge="O"))
+        rm.queue_start()
+        rm.wait_for_idle(timeout=600)
+        history = rm.history_get()["items"]
+        results = [h["result"] for h in history]
+        assert [h["name"] for h in history] == ["xanes", "adaptive"]
+        assert [r["exit_status"] for r in results] == ["completed", "completed"], results
+        uids = [r["run_uids"][0] for r in results]
+        rm.environment_close()
+        rm.wait_for_idle(timeout=60)
+    finally:
+        manager.stop(grace=20)
+    # the worker's writer drains its buffer when the environment closes (atexit in 00-base.py)
+    client = tiled_server.client()
+    runs = [client[uid] for uid in uids]
+    assert [r.metadata["start"]["plan_name"] for r in runs] == [
+        "xanes_scan",
+        "adaptive_xanes_scan",
+    ]
+    assert len(runs[0]["primary"].read()["mono_energy"]) == 5
+    n_adaptive = len(runs[1]["primary"].read()["mono_energy"])
+    assert 14 < n_adaptive <= 16
+    assert all(r.metadata["stop"]["exit_status"] == "success" for r in runs)
