@@ -106,12 +106,7 @@ def _run(job: tuple) -> dict:
     edge, name, seed, source, epochs, device, fraction = job
     torch.set_num_threads(1)
     settings = VARIANTS[name]
-    positions = settings.get("arch") == "schnet"
-    if positions and source:
-        raise SystemExit(
-            "the SchNet variants need positions: build the examples here (no --examples)"
-        )
-    examples = load_saved(source, edge) if source else load_examples(edge, positions=positions)
+    examples = load_saved(source, edge) if source else load_examples(edge)
     parts = {s: [e for e in examples if e.split == s] for s in ("train", "val", "test")}
     if fraction < 1.0:  # a learning curve: the same val/test, a seeded subset of train
         keep = np.random.default_rng(1000 + seed).permutation(len(parts["train"]))
@@ -120,7 +115,7 @@ def _run(job: tuple) -> dict:
     cfg = TrainConfig(**{"epochs": epochs, "seed": seed, **settings})
     if cfg.joint:  # the other edge's training molecules too (the split is by molecule)
         other = other_edge(edge)
-        extra = load_saved(source, other) if source else load_examples(other, positions=positions)
+        extra = load_saved(source, other) if source else load_examples(other)
         parts["train"] = parts["train"] + [e for e in extra if e.split == "train"]
     t0 = time.perf_counter()
     model, hist = train_member(parts["train"], parts["val"], cfg, len(energy_grid(edge)), device)

@@ -110,7 +110,7 @@ def test_schnet_variant_sees_geometry_not_orientation_and_round_trips(tmp_path):
     pairs = {tuple(p) for p in molecule_pairs(batch).t().tolist()}
     assert pairs == {(i, j) for i in range(6) for j in range(6) if i != j and batch[i] == batch[j]}
 
-    examples = load_examples("N", positions=True)
+    examples = load_examples("N")
     train = [e for e in examples if e.split == "train"][:24]
     val = [e for e in examples if e.split == "val" and e.graph.num_nodes > 2][:4]
     cfg = TrainConfig(arch="schnet", epochs=2, batch_size=8, dim=8)
@@ -123,12 +123,18 @@ def test_schnet_variant_sees_geometry_not_orientation_and_round_trips(tmp_path):
     np.testing.assert_allclose(predict_examples([model], val), before, rtol=1e-4, atol=1e-5)
     val[0].graph.pos[0] += torch.tensor([0.3, 0.0, 0.0])
     assert not np.allclose(predict_examples([model], val)[0], before[0], atol=1e-5)
-    save_ensemble(tmp_path, [model], {"edge": "N"})
+    save_ensemble(tmp_path, [model], {"edge": "N", "energy": energy_grid("N").tolist()})
     (loaded,), meta = load_ensemble(tmp_path)
     assert meta["config"]["arch"] == "schnet"
     np.testing.assert_allclose(
         predict_examples([loaded], val), predict_examples([model], val), rtol=1e-2, atol=1e-3
     )
+    # the prediction path (structures -> graphs with positions -> spectra) takes it as it is
+    p = Predictor.load("N", device="cpu", directory=tmp_path)
+    sample = heldout_samples("N")[1][0]
+    s = structure_from_xyz(sample["name"], sample["symbols"], np.asarray(sample["xyz"]), "N")
+    mu = p.predict([s]).values[0]
+    assert mu.shape == energy_grid("N").shape and np.isfinite(mu).all()
 
 
 def test_bondless_molecules_do_not_depend_on_their_batch():

@@ -42,7 +42,9 @@ def redis_addr(tmp_path_factory):
                 break
             except OSError:
                 if time.monotonic() > deadline or not proc.alive():
-                    raise RuntimeError(f"redis-server did not start (log {proc.log_path})") from None
+                    raise RuntimeError(
+                        f"redis-server did not start (log {proc.log_path})"
+                    ) from None
                 time.sleep(0.1)
         yield f"127.0.0.1:{port}"
     finally:

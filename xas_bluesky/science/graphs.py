@@ -88,7 +88,9 @@ class GraphArrays(NamedTuple):
     ``x`` (n_heavy, 5) integer codes: element, hybridisation, aromatic, H count, absorber;
     ``edge_index`` (2, 2 n_bonds); ``edge_type`` (2 n_bonds,); ``edge_len`` (2 n_bonds,) in
     Angstrom; ``atom_index`` (n_heavy,): each node's atom index in the structure; ``site_env``
-    (n_absorbers, ENV_DIM): :func:`site_environment` of the absorbing atoms, in node order.
+    (n_absorbers, ENV_DIM): :func:`site_environment` of the absorbing atoms, in node order;
+    ``pos`` (n_heavy, 3) float32: the nodes' coordinates in Angstrom (what a 3D architecture
+    reads, :class:`~xas_bluesky.science.model.schnet.XasSchNet`).
     """
 
     x: np.ndarray
@@ -97,6 +99,7 @@ class GraphArrays(NamedTuple):
     edge_len: np.ndarray
     atom_index: np.ndarray
     site_env: np.ndarray
+    pos: np.ndarray
 
     @property
     def num_nodes(self) -> int:
@@ -192,7 +195,15 @@ def graph_from_bonds(
         if env
         else np.zeros((len(sites), ENV_DIM), dtype=np.float32)
     )
-    return GraphArrays(x, ei, np.array(btype, dtype=np.int64), lengths, heavy_idx, site_env)
+    return GraphArrays(
+        x,
+        ei,
+        np.array(btype, dtype=np.int64),
+        lengths,
+        heavy_idx,
+        site_env,
+        pos.astype(np.float32).reshape(n, 3),
+    )
 
 
 def site_environment(symbols: list[str], xyz: np.ndarray, sites) -> np.ndarray:
@@ -387,6 +398,7 @@ def graph_from_arrays(
     edge_len: np.ndarray,
     atom_index: np.ndarray,
     site_env: np.ndarray,
+    pos: np.ndarray,
 ) -> Data:
     """A ``Data`` from a graph's arrays (see :class:`GraphArrays`)."""
     return Data(
@@ -396,6 +408,7 @@ def graph_from_arrays(
         edge_len=torch.as_tensor(edge_len, dtype=torch.float32),
         atom_index=torch.as_tensor(atom_index, dtype=torch.long),
         site_env=torch.as_tensor(site_env, dtype=torch.float32).reshape(-1, ENV_DIM),
+        pos=torch.as_tensor(pos, dtype=torch.float32).reshape(-1, 3),
         num_nodes=len(x),
     )
 
@@ -420,6 +433,7 @@ def collate(graphs: list) -> Data:
         edge_len=torch.cat([g.edge_len for g in graphs]),
         atom_index=torch.cat([g.atom_index for g in graphs]),
         site_env=torch.cat([g.site_env for g in graphs]),
+        pos=torch.cat([g.pos for g in graphs]),
         batch=torch.repeat_interleave(torch.arange(len(graphs)), sizes),
         num_nodes=int(sizes.sum()),
     )
@@ -442,6 +456,9 @@ def _collate_arrays(graphs: list[GraphArrays]) -> Data:
         atom_index=torch.from_numpy(np.concatenate([g.atom_index for g in graphs])),
         site_env=torch.from_numpy(
             np.concatenate([g.site_env for g in graphs]).astype(np.float32, copy=False)
+        ),
+        pos=torch.from_numpy(
+            np.concatenate([g.pos for g in graphs]).astype(np.float32, copy=False)
         ),
         batch=torch.from_numpy(np.repeat(np.arange(len(graphs)), sizes)),
         num_nodes=int(sizes.sum()),

@@ -9,13 +9,13 @@ molecule within ``cutoff``, filtered by their distance: the geometry, not the bo
 carries the structure.
 
 Nodes are the heavy atoms with the same features as :class:`XasMPNN` (element, hybridisation,
-aromaticity, H count, absorber flag); their positions are ``g.pos`` (``load_examples(...,
-positions=True)``).  The readout is :func:`~xas_bluesky.science.model.network.site_spectra`: one
+aromaticity, H count, absorber flag); their positions are ``g.pos``
+(:class:`~xas_bluesky.science.graphs.GraphArrays`).  The readout is :func:`~xas_bluesky.science.model.network.site_spectra`: one
 spectrum per absorber from its state, the molecule's Set2Set summary and its 3D surroundings.
 
 It is measured against :class:`XasMPNN` by ``benchmarks/variants.py --variants site schnet`` (see
-``docs/model.rst``); the shipped ensembles are :class:`XasMPNN`, and the prediction path
-(:class:`~xas_bluesky.science.model.predictor.Predictor`) does not build positions.
+``docs/model.rst``); a checkpoint of either architecture loads and predicts through
+:class:`~xas_bluesky.science.model.predictor.Predictor`.
 """
 
 from __future__ import annotations
@@ -115,9 +115,7 @@ class XasSchNet(nn.Module):
     def trunk(self, g) -> tuple[torch.Tensor, torch.Tensor]:
         """Atom states (n_nodes, dim) and molecule summaries (n_graphs, 2 dim)."""
         if getattr(g, "pos", None) is None:
-            raise ValueError(
-                "XasSchNet needs atom positions (g.pos): load_examples(positions=True)"
-            )
+            raise ValueError("XasSchNet needs the atoms' positions (g.pos) in the graph")
         h = sum(emb(g.x[:, k]) for k, emb in enumerate(self.embed))
         pairs = molecule_pairs(g.batch)
         dist = (g.pos[pairs[0]] - g.pos[pairs[1]]).norm(dim=1)

@@ -59,12 +59,8 @@ class Example:
     n_sites: int
 
 
-def load_examples(edge: str, paths=None, positions: bool = False) -> list[Example]:
-    """Graphs and spectra of every molecule with ``edge`` spectra in ``paths`` (default: committed).
-
-    ``positions``: also give each graph its heavy atoms' coordinates (``pos``, Angstrom), which
-    the 3D variant (:class:`~xas_bluesky.science.model.schnet.XasSchNet`) reads.
-    """
+def load_examples(edge: str, paths=None) -> list[Example]:
+    """Graphs and spectra of every molecule with ``edge`` spectra in ``paths`` (default: committed)."""
     paths = dataset.default_data_files() if paths is None else paths
     n_e = len(energy_grid(edge))
     out = []
@@ -75,8 +71,6 @@ def load_examples(edge: str, paths=None, positions: bool = False) -> list[Exampl
             log.warning("skipped: %s", exc)
             continue
         g = molecule_graph(s, edge)
-        if positions:
-            g.pos = torch.from_numpy(np.asarray(s.xyz, dtype=np.float32)[g.atom_index.numpy()])
         absorbers = g.atom_index[g.x[:, 4] == 1].tolist()
         y = np.zeros((len(absorbers), n_e), dtype=np.float32)
         mask = np.zeros(len(absorbers), dtype=bool)
@@ -109,8 +103,6 @@ def _collate(examples: list[Example]):
     g = collate([e.graph for e in examples])
     g.y_site = torch.cat([e.graph.y_site for e in examples])
     g.site_mask = torch.cat([e.graph.site_mask for e in examples])
-    if examples and getattr(examples[0].graph, "pos", None) is not None:
-        g.pos = torch.cat([e.graph.pos for e in examples])
     g.y_mol = torch.from_numpy(np.stack([e.spectrum for e in examples]).astype(np.float32))
     return g
 
@@ -242,7 +234,7 @@ def train_ensemble(
         raise FileNotFoundError("no FEFF data files to train on")
     t0 = time.perf_counter()
     grid = energy_grid(edge)
-    examples = load_examples(edge, paths, positions=cfg.arch == "schnet")
+    examples = load_examples(edge, paths)
     parts = {s: [e for e in examples if e.split == s] for s in ("train", "val", "test")}
     if not parts["train"] or not parts["val"]:
         raise ValueError(f"too little {edge} data to train: {len(examples)} molecules")
@@ -251,8 +243,7 @@ def train_ensemble(
         other = other_edge(edge)
         if len(energy_grid(other)) != len(grid):
             raise ValueError(f"joint training needs grids of one length ({edge}, {other})")
-        extra = load_examples(other, paths, positions=cfg.arch == "schnet")
-        train = train + [e for e in extra if e.split == "train"]
+        train = train + [e for e in load_examples(other, paths) if e.split == "train"]
     models, history = [], []
     for k in range(members):
         member_cfg = TrainConfig(**{**cfg.__dict__, "seed": cfg.seed + k})
