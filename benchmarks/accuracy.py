@@ -57,7 +57,7 @@ def _line(label: str, m: dict) -> str:
     )
 
 
-def run(edge: str, candidate: str | None = None) -> dict:
+def run(edge: str, candidates=()) -> dict:
     mols = dataset.load_molecules(dataset.default_data_files(), edge)
     train = [m for m in mols if m.split == "train"]
     test = [m for m in mols if m.split == "test" and m.complete]
@@ -68,9 +68,10 @@ def run(edge: str, candidate: str | None = None) -> dict:
     results = {
         "model (ensemble mean)": evaluate(p.energy, truth, p.predict(structs).values),
     }
-    if candidate is not None:  # a retrained ensemble beside the shipped one, same molecules
+    for candidate in candidates:  # retrained ensembles beside the shipped one, same molecules
         q = Predictor.load(edge, device="cpu", directory=f"{candidate}/{edge}")
-        results[f"candidate {q.model_version}"] = evaluate(
+        arch = q.metadata.get("config", {}).get("arch", "mpnn")
+        results[f"candidate {arch} {q.model_version[:8]}"] = evaluate(
             q.energy, truth, q.predict(structs).values
         )
     results |= {
@@ -99,7 +100,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--edge", nargs="+", default=["O", "N"], choices=["O", "N"])
     ap.add_argument(
-        "--candidate", metavar="DIR", help="also score the ensembles in DIR/<edge> (train --out)"
+        "--candidate",
+        metavar="DIR",
+        nargs="+",
+        default=[],
+        help="also score the ensembles in DIR/<edge> (train --out), each",
     )
     args = ap.parse_args()
     for edge in args.edge:

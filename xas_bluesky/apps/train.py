@@ -37,7 +37,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--members", type=int, default=3, help="ensemble size (default 3)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--readout", choices=("site", "molecule"), default=d.readout)
-    p.add_argument("--dim", type=int, default=d.dim, help="width of the atom states")
+    p.add_argument(
+        "--arch",
+        choices=("mpnn", "schnet"),
+        default=d.arch,
+        help="mpnn: the bond graph (Gilmer et al.); schnet: every atom pair by distance (Schütt "
+        "et al.), site readout",
+    )
+    p.add_argument(
+        "--dim", type=int, help=f"width of the atom states (default {d.dim}; schnet: 64)"
+    )
     p.add_argument(
         "--edge-hidden", type=int, default=d.edge_hidden, help="hidden width of the edge network"
     )
@@ -106,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = TrainConfig(
             readout=args.readout,
-            dim=args.dim,
+            arch=args.arch,
+            dim=args.dim or (64 if args.arch == "schnet" else TrainConfig.dim),
             edge_hidden=args.edge_hidden,
             env=args.readout == "site" and not args.no_env,
             epochs=args.epochs,
