@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -86,7 +87,8 @@ def test_queue_server_runs_the_profiles_plans(
         "XAS_BACKUP_DIR": str(tmp_path / "backup"),
     }
     cmd = [
-        "start-re-manager",
+        # beside this interpreter: `make test` runs the venv's python without activating it
+        str(Path(sys.executable).parent / "start-re-manager"),
         "--startup-dir",
         str(PROFILE / "startup"),
         "--existing-plans-devices",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def main() -> None:
         }
         subprocess.run(
             [
-                "qserver-list-plans-devices",
+                str(Path(sys.executable).parent / "qserver-list-plans-devices"),
                 "--startup-dir",
                 str(PROFILE / "startup"),
                 "--file-dir",
