@@ -126,7 +126,7 @@ def predict_examples(
     out = []
     with torch.inference_mode():
         for k in range(0, len(examples), batch):
-            g = _collate(examples[k : k + batch])
+            g = collate([e.graph for e in examples[k : k + batch]])
             out.append(torch.stack([m.eval()(g)[0] for m in models]).mean(0).numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
 
