@@ -429,9 +429,11 @@ def test_ece_floor_separates_sampling_noise_from_miscalibration():
 @pytest.mark.system  # the shipped weights
 def test_one_glitch_that_passes_the_gates_does_not_flip_the_answer():
     """One in-range spike (40-100 % of the edge step, the sign at random) among 49 points of
-    each of 24 held-out O samples: without the glitch check it costs several right answers
-    (measured on all 154: top-1 75 -> 52 %); with it, the spike is set aside in most trials
-    and the answers are those of the clean scans, while clean scans lose no point."""
+    each of 24 held-out O samples: without the glitch check it costs several right answers;
+    with it, the spike is set aside in most trials and the answers are those of the clean
+    scans, while clean scans lose no point.  Measured on all 154 (right answers clean / spike
+    unchecked / spike checked, spikes set aside): MPNN 128 / 76 / 121, 95; SchNet 139 / 79 /
+    129, 98 (checking each point once, not again as the points double: 120, 88 and 126, 91)."""
     edge = "O"
     if not _gnn_available(edge):
         pytest.skip("no GNN shipped for this edge yet")

@@ -548,6 +548,7 @@ class Comparator:
         self._distinct: set[float] = set()
         self._post: np.ndarray | None = None  # last offset posterior
         self._checked = 0  # points before this index were checked for glitches
+        self._checked_at = 0  # distinct energies at the last check of every point
         self._rejected: dict[int, float] = {}  # point index -> its |z| against the best fit
         self._n_results = 0
         self._y_ref: float | None = None
@@ -828,6 +829,8 @@ class Comparator:
     #: the difference of its residual and theirs): where the sample is none of the candidates,
     #: or the model is off, whole stretches misfit together, and no point of them is a glitch
     GLITCH_LOCAL = True
+    #: ... and every point again each time the distinct energies double
+    GLITCH_RECHECK = True
 
     def _residuals(
         self, pts: np.ndarray, top: np.ndarray, coef: np.ndarray, k: int
@@ -869,12 +872,26 @@ class Comparator:
         return bool(abs(d) > self.GLITCH_Z * np.sqrt(var_d))
 
     def _reject_glitches(self, top: np.ndarray, k: int) -> bool:
-        """Check the points not checked yet against the probable candidates' fits at offset
-        index k; take glitches out of the sums.  True when any was taken out."""
+        """Check the points not checked yet (all of them, each time the distinct energies
+        double) against the probable candidates' fits at offset index k; take glitches out of
+        the sums.  True when any was taken out."""
         n = len(self._pe)
-        if self._n_distinct() < self.GLITCH_MIN_POINTS or self._checked >= n:
+        n_distinct = self._n_distinct()
+        if n_distinct < self.GLITCH_MIN_POINTS:
             return False
-        j = np.arange(self._checked, n)
+        if self.GLITCH_RECHECK and n_distinct >= 2 * self._checked_at:
+            # a point checked early, when the posterior was spread over many candidates (one
+            # of which fitted the spike), is checked again each time the distinct energies
+            # double: one in-range spike among 49 points cost 13 of 154 right answers checked
+            # once, 10 checked again (SchNet O, test_compare's trials on all held-out samples)
+            self._checked_at = n_distinct
+            kept = np.ones(n, dtype=bool)
+            kept[list(self._rejected)] = False
+            j = np.flatnonzero(kept)
+        elif self._checked < n:
+            j = np.arange(self._checked, n)
+        else:
+            return False
         self._checked = n
         coef, normal = self._normal_equations(top, k)
         r, var, p, x = self._residuals(j, top, coef, k)
