@@ -324,9 +324,12 @@ def start_tiled(
     port = port or free_ports(1)[0]
     api_key = api_key or secrets.token_hex(16)
     db = directory / "catalog.db"
-    tiled = Path(sys.executable).with_name("tiled")
+    # tiled's own command line, with a DuckDB connection per request (its shared one crashes
+    # the server under concurrent appends: xas_bluesky.apps.tiled_serve)
     cmd = [
-        str(tiled) if tiled.exists() else "tiled",
+        sys.executable,
+        "-m",
+        "xas_bluesky.apps.tiled_serve",
         "serve",
         "catalog",
         str(db),
