@@ -16,7 +16,9 @@ to 0.01 A.
 On a machine without RDKit (a GPU box), build the graphs here with ``--save-graphs FILE`` and run
 there with ``--graphs FILE --device cuda``: then only the model is timed.
 
-Run: ``.venv/bin/python benchmarks/inference.py [--edge O] [--threads 2]``.
+Run: ``.venv/bin/python benchmarks/inference.py [--edge O] [--threads 2]``; ``--baseline DIR``
+times another checkpoint's model on the same graphs after the shipped one (the O MPNN ensemble
+the SchNet one replaced: ``--baseline benchmarks/candidates/O_mpnn/O``).
 """
 
 from __future__ import annotations
@@ -191,6 +193,11 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=7, help="rotated copies of the library to use")
     ap.add_argument("--no-command", action="store_true", help="skip the predict-command timing")
     ap.add_argument("--no-feff", action="store_true", help="skip FEFF10")
+    ap.add_argument(
+        "--baseline",
+        help="another checkpoint directory (ensemble.pt, metadata.json): its model throughput is "
+        "timed after the shipped one's, on the same graphs in the same process",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -215,9 +222,14 @@ def main() -> None:
         print(f"saved {len(graphs)} {args.edge} graphs to {args.save_graphs}")
         return
     print(
-        f"{args.edge} K edge, model {p.model_version}, {len(structs)} distinct QM9-size molecules"
+        f"{args.edge} K edge, model {p.model_version} ({p.metadata['config'].get('arch', 'mpnn')}), "
+        f"{len(structs)} distinct QM9-size molecules"
     )
     model_throughput(p, graphs)
+    if args.baseline:
+        q = Predictor.load(args.edge, device=args.device, directory=args.baseline)
+        print(f"baseline: model {q.model_version} ({q.metadata['config'].get('arch', 'mpnn')})")
+        model_throughput(q, graphs)
     if not args.no_feff:
         feff_seconds(args.edge)
     if not args.no_command:
