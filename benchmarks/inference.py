@@ -178,6 +178,11 @@ def command_throughput(edge: str, small: int = 4, large: int = 24, repeats: int 
             )
 
 
+def _describe(p: Predictor) -> str:
+    """Model version and architecture (checkpoints from before SchNet name none: MPNN)."""
+    return f"{p.model_version} ({p.metadata['config'].get('arch', 'mpnn')})"
+
+
 def _children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -221,14 +226,11 @@ def main() -> None:
         save_graphs(args.save_graphs, graphs, [s.name for s in structs], args.edge)
         print(f"saved {len(graphs)} {args.edge} graphs to {args.save_graphs}")
         return
-    print(
-        f"{args.edge} K edge, model {p.model_version} ({p.metadata['config'].get('arch', 'mpnn')}), "
-        f"{len(structs)} distinct QM9-size molecules"
-    )
+    print(f"{args.edge} K edge, model {_describe(p)}, {len(structs)} distinct QM9-size molecules")
     model_throughput(p, graphs)
     if args.baseline:
         q = Predictor.load(args.edge, device=args.device, directory=args.baseline)
-        print(f"baseline: model {q.model_version} ({q.metadata['config'].get('arch', 'mpnn')})")
+        print(f"baseline: model {_describe(q)}")
         model_throughput(q, graphs)
     if not args.no_feff:
         feff_seconds(args.edge)
