@@ -5,6 +5,8 @@ Layers, each usable alone:
 - :mod:`.run` -- :class:`RunState`, what is known of one followed run;
 - :mod:`.engine` -- :class:`AnalysisEngine`, synchronous: documents in, match summaries out;
 - :mod:`.sinks` -- where summaries go: score PVs, the analysis run, tiled's match record;
+- :mod:`.live_plot` -- :class:`LiveMatchPlot`, a sink that draws mu(E) with the top-3
+  candidates over it;
 - :mod:`.worker` -- :class:`LiveXASAnalysis`, the engine on a worker thread (the RunEngine's
   callback only queues);
 - :mod:`.session` -- :class:`AnalysisSession`, all of them built and stopped together
@@ -12,6 +14,7 @@ Layers, each usable alone:
 """
 
 from xas_bluesky.beamline.analysis.engine import AnalysisEngine
+from xas_bluesky.beamline.analysis.live_plot import LiveMatchPlot
 from xas_bluesky.beamline.analysis.run import RunState
 from xas_bluesky.beamline.analysis.session import (
     AnalysisSession,
@@ -35,6 +38,7 @@ __all__ = [
     "AnalysisRunSink",
     "TiledMatchSink",
     "MemorySink",
+    "LiveMatchPlot",
     "LiveXASAnalysis",
     "AnalysisSession",
     "subscribe_live_analysis",
