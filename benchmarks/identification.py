@@ -175,6 +175,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot", type=Path, help="reliability diagrams (PNG) of every row")
     ap.add_argument("--json", type=Path, help="the rows and each trial's (confidence, right)")
+    ap.add_argument(
+        "--max-points",
+        type=int,
+        default=AdaptivePolicy.max_points,
+        help="the adaptive scan's budget (the demo's --max-points)",
+    )
     args = ap.parse_args()
 
     rows = []
@@ -207,7 +213,7 @@ def main() -> None:
             except ImportError as exc:
                 print(f"# isomer set skipped: {exc}", file=sys.stderr)
 
-        policy = AdaptivePolicy(edge)
+        policy = AdaptivePolicy(edge, max_points=args.max_points)
         stats = defaultdict(list)
         probs = defaultdict(list)
         for set_name, per_sample in sets.items():
