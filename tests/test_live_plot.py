@@ -55,3 +55,29 @@ def test_live_plot_draws_the_scored_points_and_the_top_three(cands, tmp_path):  
     plot.figure.savefig(out)
     assert out.stat().st_size > 10_000
     assert set(plot.views) == {uid}
+
+
+def test_the_analysis_run_has_hints_for_generic_tools(cands, capsys):  # noqa: F811
+    """bluesky's BestEffortCallback, fed the analysis run, tabulates the hinted fields
+    (best probability, entropy, offset) against the points scored."""
+    from bluesky.callbacks.best_effort import BestEffortCallback
+
+    from xas_bluesky.beamline.analysis import AnalysisRunSink
+    from xas_bluesky.contracts import ANALYSIS_KEYS
+
+    bec = BestEffortCallback()
+    bec.disable_plots()
+    docs_out = []
+    uid, docs = _run(E33[:12], cands)
+    engine = AnalysisEngine(
+        [AnalysisRunSink([bec, lambda n, d: docs_out.append((n, d))])], candidates=cands
+    )
+    _feed(engine, docs)
+    start = next(d for n, d in docs_out if n == "start")
+    assert start["hints"]["dimensions"] == [(["n_points"], "primary")]
+    table = capsys.readouterr().out
+    header = next(line for line in table.splitlines() if "best_probability" in line)
+    for key in ("n_points", "entropy", "offset_ev"):
+        assert ANALYSIS_KEYS[key] in header
+    assert ANALYSIS_KEYS["best_name"] not in header  # text fields are not hinted
+    assert f"analysis xas_structure_match ['{start['uid'][:8]}']" in table  # its water mark

@@ -132,3 +132,10 @@ def test_profile_with_live_analysis(ioc_factory, tiled_server, tmp_path):
     live.shutdown()
     ns["close_tiled_writer"]()
     assert arun == auid and 14 < n <= 16, stops[-1].get("reason") if stops else "no stop"
+    # the live plot followed both runs: every scored point, the top 3 over them
+    plot = ns["live_plot"]
+    assert set(plot.views) == {uid, auid}
+    view = plot.views[uid]
+    assert view.energy.size == 39 and len(view.overlays) == 3
+    assert view.history[-1][0] == 39
+    assert plot.refresh() and len(plot.figure.axes) == 2

@@ -372,13 +372,22 @@ def _read_pvs(server) -> dict:
     return out
 
 
-def _measured(rows, mode: str, edge: str) -> dict:
+def _measured(rows, mode: str, edge: str, view=None) -> dict:
+    """The measured spectrum of the JSON: the points the analysis scored (``view``, the live
+    plot's :class:`~xas_bluesky.beamline.analysis.live_plot.MatchView`), normalised; every
+    reading when there is no view.  A flagged reading (a saturated count, a zero I0) is not
+    among them: it would set the edge step."""
     arr = np.asarray(rows, dtype=float).reshape(-1, 3)
-    mu = mu_from_channels(mode, arr[:, 1], arr[:, 2], strict=False).mu
+    if view is not None and view.energy.size:
+        e, mu = view.energy, view.mu
+    else:
+        e, mu = arr[:, 0], mu_from_channels(mode, arr[:, 1], arr[:, 2], strict=False).mu
+    order = np.argsort(e, kind="stable")
+    e, mu = e[order], mu[order]
     try:
-        n = normalize(arr[:, 0], mu, edge)
+        n = normalize(e, mu, edge)
     except NormalizationError as exc:
-        return {"energy_eV": arr[:, 0].tolist(), "mu_norm": None, "error": str(exc)}
+        return {"energy_eV": e.tolist(), "mu_norm": None, "error": str(exc)}
     return {
         "energy_eV": np.round(n.energy, 4).tolist(),
         "mu_norm": np.round(n.norm, 6).tolist(),
@@ -467,7 +476,7 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     from bluesky.callbacks.buffer import BufferingWrapper
     from bluesky_tiled_plugins import TiledWriter
 
-    from xas_bluesky.beamline.analysis import subscribe_live_analysis
+    from xas_bluesky.beamline.analysis import LiveMatchPlot, subscribe_live_analysis
     from xas_bluesky.beamline.epics.devices import MatchScores
     from xas_bluesky.beamline.epics.probe import pair_latencies
 
@@ -500,9 +509,10 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
         for edge in edges:
             _prepare_library(config, edge)
     finals = _FinalSummaries()
+    live = LiveMatchPlot()  # never drawn during the run: it keeps what --plot and the JSON show
     analysis = subscribe_live_analysis(
         RE, score_prefix=SCORE_PREFIX, tiled_client=client, candidates=spec,
-        port=score_port, backup_directory=backup, comparator_kwargs=prior, sinks=[finals],
+        port=score_port, backup_directory=backup, comparator_kwargs=prior, sinks=[finals, live],
         open_world=config.groups, library_cache=config.library_cache, predict_library=False,
     )  # fmt: skip
     stack.callback(analysis.shutdown)
@@ -540,7 +550,7 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     ctx = _EdgeContext(
         config=config, RE=RE, analysis=analysis, finals=finals, devs=devs, scores=scores,
         sim=sim, spec=spec, candidates=candidates, sample_name=sample_name, stack=stack,
-        sample_uid=str(uuid.uuid4()), tiled_uri=tiled.uri,
+        sample_uid=str(uuid.uuid4()), tiled_uri=tiled.uri, live=live,
     )  # fmt: skip
     per_edge = []
     if len(edges) > 1 and config.mode == "adaptive" and not config.faults:
@@ -603,6 +613,8 @@ class _EdgeContext:
     stack: Any
     sample_uid: str
     tiled_uri: str
+    #: the live plot's sink: the scored points and best probabilities of every run
+    live: Any = None
 
 
 def _measure_edge(ctx: _EdgeContext, edge: str, cands, stop_on: str) -> dict:
@@ -720,6 +732,7 @@ def _edge_json(ctx, edge, run_uid, cands, rec: dict, t0: float, drill=None, susp
         raise DemoError(f"the analysis produced no result: {'; '.join(analysis.errors[-3:])}")
     groups = [] if final is None else _groups(final)
     in_library = None if final is None else final.in_library
+    view = None if ctx.live is None else ctx.live.views.get(run_uid)
     return {
         "sample": ctx.sample_name,
         "edge": edge,
@@ -736,7 +749,9 @@ def _edge_json(ctx, edge, run_uid, cands, rec: dict, t0: float, drill=None, susp
         "stop_reason": rec["stop"].get("reason"),
         "offset_ev": None if result is None else float(result.offset_ev),
         "true_offset_ev": ctx.sim.true_offset(),
-        "measured": _measured(rec["rows"], "TEY", edge),
+        "measured": _measured(rec["rows"], "TEY", edge, view),
+        # (points scored, best probability) after each scored update of the analysis
+        "probability_trace": [] if view is None else [[n, p] for n, p in view.history],
         "candidates": None if config.no_candidates else str(ctx.candidates),
         "model_version": None if cands is None else cands.model_version,
         # the open world: functional groups (best first) and in_library (null: not computed)

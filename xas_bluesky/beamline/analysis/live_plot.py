@@ -61,6 +61,7 @@ class MatchView:
     measured_label: str = "measured"
     #: mono energies in the order the plan chose them (rug under the spectrum); None: ``energy``
     order: np.ndarray | None = None
+    ylabel: str = "mu"
 
 
 def affine_fit(pred_at: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -100,7 +101,7 @@ def draw_match(fig: Any, view: MatchView) -> None:
         pad = 0.05 * max(float(np.ptp(e)), 1.0)
         ax.set_xlim(float(e.min()) - pad, float(e.max()) + pad)
     ax.set_xlabel("mono energy (eV)")
-    ax.set_ylabel("mu")
+    ax.set_ylabel(view.ylabel)
     ax.set_title(view.title, fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")

@@ -43,7 +43,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: data keys of the analysis run's primary stream (dtype of each; see ANALYSIS_KEYS)
+_SOURCE = "xas_live_analysis"  # the one "object" of the analysis run's descriptor
 _SCALAR = {"dtype": "number", "shape": [], "source": "xas_bluesky.live_analysis"}
+#: fields a generic plotting tool draws (the descriptor's hints)
+_HINTED = ("best_probability", "entropy", "offset_ev")
 _TEXT = {**_SCALAR, "dtype": "string"}
 _DATA_KEYS = {
     "n_events": {**_SCALAR, "dtype": "integer"},
@@ -147,6 +150,10 @@ class AnalysisRunSink(AnalysisSink):
         md = {
             "original_run_uid": run.uid,
             "analysis": "xas_structure_match",
+            # what bluesky's LiveTable (BestEffortCallback) names a run by
+            "plan_type": "analysis",
+            "plan_name": "xas_structure_match",
+            "scan_id": run.start.get("scan_id", 0),
             "xas_element": run.element,
             "xas_mode": run.mode,
             "sample_name": run.sample_name,
@@ -156,12 +163,19 @@ class AnalysisRunSink(AnalysisSink):
             "model_version": None if cands is None else cands.model_version,
             "score_prefix": self.score_prefix,
             "open_world": run.open_world,
+            # generic tools (BestEffortCallback, LivePlot) plot the hinted fields against this
+            "hints": {"dimensions": [([ANALYSIS_KEYS["n_points"]], "primary")]},
         }
         bundle = compose_run(metadata=md)
         run.analysis_uid = bundle.start_doc["uid"]
         self._emit("start", bundle.start_doc)
         data_keys = {ANALYSIS_KEYS[name]: spec for name, spec in _DATA_KEYS.items()}
-        desc = bundle.compose_descriptor(name="primary", data_keys=data_keys)
+        desc = bundle.compose_descriptor(
+            name="primary",
+            data_keys=data_keys,
+            object_keys={_SOURCE: list(data_keys)},
+            hints={_SOURCE: {"fields": [ANALYSIS_KEYS[k] for k in _HINTED]}},
+        )
         self._emit("descriptor", desc.descriptor_doc)
         self._bundles[run.uid] = (bundle, desc)
         self._seq[run.uid] = 0
