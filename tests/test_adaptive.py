@@ -259,3 +259,21 @@ def test_adaptive_scan_stops_with_no_match(setup, tmp_path, monkeypatch):
     decisions = [d for n, d in docs if n == "event" and streams[d["descriptor"]] == "adaptive"]
     assert decisions[-1]["data"]["scores_status"] == "NoMatch"
     assert decisions[-1]["data"]["scores_groups"]
+
+
+def test_flagged_points_do_not_spend_the_budget():
+    """The policy counts scored points against ``max_points``: a flagged one is measured again,
+    at most ``max_flagged`` of them (default: ``max_points``) so that a dead detector ends."""
+    from xas_bluesky.science.adaptive import STOP_BUDGET, AdaptivePolicy
+
+    policy = AdaptivePolicy("O", max_points=20)
+    measured = np.linspace(527.0, 560.0, 20)
+    assert policy.decide(measured, 0.5, 535.1).reason == STOP_BUDGET
+    assert policy.decide(measured, 0.5, 535.1, n_flagged=3).energy == pytest.approx(535.1)
+    more = np.linspace(527.0, 560.0, 23)
+    assert policy.decide(more, 0.5, 535.1, n_flagged=3).reason == STOP_BUDGET
+    dead = np.linspace(527.0, 560.0, 40)  # every reading flagged: 20 more, then stop
+    assert policy.decide(dead, 0.5, 535.1, n_flagged=40).reason == STOP_BUDGET
+    assert AdaptivePolicy("O", max_points=20, max_flagged=0).decide(
+        measured, 0.5, 535.1, n_flagged=3
+    ).reason == STOP_BUDGET

@@ -99,6 +99,9 @@ def test_adaptive_demo_end_to_end(tmp_path):
     assert r["latency_ms"]["n"] == r["points"] and r["latency_ms"]["median"] > 0
     m = r["measured"]
     assert len(m["energy_order_eV"]) == r["points"] and len(m["mu_norm"]) == r["points"]
+    trace = r["probability_trace"]  # what the live plot's lower panel shows
+    assert trace[-1][0] == r["points"]
+    assert trace[-1][1] == pytest.approx(ranking[0]["probability"], rel=1e-6)
     assert plot.stat().st_size > 10_000
 
     # what the demo stored answers `xas-bluesky query` (which starts tiled on the directory)
@@ -173,6 +176,15 @@ def test_fault_drill_names_the_clean_answer(tmp_path):
     order = drill["measured"]["energy_order_eV"]
     assert order[stuck - 1] == pytest.approx(order[stuck - 2], abs=1e-6)  # a repeated energy
     assert drill["pv"]["XAS:Match:NPoints-I"] == drill["points"]
+    # a flagged point does not spend the budget: 20 scored points, more measured
+    assert drill["points"] - drill["flagged_points"] <= 20
+    if drill["stop_reason"].startswith("budget"):
+        assert drill["points"] == 20 + drill["flagged_points"]
+    assert drill["pv"]["XAS:Match:NFlagged-I"] == drill["flagged_points"]
+    # the JSON's (and the plot's) spectrum is what was scored: no saturated count sets its step
+    scored = drill["measured"]
+    assert len(scored["energy_eV"]) == drill["points"] - drill["flagged_points"]
+    assert max(scored["mu_norm"]) < 4.0
 
 
 @pytest.mark.slow

@@ -222,6 +222,7 @@ PV_SUFFIXES = {
     "joint_top_scores": "Match:Joint:TopScores-Wfm",
     "joint_ncandidates": "Match:Joint:NCandidates-I",
     "next_gain": "Match:NextGain-I",
+    "nflagged": "Match:NFlagged-I",
 }
 
 #: :class:`MatchSummary` field -> score IOC attribute (a key of :data:`PV_SUFFIXES`; also the
@@ -252,6 +253,7 @@ PV_ATTRS = {
     "joint_top_probabilities": "joint_top_scores",
     "joint_n_candidates": "joint_ncandidates",
     "next_gain": "next_gain",
+    "n_flagged": "nflagged",
 }
 
 #: :class:`MatchSummary` field -> data key of the analysis run's primary stream

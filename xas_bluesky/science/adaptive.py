@@ -71,7 +71,14 @@ class Decision:
 
 @dataclass
 class AdaptivePolicy:
-    """Stop when the best probability reaches ``threshold`` or after ``max_points`` points."""
+    """Stop when the best probability reaches ``threshold`` or after ``max_points`` scored
+    points.
+
+    A point whose reading the analysis flagged (``Match:NFlagged-I``: a glitch, a beam dump, a
+    saturated count) tells nothing, so it does not spend the budget: the scan measures one more
+    instead, up to ``max_flagged`` such points (None: ``max_points``), so that a dead detector
+    still ends the scan.
+    """
 
     edge: str
     threshold: float = 0.99
@@ -80,6 +87,8 @@ class AdaptivePolicy:
     min_spacing: float = 0.05  # eV: a recommendation this close to a measured point is a repeat
     #: stop on a ``NoMatch`` status only with at least this many points (None: never)
     no_match_min_points: int | None = NO_MATCH_MIN_POINTS
+    #: flagged points measured again at most (None: ``max_points``)
+    max_flagged: int | None = None
 
     def first_pass(self) -> np.ndarray:
         return coarse_energies(self.edge, self.coarse_step)
@@ -90,11 +99,15 @@ class AdaptivePolicy:
         best_probability: float,
         next_energy: float | None,
         status: str | None = None,
+        n_flagged: int = 0,
     ) -> Decision:
         """The next move after the coarse pass, from what the analysis published (``status``:
         ``Match:Status-Sts``; ``"NoMatch"`` stops the scan once ``no_match_min_points`` points
-        are measured, so the noise of the first points does not)."""
+        are measured, so the noise of the first points does not; ``n_flagged``:
+        ``Match:NFlagged-I``, the measured points never scored)."""
         measured = np.asarray(measured, dtype=float)
+        extra = self.max_points if self.max_flagged is None else self.max_flagged
+        n_flagged = min(max(int(n_flagged), 0), extra)
         if (
             status == "NoMatch"
             and self.no_match_min_points is not None
@@ -103,7 +116,7 @@ class AdaptivePolicy:
             return Decision(None, STOP_NO_MATCH)
         if best_probability >= self.threshold:
             return Decision(None, STOP_CONFIDENT)
-        if measured.size >= self.max_points:
+        if measured.size - n_flagged >= self.max_points:
             return Decision(None, STOP_BUDGET)
         start, stop, _ = GRID_SPECS[self.edge]
         ok = (

@@ -103,6 +103,7 @@ class MatchScores(Device):
     best_prob = _ro("best_prob", Kind.hinted)
     entropy = _ro("entropy")
     npoints = _ro("npoints")
+    nflagged = _ro("nflagged")
     next_energy = _ro("next_energy")
     next_gain = _ro("next_gain")
     run_uid = _ro("run_uid", string=True)

@@ -133,6 +133,10 @@ class MatchScoreGroup(PVGroup):
         name=PV_SUFFIXES["npoints"], value=0, read_only=True,
         doc="points of the run scored so far (written last in each update)",
     )  # fmt: skip
+    nflagged = pvproperty(
+        name=PV_SUFFIXES["nflagged"], value=0, read_only=True,
+        doc="points of the run never scored because of their reading (in NPoints-I)",
+    )  # fmt: skip
     next_energy = pvproperty(
         name=PV_SUFFIXES["next_energy"], value=float("nan"), precision=3, units="eV",
         read_only=True, doc="most informative next energy",
@@ -269,6 +273,7 @@ class MatchScoreGroup(PVGroup):
             "joint_n_candidates": int(upd.joint_n_candidates),
             "message": _text(upd.message, _TEXT_LEN),
             "status": status,
+            "n_flagged": int(upd.n_flagged),
             "n_events": int(upd.n_events),
         }
         values = [(getattr(self, PV_ATTRS[name]), v) for name, v in fields.items()]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
-from ophyd.utils import StatusTimeoutError, WaitTimeoutError
+from ophyd.utils import DisconnectedError, StatusTimeoutError, WaitTimeoutError
 
 from xas_bluesky.beamline.devices import mode_fields
 from xas_bluesky.beamline.plans.xanes import _read_list, _sample_name, measure_point, xas_metadata
@@ -45,6 +45,22 @@ def _wait_scored(scores, run_uid: str, n: int, timeout: float):
     except (FailedStatus, StatusTimeoutError, WaitTimeoutError):
         return False
     return True
+
+
+def _read_scores(scores, timeout: float):
+    """Read the score PVs into the ``adaptive`` stream; None if they stay disconnected for
+    ``timeout`` s.  A score IOC that restarts between the wait and the read (its PVs reconnect
+    one by one) costs a retry, not the scan: the failed read's event is dropped."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return (yield from bps.trigger_and_read([scores], name="adaptive"))
+        except DisconnectedError:
+            if time.monotonic() > deadline:
+                return None
+            yield from bps.sleep(0.2)
 
 
 def adaptive_xanes_scan(
@@ -85,7 +101,9 @@ def adaptive_xanes_scan(
     threshold
         Stop when the best candidate's probability reaches it.
     max_points
-        Point budget, the coarse pass included (default 49: 10% of the 0.1 eV grid scan).
+        Budget of scored points, the coarse pass included (default 49: 10% of the 0.1 eV grid
+        scan).  A point the analysis flagged (``Match:NFlagged-I``: a glitch, a beam dump) is
+        not scored and does not count: the scan measures up to ``max_points`` more for them.
     coarse_step
         eV between coarse-pass points across the edge.
     dwell
@@ -170,7 +188,13 @@ def adaptive_xanes_scan(
                     f"within {score_timeout:g} s"
                 )
                 break
-            decision_reading = yield from bps.trigger_and_read([scores], name="adaptive")
+            decision_reading = yield from _read_scores(scores, score_timeout)
+            if decision_reading is None:
+                reason = (
+                    f"{STOP_NO_ANALYSIS}: score PVs disconnected after point {len(measured)} "
+                    f"for {score_timeout:g} s"
+                )
+                break
             best = float(decision_reading[scores.best_prob.name]["value"])
             name = decision_reading[scores.best_name.name]["value"]
             if stop_on == "joint":
@@ -180,7 +204,10 @@ def adaptive_xanes_scan(
                     name = f"{decision_reading[scores.joint_best_name.name]['value']} (joint)"
             nxt = float(decision_reading[scores.next_energy.name]["value"])
             status = decision_reading[scores.status.name]["value"]
-            decision = policy.decide(np.array(measured), best, nxt, status=status)
+            flagged = int(decision_reading[scores.nflagged.name]["value"])
+            decision = policy.decide(
+                np.array(measured), best, nxt, status=status, n_flagged=flagged
+            )
             if decision.reason == STOP_NO_MATCH:
                 message = yield from bps.rd(scores.message)
                 reason = f"{STOP_NO_MATCH} after {len(measured)} points: {message}"
@@ -189,7 +216,7 @@ def adaptive_xanes_scan(
                 reason = (
                     f"{decision.reason}: best {name} p={best:.4f} after "
                     f"{len(measured)} points (threshold {threshold:g}, "
-                    f"budget {max_points})"
+                    f"budget {max_points}" + (f", {flagged} flagged)" if flagged else ")")
                 )
                 break
             yield from measure_point(mono, det, decision.energy, read_list)

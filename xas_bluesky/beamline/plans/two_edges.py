@@ -22,7 +22,7 @@ import bluesky.preprocessors as bpp
 import numpy as np
 
 from xas_bluesky.beamline.devices import mode_fields
-from xas_bluesky.beamline.plans.adaptive import _wait_scored
+from xas_bluesky.beamline.plans.adaptive import _read_scores, _wait_scored
 from xas_bluesky.beamline.plans.xanes import _read_list, _sample_name, measure_point, xas_metadata
 from xas_bluesky.science.adaptive import STOP_NO_ANALYSIS, TwoEdgePolicy
 
@@ -154,7 +154,9 @@ def two_edge_xanes_scan(
             ok = yield from _wait_scored(scores, run_uids[edge], len(measured[edge]), score_timeout)
             if not ok:
                 return None
-            reading = yield from at(edge, bps.trigger_and_read([scores], name="adaptive"))
+            reading = yield from at(edge, _read_scores(scores, score_timeout))
+            if reading is None:  # the score PVs stayed disconnected
+                return None
             if reading[scores.run_uid.name]["value"] == run_uids[edge]:
                 nxt = float(reading[scores.next_energy.name]["value"])
                 gain = float(reading[scores.next_gain.name]["value"])
