@@ -274,6 +274,9 @@ def test_flagged_points_do_not_spend_the_budget():
     assert policy.decide(more, 0.5, 535.1, n_flagged=3).reason == STOP_BUDGET
     dead = np.linspace(527.0, 560.0, 40)  # every reading flagged: 20 more, then stop
     assert policy.decide(dead, 0.5, 535.1, n_flagged=40).reason == STOP_BUDGET
-    assert AdaptivePolicy("O", max_points=20, max_flagged=0).decide(
-        measured, 0.5, 535.1, n_flagged=3
-    ).reason == STOP_BUDGET
+    assert (
+        AdaptivePolicy("O", max_points=20, max_flagged=0)
+        .decide(measured, 0.5, 535.1, n_flagged=3)
+        .reason
+        == STOP_BUDGET
+    )
