@@ -64,12 +64,24 @@ def test_profile_runs_xanes_scan_into_tiled(ioc_factory, tiled_server):
     assert len(np.asarray(data["det_tey"])) == 7
 
 
-def test_analysis_file_is_optional(ioc_factory, capsys):
-    """20-analysis.py loads with the analysis switched off, and without the callbacks module."""
+def test_analysis_file_is_optional(ioc_factory, capsys, tmp_path):
+    """20-analysis.py loads with the analysis switched off, and without the callbacks module;
+    00-base.py with a Kafka configuration whose broker is down."""
     import importlib.util
+    import socket
 
+    with socket.socket() as s:  # a loopback port where no broker listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kafka_yml = tmp_path / "kafka.yml"
+    kafka_yml.write_text(
+        "abort_run_on_kafka_exception: false\n"
+        f"bootstrap_servers: ['127.0.0.1:{port}']\n"
+        "runengine_producer_config: {acks: 0}\n"
+    )
     proc = ioc_factory(sim_ioc_args(clock=200.0), probe=PROBE_PV)
-    env = {"XAS_BEAMLINE_PREFIX": proc.info["prefix"], "XAS_TILED_URI": "", "XAS_ANALYSIS": "0"}
+    env = {"XAS_BEAMLINE_PREFIX": proc.info["prefix"], "XAS_TILED_URI": "", "XAS_ANALYSIS": "0",
+           "XAS_KAFKA_CONFIG": str(kafka_yml)}  # fmt: skip
     # the ring current is the facility's PV, not the beamline's: any other name is taken (here
     # another PV of the sim IOC, to show the suspender and the device follow the setting)
     ring_pv = proc.info["prefix"] + "Mono:Velo-SP"
@@ -78,6 +90,11 @@ def test_analysis_file_is_optional(ioc_factory, capsys):
     assert ns["ring_current"].pvname == ring_pv
     assert ns["ring_suspender"]._sig is ns["ring_current_monitor"]
     assert ns["live_analysis"] is None and ns["tiled_client"] is None
+    # nslsii's kafka.yml naming a broker that is not there: the profile loads, says so, and
+    # publishes nothing (abort_run_on_kafka_exception: false)
+    kafka = ns["kafka_publisher"]
+    assert kafka.re_token is None and "not publishing" in kafka.error
+    assert kafka.topic == "xas-sim.bluesky.runengine.documents"
     if importlib.util.find_spec("xas_bluesky.beamline.analysis") is None:
         ns = load_profile({**env, "XAS_ANALYSIS": "1"})
         assert ns["live_analysis"] is None

@@ -16,6 +16,10 @@ Environment (defaults fit ``xas-bluesky sim-beamline`` on this machine):
                            so a restarted remote worker finds the run in flight in tiled)
 - ``XAS_ZMQ_PUBLISH``      a ``bluesky-0MQ-proxy``'s in address (``HOST:PORT``): documents are
                            published there in msgpack for ``xas-bluesky worker --zmq``
+- ``XAS_KAFKA_CONFIG``     nslsii's Kafka settings (``/etc/bluesky/kafka.yml``; ``""``: none):
+                           when the file exists, documents go to the topic
+                           ``<beamline_id>.bluesky.runengine.documents`` as
+                           ``nslsii.configure_kafka_publisher`` sends them
 - ``XAS_MD_DIR``           directory of a persistent ``RE.md`` (unset: in memory)
 - ``XAS_SCORE_PORT``       CA port of the in-process score IOC (a free one)
 - ``XAS_CANDIDATES``       default candidate structure file (the shipped library of the edge)
@@ -90,6 +94,21 @@ if TILED_URI:
 else:
     print("00-base: XAS_TILED_URI not set; runs are not stored in tiled")
 
+
+# Kafka, as NSLS-II beamlines publish (the kafka extra): read by `xas-bluesky worker --kafka`
+kafka_publisher = None
+_kafka_yml = os.environ.get("XAS_KAFKA_CONFIG", "/etc/bluesky/kafka.yml")
+if _kafka_yml and os.path.exists(_kafka_yml):
+    try:
+        from xas_bluesky.beamline.kafka_publisher import configure_kafka_publisher
+    except ImportError as _exc:
+        print(f"00-base: {_kafka_yml} found but no Kafka publisher ({_exc}): install .[kafka]")
+    else:
+        kafka_publisher = configure_kafka_publisher(
+            RE, RE.md["beamline_id"], config_path=_kafka_yml
+        )
+        if kafka_publisher.error:
+            print(f"00-base: {kafka_publisher.error}")
 
 zmq_publisher = None
 if os.environ.get("XAS_ZMQ_PUBLISH"):

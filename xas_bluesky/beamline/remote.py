@@ -93,11 +93,28 @@ def pack_document(doc: Any) -> bytes:
     return _Packer(default=_plain, use_bin_type=True).pack(doc)
 
 
+def _numpy_hook(obj: dict) -> Any:
+    """msgpack_numpy's encoding of a numeric array or scalar -- what bluesky-kafka's default
+    serializer, and so an NSLS-II profile's Kafka publisher, sends -- as a list or a number.
+    An object array (msgpack_numpy pickles it) is refused, never unpickled."""
+    if b"nd" not in obj or b"type" not in obj or b"data" not in obj:
+        return obj
+    if obj.get(b"kind") in (b"O", b"V") or not isinstance(obj[b"type"], str):
+        raise ValueError("an object or structured numpy array in a message: refused unread")
+    dtype = np.dtype(obj[b"type"])
+    if dtype.hasobject:
+        raise ValueError("an object numpy array in a message: refused unread")
+    values = np.frombuffer(obj[b"data"], dtype=dtype)
+    if obj[b"nd"]:
+        return values.reshape(obj.get(b"shape", [-1])).tolist()
+    return values[0].item()
+
+
 def _unpack(data: bytes) -> Any:
     # msgpack's own implementation, not ``msgpack.unpackb``: msgpack_numpy.patch() -- which
     # bluesky-kafka calls when imported -- replaces that with a decoder that unpickles object
     # arrays, i.e. runs code from the message
-    return _unpackb(data, raw=False)
+    return _unpackb(data, raw=False, object_hook=_numpy_hook)
 
 
 def unpack_document(data: bytes) -> dict:
