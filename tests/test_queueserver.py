@@ -57,11 +57,13 @@ def test_committed_queue_files_name_the_profiles_plans():
     perms = yaml.safe_load((PROFILE / "user_group_permissions.yaml").read_text())
     allowed = perms["user_groups"]["primary"]["allowed_plans"]
     assert set(allowed) <= set(existing["existing_plans"])
-    assert {"xanes", "grid_xanes", "adaptive", "calibrate"} <= set(allowed)
+    assert {"xanes", "grid_xanes", "adaptive", "calibrate", "agent_acquire"} <= set(allowed)
     assert {"mono", "det", "sample_changer", "scores"} <= set(existing["existing_devices"])
 
 
 @pytest.mark.timeout(900)
+# the runner's document listener ends by the cancellation of its task (CancelledError in it)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_queue_server_runs_the_profiles_plans(
     redis_addr, ioc_factory, tiled_server, tmp_path, ca_env
 ):
@@ -74,8 +76,16 @@ def test_queue_server_runs_the_profiles_plans(
     # the manager may rewrite its list when the environment opens: give it a copy
     existing = tmp_path / "existing_plans_and_devices.yaml"
     shutil.copy(PROFILE / "existing_plans_and_devices.yaml", existing)
-    control, info = free_ports(2)
+    control, info, pin, pout = free_ports(4)
+    # the worker's documents through a real 0MQ proxy: bluesky-adaptive's runner listens there
+    proxy = _spawn(
+        "proxy",
+        [str(Path(sys.executable).with_name("bluesky-0MQ-proxy")),
+         "--in-address", f"127.0.0.1:{pin}", "--out-address", f"127.0.0.1:{pout}"],
+        {}, tmp_path,
+    )  # fmt: skip
     env = {
+        "XAS_ZMQ_PUBLISH": f"127.0.0.1:{pin}",
         **ca_env,
         "XAS_BEAMLINE_PREFIX": ioc.info["prefix"],
         "XAS_TILED_URI": tiled_server.uri,
@@ -129,10 +139,12 @@ def test_queue_server_runs_the_profiles_plans(
         assert [h["name"] for h in history] == ["xanes", "adaptive"]
         assert [r["exit_status"] for r in results] == ["completed", "completed"], results
         uids = [r["run_uids"][0] for r in results]
+        outcome = _optimize_through_the_queue(rm, f"127.0.0.1:{pout}", tiled_server.client())
         rm.environment_close()
         rm.wait_for_idle(timeout=60)
     finally:
         manager.stop(grace=20)
+        proxy.stop()
     # the worker's writer drains its buffer when the environment closes (atexit in 00-base.py)
     client = tiled_server.client()
     runs = [client[uid] for uid in uids]
@@ -144,3 +156,51 @@ def test_queue_server_runs_the_profiles_plans(
     n_adaptive = len(runs[1]["primary"].read()["mono_energy"])
     assert 14 < n_adaptive <= 16
     assert all(r.metadata["stop"]["exit_status"] == "success" for r in runs)
+
+    # bluesky-adaptive's runner: one queued agent_acquire, its outcome read back from tiled
+    run = client[outcome["run_uid"]]
+    assert run.metadata["start"]["plan_name"] == "adaptive_xanes_scan"
+    assert run.metadata["start"]["sample_name"] == "ref_O"
+    assert "blop_correlation_uid" not in run.metadata["start"]  # only the outer run has it
+    assert 14 < outcome["n_points"] <= 16 and 0.0 < outcome["best_probability"] <= 1.0
+    assert outcome["best_name"]
+
+
+def _optimize_through_the_queue(rm, doc_address: str, client) -> dict:
+    """bluesky-adaptive's QueueserverOptimizationRunner with :class:`IdentificationOptimizer`:
+    it queues the profile's ``agent_acquire`` with the optimizer's suggestion, hears the run's
+    stop over 0MQ, and ingests the outcome :class:`TiledOutcomes` reads from tiled."""
+    pytest.importorskip("bluesky_adaptive.queueserver")
+    from bluesky.callbacks.zmq import RemoteDispatcher
+    from bluesky_adaptive.protocols import QueueserverOptimizationProblem
+    from bluesky_adaptive.queueserver import QueueserverClient, QueueserverOptimizationRunner
+
+    from xas_bluesky.beamline.plans.agent import IdentificationOptimizer, TiledOutcomes
+    from xas_bluesky.beamline.remote import unpack_document
+
+    optimizer = IdentificationOptimizer(["ref_O"], edges=("O",), threshold=1.01)
+    problem = QueueserverOptimizationProblem(
+        optimizer=optimizer,
+        actuators=["sample_changer"],
+        sensors=["scores"],
+        evaluation_function=TiledOutcomes(client),
+        acquisition_plan="agent_acquire",
+        acquisition_plan_kwargs={"max_points": 16, "threshold": 1.01},
+    )
+    dispatcher = RemoteDispatcher(doc_address, deserializer=unpack_document)
+    qclient = QueueserverClient(rm, dispatcher)
+    runner = QueueserverOptimizationRunner(problem, qclient)
+    try:
+        time.sleep(1.0)  # the SUB socket joins the proxy before the first document
+        result = runner.run(iterations=1).result(timeout=400)
+    finally:
+        # QueueserverClient.stop_listener() calls RemoteDispatcher.stop() from this thread, which
+        # closes the listener thread's running loop (RuntimeError): cancel its task there
+        # instead, and the dispatcher stops itself on its own thread
+        if dispatcher._task is not None:
+            dispatcher.loop.call_soon_threadsafe(dispatcher._task.cancel)
+    assert result.iterations_completed == 1 and len(result.uids) == 1
+    assert optimizer.should_stop()[0]  # one sample, one edge: measured
+    ((sid, suggestion, outcome),) = optimizer.get_best_points()
+    assert sid == "ref_O:O" and suggestion == {"sample": "ref_O", "edge": "O"}
+    return outcome

@@ -4,6 +4,7 @@ RE(calibrate("O"))                                     # mono offset -> PV and R
 RE(xanes("O", sample="qm9_011315"))                    # region grids, TEY
 RE(grid_xanes("N", sample="mine", step=0.1))           # the 0.1 eV grid
 RE(adaptive("O", sample="qm9_011315"))                 # steered by the score PVs
+agent_acquire: the acquisition plan bluesky-adaptive's QueueserverOptimizationRunner queues
 """
 
 from bluesky.suspenders import SuspendFloor
@@ -18,6 +19,7 @@ from xas_bluesky.beamline.plans import (  # noqa: F401  (for the user's namespac
     grid_xanes_scan,
     xanes_scan,
 )
+from xas_bluesky.beamline.plans.agent import queued_acquisition
 
 
 def xanes(edge="O", sample=None, *, regions=None, mode="TEY", candidates=None, **kwargs):
@@ -72,6 +74,29 @@ def adaptive(edge="O", sample=None, *, threshold=0.99, max_points=49, **kwargs):
             max_points=max_points,
             sample=sample,
             sample_changer=sample_changer,
+            ring_current=ring_current,
+            **kwargs,
+        )
+    )
+
+
+def agent_acquire(
+    suggestions, actuators=(), sensors=(), *, md=None, threshold=0.99, max_points=49, **kwargs
+):
+    """bluesky-adaptive's queued acquisition: one :func:`adaptive` run per suggestion
+    (``{"_id", "sample", "edge", "sample_uid"}`` from ``IdentificationOptimizer``) inside a run
+    of the runner's, with an ``outcomes`` event per suggestion (``TiledOutcomes`` reads them).
+    ``actuators`` and ``sensors`` (the runner's names) are this beamline's own devices."""
+    return (
+        yield from queued_acquisition(
+            mono,
+            det,
+            scores,
+            sample_changer,
+            suggestions,
+            md=md,
+            threshold=threshold,
+            max_points=max_points,
             ring_current=ring_current,
             **kwargs,
         )

@@ -12,7 +12,10 @@ server, its ``QueueserverOptimizationRunner``).  Here:
 - :class:`XASAcquisition` is both the acquisition plan (one
   :func:`~xas_bluesky.beamline.plans.adaptive_xanes_scan` per suggestion, steered as always by
   the score PVs, each run carrying the sample's ``sample_uid`` so that its edges combine) and
-  the evaluation function (the score PVs read at the end of each scan, through the RunEngine).
+  the evaluation function (the score PVs read at the end of each scan, through the RunEngine);
+- through the queue server, :func:`queued_acquisition` is the acquisition plan (queued by
+  name, its arguments plain JSON) and :class:`TiledOutcomes` the evaluation function, which
+  reads the outcomes that plan recorded from tiled.
 
 The classes satisfy the protocols structurally: the package does not import bluesky-adaptive
 (the ``adaptive`` extra installs it for the tests and for users).
@@ -31,10 +34,28 @@ import bluesky.preprocessors as bpp
 
 from xas_bluesky.beamline.plans.adaptive import adaptive_xanes_scan
 
-__all__ = ["IdentificationOptimizer", "XASAcquisition", "ID_KEY"]
+__all__ = [
+    "IdentificationOptimizer",
+    "XASAcquisition",
+    "queued_acquisition",
+    "TiledOutcomes",
+    "ID_KEY",
+    "RUNNER_KEYS",
+]
 
 #: bluesky-adaptive's key of a suggestion's identity (``bluesky_adaptive.protocols.ID_KEY``)
 ID_KEY = "_id"
+#: the start-document keys by which ``QueueserverOptimizationRunner`` recognises its acquisition
+#: (``bluesky_adaptive.queueserver.CORRELATION_UID_KEY`` and the suggestions)
+RUNNER_KEYS = ("blop_correlation_uid", "blop_suggestions")
+#: fields of an outcome: score PV attribute of :class:`MatchScores` -> outcome key
+_OUTCOME_FIELDS = (
+    ("best_name", "best_name"),
+    ("best_prob", "best_probability"),
+    ("npoints", "n_points"),
+    ("joint_best_name", "joint_best_name"),
+    ("joint_best_prob", "joint_best_probability"),
+)
 
 
 def _finite(p) -> float:
@@ -83,6 +104,9 @@ class IdentificationOptimizer:
         self.threshold = float(threshold)
         self._samples = {str(s): _Sample(str(s), self.edges) for s in samples}
         self._pending: set[str] = set()
+        #: one per sample, in every suggestion: the runs of a sample's edges combine by it,
+        #: whichever process (or queued plan) measures them
+        self.sample_uids = {name: str(uuid.uuid4()) for name in self._samples}
 
     @staticmethod
     def _id(sample: str, edge: str) -> str:
@@ -102,13 +126,16 @@ class IdentificationOptimizer:
         return sorted(out, key=lambda t: (t[1], t[0], t[2]))  # unmeasured first, least sure next
 
     def suggest(self, num_points: int | None = None) -> list[dict[str, Any]]:
-        """Up to ``num_points`` (default 1) suggestions ``{"_id", "sample", "edge"}``."""
+        """Up to ``num_points`` (default 1) suggestions ``{"_id", "sample", "edge",
+        "sample_uid"}``."""
         picks = self._open()[: max(int(num_points or 1), 1)]
         out = []
         for _, _, name, edge in picks:
             sid = self._id(name, edge)
             self._pending.add(sid)
-            out.append({ID_KEY: sid, "sample": name, "edge": edge})
+            out.append(
+                {ID_KEY: sid, "sample": name, "edge": edge, "sample_uid": self.sample_uids[name]}
+            )
         return out
 
     def ingest(self, points: Sequence[Mapping]) -> None:
@@ -178,7 +205,7 @@ class XASAcquisition:
         ids = []
         for s in suggestions:
             sample, edge = str(s["sample"]), str(s["edge"])
-            uid = self.sample_uids.setdefault(sample, str(uuid.uuid4()))
+            uid = str(s.get("sample_uid") or self.sample_uids.setdefault(sample, str(uuid.uuid4())))
             run_md = {**(md or {}), "sample_uid": uid, "suggestion_id": str(s[ID_KEY])}
             scan = adaptive_xanes_scan(
                 self.mono, self.det, self.scores, edge=edge, sample=sample,
@@ -187,19 +214,9 @@ class XASAcquisition:
             # a run key of its own: the optimize plan's run stays open around it
             run_uid = yield from bpp.set_run_key_wrapper(scan, f"xas-{s[ID_KEY]}")
             out = {ID_KEY: s[ID_KEY], "sample": sample, "edge": edge, "run_uid": run_uid}
-            sc = self.scores
-            for key, sig in (
-                ("best_name", sc.best_name),
-                ("best_probability", sc.best_prob),
-                ("n_points", sc.npoints),
-                ("joint_best_name", sc.joint_best_name),
-                ("joint_best_probability", sc.joint_best_prob),
-            ):
-                out[key] = yield from bps.rd(sig)
-            ok = out.get("best_probability") is not None
-            out["best_probability"] = float(out["best_probability"]) if ok else math.nan
-            jp = out.get("joint_best_probability")
-            out["joint_best_probability"] = float(jp) if jp is not None else math.nan
+            for attr, key in _OUTCOME_FIELDS:
+                out[key] = yield from bps.rd(getattr(self.scores, attr))
+            _numbers(out)
             self.outcomes[str(s[ID_KEY])] = out
             ids.append(s[ID_KEY])
         return tuple(ids)
@@ -207,3 +224,92 @@ class XASAcquisition:
     def evaluate(self, uid, suggestions: Sequence[Mapping]) -> list[dict]:
         """The evaluation function: the outcome of every suggestion of the acquisition."""
         return [dict(self.outcomes[str(s[ID_KEY])]) for s in suggestions]
+
+
+def _numbers(out: dict) -> dict:
+    """Probabilities as floats (NaN where there is none), the point count as an int."""
+    for key in ("best_probability", "joint_best_probability"):
+        v = out.get(key)
+        out[key] = float(v) if v is not None else math.nan
+    if out.get("n_points") is not None:
+        out["n_points"] = int(out["n_points"])
+    return out
+
+
+def queued_acquisition(mono, det, scores, sample_changer, suggestions, *, md=None, **scan_kwargs):
+    """The acquisition plan of bluesky-adaptive's ``QueueserverOptimizationRunner``.
+
+    One run (the runner's: its ``md`` carries the runner's correlation uid) holds one adaptive
+    XANES run per suggestion, each in a run key of its own and without the runner's keys (so
+    that the runner takes only this run's stop for the end of the acquisition), and an
+    ``outcomes`` event per suggestion: the score PVs when that scan ended.
+    :class:`TiledOutcomes` reads them back.  The profile binds the devices (``agent_acquire``).
+    """
+    acq = XASAcquisition(mono, det, scores, sample_changer, **scan_kwargs)
+    md = dict(md or {})
+    inner_md = {k: v for k, v in md.items() if k not in RUNNER_KEYS}
+    ids = [str(s[ID_KEY]) for s in suggestions]
+
+    @bpp.run_decorator(md={"plan_name": "queued_acquisition", "suggestion_ids": ids, **md})
+    def outer():
+        for s in suggestions:
+            yield from acq([s], md=inner_md)
+            yield from bps.trigger_and_read([scores], name="outcomes")
+        return ids
+
+    return (yield from outer())
+
+
+class TiledOutcomes:
+    """The evaluation function of ``QueueserverOptimizationRunner``: the outcomes
+    :func:`queued_acquisition` recorded, read from tiled.
+
+    Parameters
+    ----------
+    client
+        A tiled client of the catalog the profile writes runs to.
+    timeout
+        Seconds to wait for the run's ``outcomes`` stream to reach tiled (the profile's writer
+        sits behind a buffer, so the stop document can reach the runner first).
+    """
+
+    def __init__(self, client: Any, timeout: float = 60.0) -> None:
+        self.client = client
+        self.timeout = float(timeout)
+
+    def __call__(self, uid: str, suggestions: Sequence[Mapping]) -> list[dict]:
+        import time
+
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                table = self.client[uid]["outcomes"].read()
+                if len(table[f"{self._prefix(table)}best_name"]) >= len(suggestions):
+                    break
+            except (KeyError, ValueError):  # not (all) written yet
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no outcomes of run {uid} in tiled within {self.timeout:g} s")
+            time.sleep(0.5)
+        prefix = self._prefix(table)
+        out = []
+        for i, s in enumerate(suggestions):
+            row = {ID_KEY: s[ID_KEY], "sample": s["sample"], "edge": s["edge"]}
+            row["run_uid"] = str(_cell(table[f"{prefix}run_uid"], i))
+            for attr, key in _OUTCOME_FIELDS:
+                row[key] = _cell(table[f"{prefix}{attr}"], i)
+            out.append(_numbers(row))
+        return out
+
+    @staticmethod
+    def _prefix(table) -> str:
+        """The score device's name as its data keys carry it (``scores_best_name``)."""
+        for key in table.keys():
+            if str(key).endswith("best_name") and not str(key).endswith("joint_best_name"):
+                return str(key)[: -len("best_name")]
+        raise KeyError("no best_name column")
+
+
+def _cell(column, i: int):
+    value = column[i]
+    return value.item() if hasattr(value, "item") else value
