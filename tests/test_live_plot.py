@@ -74,7 +74,7 @@ def test_the_analysis_run_has_hints_for_generic_tools(cands, capsys):  # noqa: F
     )
     _feed(engine, docs)
     start = next(d for n, d in docs_out if n == "start")
-    assert start["hints"]["dimensions"] == [(["n_points"], "primary")]
+    assert start["hints"]["dimensions"] == [[["n_points"], "primary"]]  # JSON-safe: lists
     table = capsys.readouterr().out
     header = next(line for line in table.splitlines() if "best_probability" in line)
     for key in ("n_points", "entropy", "offset_ev"):

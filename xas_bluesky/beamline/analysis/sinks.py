@@ -163,8 +163,9 @@ class AnalysisRunSink(AnalysisSink):
             "model_version": None if cands is None else cands.model_version,
             "score_prefix": self.score_prefix,
             "open_world": run.open_world,
-            # generic tools (BestEffortCallback, LivePlot) plot the hinted fields against this
-            "hints": {"dimensions": [([ANALYSIS_KEYS["n_points"]], "primary")]},
+            # generic tools (BestEffortCallback, LivePlot) plot the hinted fields against this;
+            # lists, not tuples: the document must survive a JSON round trip (backup, replay)
+            "hints": {"dimensions": [[[ANALYSIS_KEYS["n_points"]], "primary"]]},
         }
         bundle = compose_run(metadata=md)
         run.analysis_uid = bundle.start_doc["uid"]
