@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -33,14 +34,13 @@ def _spawn(name: str, cmd: list[str], env: dict, log_dir: Path) -> ManagedProces
     return ManagedProcess(name, popen, log)
 
 
-@pytest.fixture
-def zmq_worker(ca_env, tmp_path):
-    """A 0MQ proxy and an ``xas-bluesky worker`` process (score PVs on their own port)."""
+@contextlib.contextmanager
+def _proxy_and_workers(tmp_path: Path, cands: Path, n: int = 1):
+    """A 0MQ proxy and ``n`` ``xas-bluesky worker`` processes on its out address, each with a
+    score prefix and Channel Access port of its own (``n`` beamlines on one stream)."""
     from xas_bluesky.beamline.remote import wait_for_worker
 
-    cands = small_candidates(tmp_path / "c16.xyz", 16)
     pin, pout = free_ports(2)
-    prefix, port = unique_prefix("W"), next_ca_port()
     procs = []
     try:
         procs.append(
@@ -51,22 +51,63 @@ def zmq_worker(ca_env, tmp_path):
                 {}, tmp_path / "logs",
             )
         )  # fmt: skip
-        env = loopback_ca_env(port, REPEATER_PORT)
-        procs.append(
-            _spawn(
-                "worker",
-                [sys.executable, "-m", "xas_bluesky.apps.cli", "worker", "--zmq",
-                 f"127.0.0.1:{pout}", "--prefix", prefix, "--port", str(port),
-                 "--candidates", str(cands), "--edge", "O"],
-                env, tmp_path / "logs",
-            )
-        )  # fmt: skip
-        ok = wait_for_worker(prefix, timeout=120)
-        assert ok, procs[-1].log_tail(30)
-        yield {"prefix": prefix, "address": f"127.0.0.1:{pin}", "cands": cands, "procs": procs}
+        prefixes = []
+        for k in range(n):
+            prefix, port = unique_prefix(f"W{k}"), next_ca_port()
+            procs.append(
+                _spawn(
+                    f"worker{k}",
+                    [sys.executable, "-m", "xas_bluesky.apps.cli", "worker", "--zmq",
+                     f"127.0.0.1:{pout}", "--prefix", prefix, "--port", str(port),
+                     "--candidates", str(cands), "--edge", "O"],
+                    loopback_ca_env(port, REPEATER_PORT), tmp_path / "logs",
+                )
+            )  # fmt: skip
+            prefixes.append(prefix)
+        for prefix, proc in zip(prefixes, procs[1:], strict=True):
+            assert wait_for_worker(prefix, timeout=120 * n), proc.log_tail(30)
+        yield {"prefixes": prefixes, "address": f"127.0.0.1:{pin}", "procs": procs}
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+@pytest.fixture
+def zmq_worker(ca_env, tmp_path):
+    """A 0MQ proxy and an ``xas-bluesky worker`` process (score PVs on their own port)."""
+    cands = small_candidates(tmp_path / "c16.xyz", 16)
+    with _proxy_and_workers(tmp_path, cands) as w:
+        yield {"prefix": w["prefixes"][0], "address": w["address"], "cands": cands,
+               "procs": w["procs"]}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_workers_on_one_stream(ca_env, tmp_path):
+    """Two beamlines' workers (distinct score prefixes and CA ports) on one document stream:
+    each scores the run on its own PVs, the same answer."""
+    from bluesky import RunEngine
+
+    from xas_bluesky.beamline.remote import make_publisher
+
+    cands_file = small_candidates(tmp_path / "c16.xyz", 16)
+    cands = shared_cache().from_file(cands_file, "O")
+    with _proxy_and_workers(tmp_path, cands_file, n=2) as w:
+        publisher = make_publisher(w["address"])
+        RE = RunEngine({}, call_returns_result=False)
+        RE.subscribe(publisher)
+        try:
+            (uid,) = RE(measure_plan(cands, 5, ENERGIES, seed=5))
+            for p in w["prefixes"]:
+                assert wait_for(lambda p=p: cagets(p + "Match:RunUID-I") == uid, 90)
+                assert wait_for(lambda p=p: caget(p + "Match:NPoints-I") == len(ENERGIES), 30)
+                assert wait_for(lambda p=p: cagets(p + "Match:Status-Sts") == "Done", 30)
+            best = [cagets(p + "Match:Best-Name") for p in w["prefixes"]]
+            probs = [caget(p + "Match:BestProb-I") for p in w["prefixes"]]
+            assert best[0] == best[1] and best[0] in cands.names
+            assert probs[0] == pytest.approx(probs[1], rel=1e-6)
+        finally:
+            publisher.close()
+        assert all(proc.alive() for proc in w["procs"])
 
 
 @pytest.mark.slow

@@ -31,6 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--zmq", metavar="HOST:PORT", help="a bluesky-0MQ-proxy's out address")
     src.add_argument("--kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers")
     p.add_argument("--topic", action="append", default=[], help="Kafka topic (repeatable)")
+    p.add_argument(
+        "--group-id",
+        help="Kafka consumer group (default xas-bluesky-<prefix>: every worker with its own "
+        "score prefix reads every document; workers sharing a group share the runs)",
+    )
     p.add_argument("--zmq-prefix", default="", help="the Publisher's 0MQ prefix (default: all)")
     p.add_argument(
         "--prefix", default=DEFAULT_PREFIX, help=f"score PV prefix (default {DEFAULT_PREFIX})"
@@ -102,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.topic:
             raise CLIError("--kafka needs at least one --topic")
         try:
-            remote.run_kafka_worker(args.kafka, args.topic, **common)
+            group = args.group_id or f"xas-bluesky-{args.prefix.rstrip(':')}"
+            remote.run_kafka_worker(args.kafka, args.topic, group_id=group, **common)
         except RuntimeError as exc:
             raise CLIError(str(exc)) from None
     return 0
