@@ -124,16 +124,13 @@ def view_of_run(
         return None
     # the comparator's axis is the model's: model energy = mono + energy_offset + offset
     shift = float(run.energy_offset) + float(res.offset_ev)
-    index = {name: i for i, name in enumerate(cands.names)}
     overlays = []
-    for rank, (name, p) in enumerate(res.top(k)):
-        i = index.get(name)
-        if i is None:
-            continue
+    # the comparator is built on ``cands`` in its order: a result's indices are the set's
+    for rank, i in enumerate(res.top_indices(k)):
         std = None if cands.std is None else np.array(cands.std[i], dtype=float)
         overlays.append(
             Overlay(
-                f"#{rank + 1} {name} {cands.smiles[i]}  p={p:.3f}",
+                f"#{rank + 1} {res.names[i]} {cands.smiles[i]}  p={res.probabilities[i]:.3f}",
                 np.asarray(cands.energy, dtype=float) - shift,
                 np.array(cands.mean[i], dtype=float),
                 std,
