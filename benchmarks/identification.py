@@ -159,7 +159,8 @@ def run_scan(mode, comp: Comparator, measure: Measurement, policy: AdaptivePolic
         comp.add_points(np.array([d.energy]), mu, sig)
         measured.append(d.energy)
         res = comp.result()
-    return res, len(measured), time.perf_counter() - t0
+    # what the engine publishes when the run closes (independent of when results were asked)
+    return comp.settled_result(), len(measured), time.perf_counter() - t0
 
 
 def main() -> None:

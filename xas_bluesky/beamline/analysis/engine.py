@@ -575,6 +575,13 @@ class AnalysisEngine(DocumentRouter):
             self._status("Error", run.fatal, run)
             self._call_sinks("run_closed", run, run.summary("Error", run.fatal), raw_stop)
             return
+        if run.comparator is not None and run.comparator.n_points:
+            # the final word independent of how the worker batched the points (load, timing):
+            # two workers, or a replay, publish the same p for the same run
+            run.result = run.comparator.settled_result()
+            run.joint = self.samples.joint(
+                sample_key(run.start), run.uid, run.element, run.result, run.candidates
+            )
         self.results[run.uid] = run.result
         if run.joint is not None:
             self.joint_results[run.uid] = run.joint

@@ -233,7 +233,7 @@ def simulate_trials(
                     break
                 cmp.add_points(np.array([nxt]), *measure(nxt))
                 n += 1
-            res = cmp.result()
+            res = cmp.settled_result()  # as the engine publishes a run's final result
             trials.append(
                 Trial(i, n, cmp.log_likelihood_table(), res.probabilities, np.array(cmp._pe))
             )
