@@ -15,7 +15,12 @@ import sys
 import time
 from collections import Counter
 
+from xas_bluesky.apps.predict_stream import add_arguments, run_h5
+
 __all__ = ["add_parser", "run", "write_csv"]
+
+#: --out suffixes that select the streamed HDF5 output
+H5_SUFFIXES = (".h5", ".hdf5")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--edge", required=True, choices=("O", "N"), help="absorption edge (K)")
     p.add_argument("--structures", required=True, help="structures: .xyz, .sdf or .smi")
-    p.add_argument("--out", required=True, help="CSV of the predicted spectra")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="CSV of the predicted spectra, or FILE.h5: HDF5, streamed (any number of "
+        "structures), resumable, spread over dask workers",
+    )
     p.add_argument("--std", help="CSV of the ensemble's per-energy standard deviation")
     p.add_argument("--skip-invalid", action="store_true", help="report and skip invalid structures")
     p.add_argument(
@@ -39,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="molecules per forward pass (default 256 on CPU, 16384 on GPU)",
     )
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -58,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         raise CLIError("--batch-size must be >= 1")
+    if args.out.lower().endswith(H5_SUFFIXES):
+        return run_h5(args)
+    if args.resume or args.workers is not None or args.scheduler:
+        raise CLIError("--resume, --workers and --scheduler are for --out FILE.h5")
     # on the CPU, a large input gets a worker process for the network, started before anything
     # heavy is imported here, so that both import torch and load the weights at the same time
     worker = _Worker(args.edge) if _wants_worker(args) else None

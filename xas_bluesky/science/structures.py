@@ -29,6 +29,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -821,13 +822,60 @@ def _is_atom_line(line: str) -> bool:
     return True
 
 
-def _next_frame(lines: list[str], k: int) -> int:
+def _next_frame(lines: _LineWindow, k: int) -> int:
     """The first line from ``k`` on that starts a plausible frame (a count, a title, an atom)."""
-    while k < len(lines):
-        if _atom_count(lines[k]) is not None and k + 2 < len(lines) and _is_atom_line(lines[k + 2]):
+    while lines.has(k):
+        if _atom_count(lines[k]) is not None and lines.has(k + 2) and _is_atom_line(lines[k + 2]):
             return k
         k += 1
     return k
+
+
+class _LineWindow:
+    """The lines of a text file by absolute index, read as they are asked for.
+
+    Lines before :meth:`release`'s index are freed, so a reader that releases each frame it has
+    passed holds about one frame in memory however large the file (a million-structure input).
+    """
+
+    def __init__(self, fh) -> None:
+        self._fh = fh
+        self._buf: list[str] = []
+        self._base = 0
+        self._drop_to = 0
+        self._eof = False
+
+    def has(self, k: int) -> bool:
+        while k - self._base >= len(self._buf) and not self._eof:
+            block = self._fh.readlines(1 << 20)
+            if block:
+                self._buf.extend(line.rstrip("\r\n") for line in block)
+                self.release(self._drop_to)  # lines skipped unread stay unkept
+            else:
+                self._eof = True
+        return k - self._base < len(self._buf)
+
+    def __getitem__(self, k: int) -> str:
+        if not self.has(k):
+            raise IndexError(k)
+        return self._buf[k - self._base]
+
+    def span(self, lo: int, hi: int) -> list[str]:
+        """Lines ``lo`` to ``hi`` (exclusive), fewer at the end of the file."""
+        self.has(hi - 1)
+        return self._buf[lo - self._base : hi - self._base]
+
+    def release(self, k: int) -> None:
+        """Forget the lines before ``k`` (those not read yet are dropped as they are read)."""
+        self._drop_to = max(self._drop_to, k)
+        drop = min(k - self._base, len(self._buf))
+        if drop > 0:
+            del self._buf[:drop]
+            self._base += drop
+
+
+def _refuse(message: str) -> Structure:
+    raise StructureError(message)
 
 
 def _failing(message: str) -> Callable[[], tuple]:
@@ -847,9 +895,15 @@ def _iter_xyz(
     more than ``limits.max_atoms`` atoms is one failing ``build()``, its lines skipped unread.
     """
     with open(path, errors="replace") as fh:
-        lines = fh.read().splitlines()
+        yield from _xyz_frames(path, _LineWindow(fh), limits)
+
+
+def _xyz_frames(
+    path: Path, lines: _LineWindow, limits: StructureLimits
+) -> Iterator[tuple[str, Callable[[], tuple]]]:
     k, frame = 0, 0
-    while k < len(lines):
+    while lines.has(k):
+        lines.release(k)  # every frame before this line has been handed out
         if not lines[k].strip():
             k += 1
             continue
@@ -863,14 +917,14 @@ def _iter_xyz(
             yield f"{path.stem}_{frame}", _failing(msg)
             k = _next_frame(lines, k + 1)
             continue
-        name = lines[k + 1].strip() if k + 1 < len(lines) else ""
+        name = lines[k + 1].strip() if lines.has(k + 1) else ""
         name = name or f"{path.stem}_{frame}"
         if n > limits.max_atoms:
             yield name, _failing(str(_too_many_atoms(name, n, limits.max_atoms)))
             k += 2 + n
             continue
         rows = []
-        for line in lines[k + 2 : k + 2 + n]:
+        for line in lines.span(k + 2, k + 2 + n):
             parts = line.split()
             if len(parts) < 4:
                 break  # a cut-off frame: the next frame (or the end) comes early
@@ -879,12 +933,12 @@ def _iter_xyz(
         k += 2 + len(rows)
         if len(rows) == n:
             j = k
-            while j < len(lines) and not lines[j].strip():
+            while lines.has(j) and not lines[j].strip():
                 j += 1
-            if j < len(lines) and _atom_count(lines[j]) is None and _is_atom_line(lines[j]):
+            if lines.has(j) and _atom_count(lines[j]) is None and _is_atom_line(lines[j]):
                 # more atom lines than announced: which atoms belong to the frame is unknown
                 extra = 0
-                while j + extra < len(lines) and _is_atom_line(lines[j + extra]):
+                while lines.has(j + extra) and _is_atom_line(lines[j + extra]):
                     extra += 1
                 msg = (
                     f"structure {name!r} ({path.name} line {start + 1}, frame {frame}): "
@@ -925,40 +979,131 @@ def _iter_xyz_structures(
         parsed: list = []
         for _name, build in frames:
             try:
-                parsed.append(build())
+                parsed.append(_XyzFrame(path, *build()))
             except StructureError as exc:
                 parsed.append(exc)
             if len(parsed) == 2048:
                 break
         if not parsed:
             return
-        results: list = list(parsed)  # a StructureError or the parsed frame, in file order
-        good = [k for k, p in enumerate(parsed) if not isinstance(p, StructureError)]
-        # all coordinates of the batch in one conversion; per frame only if one is unreadable
-        flat = [v for k in good for row in parsed[k][2] for v in row[1:4]]
-        try:
-            coords = np.array(flat, dtype=float).reshape(-1, 3)
-        except ValueError:
-            coords = None
-        ready, where, at = [], [], 0
-        for k in good:
-            name, symbols, rows, start = parsed[k]
-            if coords is not None:
-                xyz = coords[at : at + len(rows)]
-                at += len(rows)
-            else:
-                try:
-                    xyz = _coordinates(path, name, rows, start)
-                except StructureError as exc:
-                    results[k] = exc
-                    continue
-            ready.append((name, symbols, xyz))
-            where.append(k)
-        for k, result in zip(where, structures_from_frames(ready, edge, limits), strict=True):
-            results[k] = result
-        for result in results:
+        for result in _finish_xyz(parsed, edge, limits):
             name = result.args[0] if isinstance(result, StructureError) else result.name
             yield name, _returner(result)
+
+
+@dataclass(frozen=True)
+class _XyzFrame:
+    """An XYZ frame read but not yet converted: its file, name, symbols, rows and first line."""
+
+    path: Path
+    name: str
+    symbols: list[str]
+    rows: list[list[str]]
+    start: int
+
+
+def _finish_xyz(
+    parsed: list, edge: str | None, limits: StructureLimits
+) -> list[Structure | StructureError]:
+    """Frames (or the errors of unreadable ones) to structures, in order."""
+    results: list = list(parsed)  # a StructureError or the parsed frame, in file order
+    good = [k for k, p in enumerate(parsed) if isinstance(p, _XyzFrame)]
+    # all coordinates of the batch in one conversion; per frame only if one is unreadable
+    flat = [v for k in good for row in parsed[k].rows for v in row[1:4]]
+    try:
+        coords = np.array(flat, dtype=float).reshape(-1, 3)
+    except ValueError:
+        coords = None
+    ready, where, at = [], [], 0
+    for k in good:
+        f = parsed[k]
+        if coords is not None:
+            xyz = coords[at : at + len(f.rows)]
+            at += len(f.rows)
+        else:
+            try:
+                xyz = _coordinates(f.path, f.name, f.rows, f.start)
+            except StructureError as exc:
+                results[k] = exc
+                continue
+        ready.append((f.name, f.symbols, xyz))
+        where.append(k)
+    for k, result in zip(where, structures_from_frames(ready, edge, limits), strict=True):
+        results[k] = result
+    return results
+
+
+def read_records(
+    path: str | os.PathLike, edge: str | None = None, limits: StructureLimits = DEFAULT_LIMITS
+) -> Iterator[tuple[str, object]]:
+    """The structures of a file as cheap, picklable records, streamed (``(name, record)``).
+
+    What :func:`iter_structures` does in one process, split in two: reading the file (this,
+    fast, about one frame in memory) and turning records into structures
+    (:func:`structures_from_records`: bond perception, 3D embedding -- the slow part), which may
+    run elsewhere, on a chunk of records at a time.  No file-wide limit (``max_structures``,
+    ``max_file_bytes``) applies: nothing here holds the file.
+    """
+    path = Path(path)
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise StructureError(
+            f"{path.name}: unknown structure format {path.suffix!r} (expected .xyz, .sdf or .smi)"
+        )
+    if not path.is_file():
+        raise StructureError(f"{path}: no such file")
+    if reader is _iter_xyz_structures:
+        for name, build in _iter_xyz(path, edge, limits):
+            try:
+                yield name, _XyzFrame(path, *build())
+            except StructureError as exc:
+                yield name, exc
+    else:
+        yield from reader(path, edge, limits)  # picklable builds (partials)
+
+
+def count_records(path: str | os.PathLike) -> int:
+    """About how many structures a file holds, from a quick pass (for a progress bar's ETA).
+
+    XYZ: frames by their atom-count lines; SDF: ``$$$$`` lines; SMILES: non-blank lines.  A
+    damaged file can make it off by a few; nothing is parsed.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    n = 0
+    with open(path, errors="replace") as fh:
+        if suffix == ".xyz":
+            skip = 0
+            for line in fh:
+                if skip:
+                    skip -= 1
+                elif line.strip() and (atoms := _atom_count(line)) is not None:
+                    n += 1
+                    skip = atoms + 1
+        elif suffix in (".sdf", ".mol"):
+            n = sum(line.startswith("$$$$") for line in fh)
+        else:
+            n = sum(bool(line.strip()) and not line.startswith("#") for line in fh)
+    return n
+
+
+def structures_from_records(
+    records: list, edge: str | None = None, limits: StructureLimits = DEFAULT_LIMITS
+) -> list[Structure | StructureError]:
+    """Records of :func:`read_records` to a :class:`Structure` or the error of each, in order."""
+    out: list = [None] * len(records)
+    frames = [k for k, r in enumerate(records) if isinstance(r, _XyzFrame | StructureError)]
+    for k, result in zip(
+        frames, _finish_xyz([records[k] for k in frames], edge, limits), strict=True
+    ):
+        out[k] = result
+    for k, r in enumerate(records):
+        if out[k] is None:
+            try:
+                out[k] = r()
+            except StructureError as exc:
+                out[k] = exc
+    return out
 
 
 def _returner(result):
@@ -995,17 +1140,9 @@ def _iter_sdf(
                         msg = str(exc)
                     else:
                         msg += " (RDKit rejects its valences)"
-
-                def fail(msg=msg) -> Structure:
-                    raise StructureError(msg)
-
-                yield name, fail
-            else:
-                # a def, not a lambda: mypy cannot type a lambda with defaults as Callable[[], ...]
-                def build(mol=mol, name=name) -> Structure:
-                    return structure_from_mol(name, mol, edge, limits)
-
-                yield name, build
+                yield name, partial(_refuse, msg)
+            else:  # partials, not closures: records that pickle (read_records)
+                yield name, partial(structure_from_mol, name, mol, edge, limits)
     finally:
         RDLogger.EnableLog("rdApp.*")  # type: ignore[attr-defined]  # stubs omit rdBase re-export
 
@@ -1022,11 +1159,7 @@ def _iter_smi(
                 continue  # a header line
             smiles = parts[0]
             name = parts[1].strip() if len(parts) > 1 and parts[1].strip() else f"smi_{lineno}"
-
-            def build(s=smiles, n=name) -> Structure:  # a def: see _iter_sdf
-                return structure_from_smiles(s, n, edge, limits)
-
-            yield name, build
+            yield name, partial(structure_from_smiles, smiles, name, edge, limits)
 
 
 _READERS = {".xyz": _iter_xyz_structures, ".sdf": _iter_sdf, ".mol": _iter_sdf, ".smi": _iter_smi}
