@@ -192,12 +192,16 @@ class LiveMatchPlot(AnalysisSink):
             self._history[run.uid] = []
 
     def update(self, run: RunState, summary: MatchSummary, scored: bool) -> None:
-        if not scored or run.result is None:
+        # scored updates, and the run's final one: its settled result (Comparator.settled_result)
+        # is what the PVs end on, so the plot ends on it too
+        if run.result is None or not (scored or run.stopped):
             return
         with self._lock:
             hist = self._history.setdefault(run.uid, [])
             point = (int(run.result.n_points), float(run.result.best_probability))
-            if not hist or hist[-1] != point:
+            if hist and hist[-1][0] == point[0]:
+                hist[-1] = point  # the same points, settled
+            else:
                 hist.append(point)
             history = list(hist)
         view = view_of_run(run, history, self.k)  # copies: the run moves on without us
