@@ -131,9 +131,7 @@ def run_ray(args, xyz: Path) -> None:
 
 
 def run_local(args, xyz: Path) -> None:
-    first, steady, rows = feed(
-        lambda fn, *a: fn(*a), lambda r: r, xyz, args.edge, args.chunk, 1
-    )
+    first, steady, rows = feed(lambda fn, *a: fn(*a), lambda r: r, xyz, args.edge, args.chunk, 1)
     print(f"in process (baseline): first result {first:.1f} s; steady {rows / steady:,.0f} "
           f"structures/s; RSS {psutil.Process().memory_info().rss / 2**20:.0f} MB")  # fmt: skip
 

@@ -155,7 +155,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--kill-at", type=float, default=0.4, help="fraction of rows, then SIGKILL")
     ap.add_argument("--pause", type=int, help="PID to SIGSTOP while the benchmark runs (FEFF)")
-    ap.add_argument("--tmp", help="directory for the input and the files (default: a temporary one)")
+    ap.add_argument(
+        "--tmp", help="directory for the input and the files (default: a temporary one)"
+    )
     ap.add_argument("--no-baseline", action="store_true")
     args = ap.parse_args()
     tmpdir = tempfile.TemporaryDirectory(dir=args.tmp)
