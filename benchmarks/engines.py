@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from predict_million import write_input  # noqa: E402
 
-from xas_bluesky.apps.predict_stream import predict_records  # noqa: E402
+from xas_bluesky.apps.predict_stream import _Dask, predict_records  # noqa: E402
 from xas_bluesky.science.structures import read_records  # noqa: E402
 
 
@@ -78,28 +79,21 @@ def worker_rss(pids: list[int]) -> str:
 
 
 def run_dask(args, xyz: Path) -> None:
-    from distributed import Client, LocalCluster
-
-    logging.getLogger("distributed").setLevel(logging.WARNING)
     t0 = time.perf_counter()
-    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                           host="127.0.0.1", dashboard_address=None,
-                           silence_logs=logging.ERROR)  # fmt: skip
-    client = Client(cluster)
+    engine = _Dask(args.workers, None)  # the command's own cluster set-up
     up = time.perf_counter() - t0
+    client = engine.client
     try:
         first, steady, rows = feed(
-            lambda fn, *a: client.submit(fn, *a, pure=False), lambda f: f.result(),
-            xyz, args.edge, args.chunk, 2 * args.workers + 1,
-        )  # fmt: skip
+            engine.submit, lambda f: f.result(), xyz, args.edge, args.chunk, 2 * args.workers + 1
+        )
         overhead = _overhead(lambda: client.submit(_noop, 1, pure=False).result())
-        pids = list(client.run(lambda: __import__("os").getpid()).values())
+        pids = list(client.run(os.getpid).values())
         print(f"dask.distributed: cluster up {up:.1f} s, first result {first:.1f} s later; "
               f"steady {rows / steady:,.0f} structures/s; empty task round trip "
               f"{overhead:.2f} ms; worker RSS {worker_rss(pids)}")  # fmt: skip
     finally:
-        client.close()
-        cluster.close()
+        engine.close()
 
 
 def run_ray(args, xyz: Path) -> None:
