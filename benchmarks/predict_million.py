@@ -111,8 +111,10 @@ def predict(cmd: list[str], rows_to_kill: int | None, out: Path):
     """Run ``cmd``; SIGKILL its process group once ``out`` holds ``rows_to_kill`` rows."""
     env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")  # read the counters while it writes
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # stderr to a file, not a pipe: a million structures' warnings would fill a pipe nobody
+    # reads until the end, and the command would block writing them
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True, stderr=log, text=True)
     mem = PeakRSS(proc.pid)
     killed = False
     while proc.poll() is None:
@@ -121,8 +123,11 @@ def predict(cmd: list[str], rows_to_kill: int | None, out: Path):
             killed = True
             break
         time.sleep(1.0)
-    _, err = proc.communicate()
+    proc.wait()
     wall = time.perf_counter() - t0
+    log.seek(0)
+    err = log.read()
+    log.close()
     peaks = mem.stop()
     if not killed and proc.returncode != 0:
         raise SystemExit(f"predict failed ({proc.returncode}):\n{err[-2000:]}")
