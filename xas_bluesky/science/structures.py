@@ -1033,6 +1033,18 @@ def _finish_xyz(
     return results
 
 
+def _reader_for(path: Path):
+    """The reader of ``path``'s format; an unknown format or a missing file is an error."""
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise StructureError(
+            f"{path.name}: unknown structure format {path.suffix!r} (expected .xyz, .sdf or .smi)"
+        )
+    if not path.is_file():
+        raise StructureError(f"{path}: no such file")
+    return reader
+
+
 def read_records(
     path: str | os.PathLike, edge: str | None = None, limits: StructureLimits = DEFAULT_LIMITS
 ) -> Iterator[tuple[str, object]]:
@@ -1045,13 +1057,7 @@ def read_records(
     ``max_file_bytes``) applies: nothing here holds the file.
     """
     path = Path(path)
-    reader = _READERS.get(path.suffix.lower())
-    if reader is None:
-        raise StructureError(
-            f"{path.name}: unknown structure format {path.suffix!r} (expected .xyz, .sdf or .smi)"
-        )
-    if not path.is_file():
-        raise StructureError(f"{path}: no such file")
+    reader = _reader_for(path)
     if reader is _iter_xyz_structures:
         for name, build in _iter_xyz(path, edge, limits):
             try:
@@ -1174,13 +1180,7 @@ def iter_structures(
 ) -> Iterator[Structure]:
     """Structures of ``path`` one at a time (see :func:`read_structures`)."""
     path = Path(path)
-    reader = _READERS.get(path.suffix.lower())
-    if reader is None:
-        raise StructureError(
-            f"{path.name}: unknown structure format {path.suffix!r} (expected .xyz, .sdf or .smi)"
-        )
-    if not path.is_file():
-        raise StructureError(f"{path}: no such file")
+    reader = _reader_for(path)
     size = path.stat().st_size
     if size > limits.max_file_bytes:
         raise StructureError(
