@@ -144,6 +144,18 @@ def test_broadened_comparator_marginalises_widths():
                               temperature=1.0, temperature_exponent=0.0)  # fmt: skip
     one.add_points(e, y, 0.01)
     np.testing.assert_allclose(one.result().probabilities, plain.result().probabilities)
+    # the run's final word does not depend on how the points were batched
+    once = BroadenedComparator(GRID, spectra, std, names, widths_ev=(0.0, 0.5, 1.0),
+                               temperature=1.0, temperature_exponent=0.0)  # fmt: skip
+    once.add_points(e, y, 0.01)
+    bc.reset()
+    for k in range(0, e.size, 5):
+        bc.add_points(e[k : k + 5], y[k : k + 5], 0.01)
+        bc.result()
+    settled, reference = bc.settled_result(), once.settled_result()
+    np.testing.assert_array_equal(settled.probabilities, reference.probabilities)
+    np.testing.assert_array_equal(bc.width_posterior, once.width_posterior)
+    assert settled.best_name == names[truth]
     bc.reset()
     assert bc.n_points == 0
 
@@ -267,6 +279,49 @@ def test_match_experiment_axis(measured_sample, fmt, capsys):
     assert groups and set(groups[0]) == {"name", "probability"}
     assert groups[0]["probability"] >= groups[-1]["probability"]
     assert 0.0 <= out["in_library"] <= 1.0
+    assert out["normalised_input"] is False and out["processing"] == {"raw": 1.0}
+
+
+@pytest.mark.system
+def test_match_pre_normalised_spectrum(measured_sample, tmp_path, capsys):
+    """A spectrum normalised already (Athena's / Larch's ``norm``) or also flattened (``flat``,
+    Athena's quadratic post-edge) names the sample like the raw one: ``flat`` bends the
+    post-edge resonances, so the candidates are flattened alike (``--processing``)."""
+    from xas_bluesky.science.spectra import normalize
+
+    d, truth = measured_sample
+    e, mu = np.loadtxt(d / "m.csv", delimiter=",", skiprows=1, unpack=True)
+    # a sloped background under the raw points first, as a TEY spectrum carries
+    n = normalize(e, mu + 0.002 * (e - e[0]), e0=float(e[np.argmax(np.gradient(mu, e))]), nnorm=2)
+    assert not np.allclose(n.flat, n.norm)  # the flattening did something
+    base = ["match", "--candidates", str(d / "c.xyz"), "--edge", "O", "--axis", "experiment",
+            "--library-cache", str(d / "libs"), "--no-groups"]  # fmt: skip
+
+    def match(y, name, *extra):
+        f = tmp_path / f"{name}.csv"
+        rows = "".join(f"{a:.4f},{b:.6f}\n" for a, b in zip(n.energy, y, strict=True))
+        f.write_text("energy_eV,mu\n" + rows)
+        assert main([*base, "--spectrum", str(f), *extra]) == 0
+        out = json.loads(capsys.readouterr().out)
+        return out, [r["name"] for r in out["ranking"]]
+
+    # read as measured, the flattened spectrum names a wrong molecule: the case this guards
+    out, names = match(n.flat, "flat", "--processing", "raw")
+    assert names[0] != truth and out["processing"] == {"raw": 1.0}
+    # a line post-edge: norm looks normalised (pre-edge 0, post-edge ~1), so both readings
+    line = normalize(n.energy, n.mu, e0=n.e0, nnorm=1)
+    for y, name in ((n.flat, "flat"), (line.norm, "norm1"), (n.norm, "norm2")):
+        out, names = match(y, name)  # --processing auto
+        assert names[0] == truth, (name, out["processing"])
+        assert out["offset_ev"] == pytest.approx(-1.0, abs=0.5)
+        if name == "norm2":  # its post-edge curves down to ~0.6: read as measured only
+            assert out["normalised_input"] is False and out["processing"] == {"raw": 1.0}
+        else:
+            assert out["normalised_input"] is True and set(out["processing"]) == {"raw", "flat"}
+        if name == "flat":
+            assert out["processing"]["flat"] > 0.5
+    out, names = match(n.flat, "flat", "--processing", "flat")
+    assert names[0] == truth and out["processing"] == {"flat": 1.0}
 
 
 @pytest.mark.system

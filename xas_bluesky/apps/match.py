@@ -87,6 +87,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="Gaussian FWHM (eV) of the predictions to marginalise over "
         f"(default {' '.join(f'{w:g}' for w in DEFAULT_WIDTHS_EV)})",
     )
+    p.add_argument(
+        "--processing",
+        choices=["auto", "raw", "flat"],
+        default="auto",
+        help="what was done to the spectrum: raw (measured, or Athena's norm), flat (Athena's / "
+        "Larch's flattened norm: the candidates are flattened alike) or auto (default: both "
+        "readings marginalised when the spectrum looks normalised, else raw; an XDI 'flat' "
+        "column is flat)",
+    )
+    p.add_argument(
+        "--nnorm",
+        type=int,
+        default=None,
+        metavar="N",
+        help="degree of the post-edge polynomial a flattened spectrum had (default 2: Athena's "
+        "normalisation order 3)",
+    )
+    p.add_argument(
+        "--e0",
+        type=float,
+        default=None,
+        metavar="EV",
+        help="E0 of the flattening, on the spectrum's own axis (default: Larch's rule)",
+    )
     p.add_argument("--no-groups", action="store_true", help="skip groups and in_library")
     p.add_argument(
         "--library-cache",
@@ -107,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"{path}: no such file ({flag})")
     if any(not (w >= 0) for w in args.widths):
         raise CLIError(f"--widths must be >= 0 eV, got {args.widths}")
+    if args.nnorm is not None and not 0 <= args.nnorm <= 5:
+        raise CLIError(f"--nnorm must be 0 to 5, got {args.nnorm}")
     if args.axis_sigma is not None and not args.axis_sigma >= 0:
         raise CLIError(f"--axis-sigma must be >= 0 eV, got {args.axis_sigma}")
     try:
@@ -118,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
             axis_offset=args.axis_offset,
             axis_sigma=args.axis_sigma,
             widths=tuple(dict.fromkeys(args.widths)),
+            processing=args.processing,
+            nnorm=args.nnorm,
+            e0=args.e0,
             groups=not args.no_groups,
             library_cache=Path(args.library_cache) if args.library_cache else None,
         )
@@ -181,6 +210,9 @@ def match_spectrum(
     axis_offset: float | None = None,
     axis_sigma: float | None = None,
     widths: tuple[float, ...] | None = None,
+    processing: str = "auto",
+    nnorm: int | None = None,
+    e0: float | None = None,
     groups: bool = True,
     library_cache: Path | None = None,
     predictor: Any = None,
@@ -200,6 +232,15 @@ def match_spectrum(
         Override the edge's experiment-to-FEFF convention.
     widths : tuple of float, optional
         Broadening FWHM (eV); :data:`~xas_bluesky.science.compare.broadening.DEFAULT_WIDTHS_EV`.
+    processing : str
+        ``"raw"``, ``"flat"`` or ``"auto"``: how the spectrum was processed
+        (:mod:`xas_bluesky.science.compare.processing`); ``auto`` marginalises over both when
+        the spectrum looks normalised (``flat`` for an XDI ``flat`` column), else ``raw``.
+    nnorm : int, optional
+        Post-edge degree of the flattening
+        (:data:`~xas_bluesky.science.compare.processing.FLAT_NNORM` when None).
+    e0 : float, optional
+        E0 of the flattening on the spectrum's axis (Larch's rule on the data when None).
     groups : bool
         Also the open-world reading (groups, ``in_library``); both are empty/None without it.
     library_cache : Path, optional
@@ -224,7 +265,13 @@ def match_spectrum(
     from xas_bluesky.science.compare import calibration_for
     from xas_bluesky.science.compare.axis import convention, offset_prior, to_feff_axis
     from xas_bluesky.science.compare.broadening import DEFAULT_WIDTHS_EV, BroadenedComparator
-    from xas_bluesky.science.spectra import SpectrumError, noise_from_scatter
+    from xas_bluesky.science.compare.processing import (
+        FLAT_NNORM,
+        flatten_like,
+        looks_normalised,
+        reference_normalization,
+    )
+    from xas_bluesky.science.spectra import NormalizationError, SpectrumError, noise_from_scatter
     from xas_bluesky.science.xasfiles import read_measured
 
     widths = tuple(DEFAULT_WIDTHS_EV if widths is None else widths)
@@ -247,11 +294,35 @@ def match_spectrum(
         )
     e, mu = energy[inside], meas.mu[inside]
     sigma = noise_from_scatter(mu, floor=1e-3 * float(np.ptp(mu)))
+    e0_feff = None if e0 is None else float(to_feff_axis(np.array([e0]), edge, axis, conv)[0])
+    normalised = looks_normalised(e, mu, e0_feff)
+    readings = _readings(processing, normalised, meas.column)
+    mean, std, columns = cands.mean, cands.std, list(cands.names)
+    if "flat" in readings:
+        try:
+            ref = reference_normalization(
+                e, mu, e0=e0_feff, nnorm=FLAT_NNORM if nnorm is None else nnorm
+            )
+            fmean, fstd = flatten_like(grid, cands.mean, cands.std, ref)
+        except NormalizationError as exc:
+            raise SpectrumError(
+                f"{meas.source}: cannot flatten the candidates alike: {exc}"
+            ) from None
+        if readings == ("flat",):
+            mean, std = fmean, fstd
+        else:  # both readings as columns of one comparator, summed per molecule below
+            mean = np.concatenate([cands.mean, fmean])
+            std = None if cands.std is None or fstd is None else np.concatenate([cands.std, fstd])
+            columns = [*columns, *(f"{n}|flat" for n in cands.names)]
     kwargs = {**(cands.calibration or calibration_for(predictor)), **offset_prior(edge, axis, conv)}
-    comp = BroadenedComparator(grid, cands.mean, cands.std, cands.names, widths_ev=widths, **kwargs)
+    comp = BroadenedComparator(grid, mean, std, columns, widths_ev=widths, **kwargs)
     comp.add_points(e, mu, np.full(e.size, sigma))
     res = comp.result()
-    order = res.top_indices(len(cands.names))
+    n_c = len(cands.names)
+    by_reading = np.asarray(res.probabilities, dtype=float).reshape(len(readings), n_c)
+    prob = by_reading.sum(axis=0)
+    reading_posterior = dict(zip(readings, by_reading.sum(axis=1).tolist(), strict=True))
+    order = np.argsort(-prob, kind="stable").tolist()
     out: dict[str, Any] = {
         "spectrum": str(meas.source),
         "label": meas.label,
@@ -260,7 +331,7 @@ def match_spectrum(
         "axis": axis,
         "axis_offset_ev": conv.offset_ev if axis == "experiment" else 0.0,
         "points": int(e.size),
-        "ranking": ranking(cands.names, cands.smiles, res.probabilities.tolist(), order),
+        "ranking": ranking(cands.names, cands.smiles, prob.tolist(), order),
         "groups": [],
         "in_library": None,
         "offset_ev": float(res.offset_ev),
@@ -270,12 +341,17 @@ def match_spectrum(
             f"{w:g}": float(p) for w, p in zip(widths, comp.width_posterior, strict=True)
         },
         "noise": sigma,
+        "normalised_input": normalised,
+        "processing": reading_posterior,
         "candidates": str(candidates),
         "n_candidates": len(cands.names),
         "skipped": list(cands.skipped),
         "model_version": cands.model_version,
     }
-    if groups:
+    if groups and reading_posterior.get("flat", 0.0) > 0.5:
+        # the open-world references are unflattened: a flattened spectrum would read as novel
+        logger.warning("%s: read as flattened; groups and in_library not assessed", meas.source)
+    elif groups:
         from xas_bluesky.science.compare.novelty import NoveltyCalibration, OpenWorld
         from xas_bluesky.science.groups import group_matrix, groups_of, shipped_feff_library
 
@@ -305,6 +381,17 @@ def match_spectrum(
         out["groups"] = [{"name": names[i], "probability": float(gp[i])} for i in best]
         out["in_library"] = None if np.isnan(nov.in_library) else float(nov.in_library)
     return out
+
+
+def _readings(processing: str, normalised: bool, column: str) -> tuple[str, ...]:
+    """The readings (:data:`~xas_bluesky.science.compare.processing.PROCESSINGS`) to score."""
+    if processing in ("raw", "flat"):
+        return (processing,)
+    if processing != "auto":
+        raise ValueError(f"processing must be auto, raw or flat, got {processing!r}")
+    if column == "flat":
+        return ("flat",)
+    return ("raw", "flat") if normalised else ("raw",)
 
 
 def _broadened_rows(energy: Any, rows: Any, fwhm: float) -> Any:

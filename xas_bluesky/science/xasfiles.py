@@ -423,7 +423,7 @@ class MeasuredSpectrum:
 
 
 #: XDI columns read as mu, in this order of preference
-XDI_MU_COLUMNS = ("mutey", "mufluor", "mutrans", "mu", "xmu", "normtey", "norm")
+XDI_MU_COLUMNS = ("mutey", "mufluor", "mutrans", "mu", "xmu", "normtey", "norm", "flat")
 
 
 def _sorted_spectrum(energy: np.ndarray, mu: np.ndarray, source: str):

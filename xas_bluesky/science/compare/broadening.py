@@ -184,7 +184,15 @@ class BroadenedComparator:
         Offset, next energy, temperature and scale are the underlying comparator's (the
         scale of its best column); :attr:`width_posterior` and :attr:`joint` are updated.
         """
-        r = self.comparator.result()
+        return self._per_molecule(self.comparator.result())
+
+    def settled_result(self) -> MatchResult:
+        """:meth:`result` from :meth:`Comparator.settled_result`: a run's final word, the same
+        however the points were batched."""
+        return self._per_molecule(self.comparator.settled_result())
+
+    def _per_molecule(self, r: MatchResult) -> MatchResult:
+        """Sum the width-major columns of ``r`` per molecule; update the width posterior."""
         c = self.n_candidates
         joint = r.probabilities.reshape(len(self.widths_ev), c)
         prob = joint.sum(axis=0)
