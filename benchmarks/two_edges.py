@@ -43,6 +43,13 @@ def main(argv=None) -> None:
     ap.add_argument("--n-samples", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--budgets", type=int, nargs="*", default=[98, 49])
+    ap.add_argument(
+        "--threshold",
+        type=float,
+        default=TwoEdgePolicy.threshold,
+        help="steered scans stop when the joint's best probability reaches it (default: the "
+        "plan's)",
+    )
     args = ap.parse_args(argv)
 
     grids, samples, libs, comps = {}, {}, {}, {}
@@ -93,8 +100,8 @@ def main(argv=None) -> None:
             )
 
     for budget in args.budgets:
-        policy = TwoEdgePolicy(EDGES, max_points=budget)
-        right, probs, npts, switches, seconds = [], [], [], [], []
+        policy = TwoEdgePolicy(EDGES, max_points=budget, threshold=args.threshold)
+        right, probs, npts, switches, seconds, stopped = [], [], [], [], [], []
         for i, name in enumerate(both):
             meas = {}
             for j, e in enumerate(EDGES):  # the same offsets and noise streams as above
@@ -124,6 +131,9 @@ def main(argv=None) -> None:
                 comps[edge].add_points(np.array([d.energy]), *meas[edge]([d.energy]))
                 measured[edge].append(d.energy)
                 res[edge] = comps[edge].result()
+            # the scan stopped on the live joint; its final word is the settled one (the engine's)
+            stopped.append(sum(len(m) for m in measured.values()) < budget)
+            joint = joint_result({e: comps[e].settled_result() for e in EDGES})
             right.append(joint.best_name == name)
             probs.append((joint.probabilities, joint.names.index(name)))
             npts.append([len(measured[e]) for e in EDGES])
@@ -133,9 +143,11 @@ def main(argv=None) -> None:
         sure = [float(np.max(p)) >= 0.99 for p, _ in probs]
         wrong = sum(s and not r for s, r in zip(sure, right, strict=True))
         mean_pts = np.mean(npts, axis=0)
+        early_wrong = sum(s and not r for s, r in zip(stopped, right, strict=True))
         print(
             f"steered-{budget}: joint top-1 {np.mean(right):.1%}, ECE {rel['ece']:.3f}, "
-            f"p>=.99 {sum(sure)} ({wrong} wrong), points "
+            f"p>=.99 {sum(sure)} ({wrong} wrong), stopped on p>={args.threshold:g} "
+            f"{sum(stopped)} ({early_wrong} wrong), points "
             + " + ".join(f"{e} {m:.1f}" for e, m in zip(EDGES, mean_pts, strict=True))
             + f", edge switches {np.mean(switches):.1f}, time {np.mean(seconds):.0f} s"
         )

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bluesky.callbacks.best_effort import BestEffortCallback
+from bluesky.utils import ProgressBarManager
 
 from sim_iocs.launcher import PROBE_PV, sim_ioc_args
 from xas_bluesky.services import environ
@@ -28,12 +30,28 @@ def load_profile(env: dict[str, str]) -> dict:
         return ns
 
 
+def test_profile_registers_bluesky_magics_in_ipython():
+    """Under IPython the profile registers bluesky's magics (%mov, %ct, %wa), as
+    nslsii.configure_base does; the queue server's worker and plain Python get none."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        with environ({"XAS_KAFKA_CONFIG": ""}):
+            base = STARTUP / "00-base.py"
+            exec(compile(base.read_text(), str(base), "exec"), {"__name__": "__main__"})
+        line = shell.magics_manager.magics["line"]
+        assert {"mov", "movr", "ct", "wa"} <= set(line)
+    finally:
+        InteractiveShell.clear_instance()
+
+
 def test_startup_files_are_in_order():
     names = [p.name for p in sorted(STARTUP.glob("*.py"))]
     assert names == ["00-base.py", "10-devices.py", "20-analysis.py", "30-plans.py"]
 
 
-def test_profile_runs_xanes_scan_into_tiled(ioc_factory, tiled_server):
+def test_profile_runs_xanes_scan_into_tiled(ioc_factory, tiled_server, capsys):
     proc = ioc_factory(sim_ioc_args(clock=200.0, offset=-0.3), probe=PROBE_PV)
     ns = load_profile(
         {
@@ -46,9 +64,16 @@ def test_profile_runs_xanes_scan_into_tiled(ioc_factory, tiled_server):
     tiled_server.drains.append(ns["close_tiled_writer"])
     RE, Region = ns["RE"], ns["Region"]
     assert ns["ring_suspender"] in RE.suspenders
+    # the facility's base (nslsii.configure_base's pieces): baseline readings, the table, a bar
+    assert ns["sd"] in RE.preprocessors
+    assert isinstance(ns["bec"], BestEffortCallback)
+    assert isinstance(RE.waiting_hook, ProgressBarManager)
     regions = [Region(526.0, 530.0, 1.0, 0.5), Region(530.0, 534.0, 2.0, 1.0)]
+    capsys.readouterr()
     (uid,) = RE(ns["xanes"]("O", sample="ref_O", regions=regions, candidates="lib.xyz"))
     ns["close_tiled_writer"]()  # drain the buffer before reading back
+    table = capsys.readouterr().out  # BestEffortCallback's table of the run
+    assert "Transient Scan ID" in table and "mono_energy" in table
 
     run = tiled_server.client()[uid]
     start = run.metadata["start"]

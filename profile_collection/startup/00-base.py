@@ -1,5 +1,11 @@
 """RunEngine, its metadata and the tiled writer (NSLS-II profile_collection style).
 
+The pieces of ``nslsii.configure_base`` that a XAS beamline uses, set up here one by one rather
+than through nslsii itself (which pulls in the facility's whole stack: Olog, ophyd's EPICS
+logging, a databroker v1 catalog): SupplementalData ``sd``, and in an interactive session
+BestEffortCallback ``bec``, a ProgressBarManager and bluesky's IPython magics; a Kafka publisher
+as ``nslsii.configure_kafka_publisher`` configures it.
+
 Environment (defaults fit ``xas-bluesky sim-beamline`` on this machine):
 
 - ``XAS_BEAMLINE_PREFIX``  PV prefix of the beamline (``SIM:``)
@@ -73,6 +79,16 @@ if not is_re_worker_active():
     bec.disable_plots()
     RE.subscribe(bec)
     RE.waiting_hook = ProgressBarManager()
+    # bluesky's %mov / %movr / %ct / %wa in IPython, as nslsii.configure_base registers them
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        get_ipython = None
+    _ip = get_ipython() if get_ipython is not None else None
+    if _ip is not None:
+        from bluesky.magics import BlueskyMagics
+
+        _ip.register_magics(BlueskyMagics)
 
 tiled_client = None
 tiled_writer = None
