@@ -230,6 +230,41 @@ def test_open_world_demo_without_candidates(tmp_path):
 
 
 @pytest.mark.slow
+def test_demo_measured_like_spectrum_on_the_experiment_axis(tmp_path):
+    """A spectrum given on the experiment's axis, which the simulated beamline broadens 0.5 eV
+    and shifts by +1 eV (a convention off by 1 eV): the live analysis marginalises the
+    broadening (widths 0, 0.5, 1 eV) under the experiment axis' offset prior, and names it."""
+    from xas_bluesky.science.compare.axis import AXIS_CONVENTIONS
+
+    edge = "O"
+    energy, samples = heldout_samples(edge)
+    s = samples[3]
+    exp_axis = np.asarray(energy) - AXIS_CONVENTIONS[edge].offset_ev  # FEFF -> experiment
+    rows = "".join(f"{e!r},{m!r}\n" for e, m in zip(exp_axis.tolist(), s["mu"], strict=True))
+    spectrum = tmp_path / "measured.csv"
+    spectrum.write_text("energy_eV,mu\n" + rows)
+    cands = _small_library(tmp_path, edge, s["name"], 30)
+    out, data = tmp_path / "demo.json", tmp_path / "data"
+    run = subprocess.run(
+        [*CLI, "demo", "--edge", edge, "--sample-spectrum", str(spectrum), "--axis", "experiment",
+         "--broadening", "0.5", "--axis-offset", "1.0", "--candidates", str(cands),
+         "--max-points", "30", "--data-dir", str(data), "--json", str(out), "--quiet",
+         "--no-groups", "--seed", "2"],
+        capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["axis"] == "experiment" and r["widths_ev"] == [0.0, 0.5, 1.0]
+    assert r["broadening_ev"] == 0.5 and r["axis_offset_ev"] == 1.0
+    names = [e["name"] for e in r["ranking"]]
+    assert len(names) == 30 and names[0] == s["name"]
+    assert r["pv"]["XAS:Match:Best-Name"] == names[0]
+    # the shift the analysis found: the recorded energy is true - mono offset, the sample's
+    # features sit 1 eV above FEFF's, and offset_ev moves the recorded axis onto the model's
+    assert r["offset_ev"] == pytest.approx(r["true_offset_ev"] - 1.0, abs=0.5)
+
+
+@pytest.mark.slow
 def test_two_edge_demo_from_one_spectrum_per_edge(tmp_path):
     """``--edge O,N`` with ``--sample-spectrum O=... --sample-spectrum N=...``: one run per edge
     of one sample (both open in one plan), the joint ranking on top and in tiled, each edge's

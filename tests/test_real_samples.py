@@ -137,6 +137,11 @@ def test_broadened_comparator_marginalises_widths():
     assert res.best_name == names[truth]
     assert bc.best_width_ev == 1.0 and bc.width_posterior.sum() == pytest.approx(1.0)
     assert bc.joint is not None and bc.joint.shape == (3, len(names))
+    # what the live analysis and the joint read from a result, per molecule
+    assert np.isfinite(res.next_gain) and res.next_energy is not None
+    assert res.model_log_probabilities is not None
+    assert np.exp(res.model_log_probabilities).sum() == pytest.approx(1.0)
+    assert int(np.argmax(res.model_log_probabilities)) == truth
     # a plain comparator is the single-width case
     plain = Comparator(GRID, spectra, std, names, temperature=1.0, temperature_exponent=0.0)
     plain.add_points(e, y, 0.01)

@@ -76,6 +76,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the simulated beamline shifts the sample's energy axis by this much (eV)",
     )
     p.add_argument(
+        "--widths",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="EV",
+        help="Gaussian FWHM (eV) of the predictions the live analysis marginalises over "
+        "(default: 0 0.5 1 with --axis experiment, else none: FEFF's own width)",
+    )
+    p.add_argument(
         "--candidates",
         metavar="FILE",
         help="candidate structures (XYZ/SDF/SMILES); default: the shipped library of the edge",
@@ -176,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--axis {args.axis} is the axis of a --sample-spectrum: give one")
     if not (args.broadening >= 0 and math.isfinite(args.broadening)):
         raise CLIError(f"--broadening must be >= 0 eV, got {args.broadening}")
+    if args.widths is not None and not all(w >= 0 and math.isfinite(w) for w in args.widths):
+        raise CLIError(f"--widths must be >= 0 eV, got {args.widths}")
     if not math.isfinite(args.axis_offset):
         raise CLIError(f"--axis-offset must be finite, got {args.axis_offset}")
     if args.candidates and not Path(args.candidates).is_file():
@@ -192,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
         axis=args.axis,
         broadening=args.broadening,
         axis_offset=args.axis_offset,
+        widths=None if args.widths is None else tuple(dict.fromkeys(args.widths)),
         candidates=args.candidates,
         data_dir=Path(args.data_dir) if args.data_dir else default_data_dir(),
         seed=args.seed,

@@ -19,6 +19,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -61,6 +62,9 @@ class DemoConfig:
     #: the simulated beamline's Gaussian FWHM (eV) and axis shift (eV) of the sample spectra
     broadening: float = 0.0
     axis_offset: float = 0.0
+    #: broadening FWHM (eV) the live analysis marginalises over; None: (0, 0.5, 1) for a
+    #: spectrum on the experiment's axis, else none
+    widths: tuple[float, ...] | None = None
     candidates: str | None = None
     data_dir: Path = Path(".")
     seed: int = 0
@@ -119,6 +123,17 @@ def choose_sample(config: DemoConfig) -> tuple[str, str]:
     if len(edges) > 1:
         return name, f"{name}=heldout:{name}"
     return name, f"{name}=heldout:{edges[0]}:{name}"
+
+
+def live_widths(config: DemoConfig) -> tuple[float, ...]:
+    """The broadening FWHM (eV) the live analysis marginalises over: ``config.widths``, else
+    :data:`~xas_bluesky.science.compare.broadening.DEFAULT_WIDTHS_EV` for a spectrum on the
+    experiment's axis (not FEFF's width) and FEFF's own width (0) otherwise."""
+    from xas_bluesky.science.compare.broadening import DEFAULT_WIDTHS_EV
+
+    if config.widths is not None:
+        return tuple(float(w) for w in config.widths)
+    return tuple(DEFAULT_WIDTHS_EV) if config.axis == "experiment" else (0.0,)
 
 
 def _on_feff_axis(config: DemoConfig, file: str, edge: str) -> Path:
@@ -491,6 +506,7 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
 
     from xas_bluesky.contracts import NO_CANDIDATES
     from xas_bluesky.science.compare.axis import offset_prior
+    from xas_bluesky.science.compare.broadening import BroadenedComparator
 
     if config.candidates:
         candidates = Path(config.candidates).resolve()
@@ -505,6 +521,8 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     # (the comparator's keywords, one set for the analysis: the widest of the edges')
     priors = [offset_prior(e, config.axis) for e in edges] if config.axis != "feff" else [{}]
     prior = max(priors, key=lambda p: p.get("offset_sigma", 0.0))
+    widths = live_widths(config)
+    factory = None if widths == (0.0,) else partial(BroadenedComparator, widths_ev=widths)
     if config.groups and config.predict_library:
         for edge in edges:
             _prepare_library(config, edge)
@@ -513,6 +531,7 @@ def _run_session(config, sim, tiled, sample_name, score_port, env, log_dir, stac
     analysis = subscribe_live_analysis(
         RE, score_prefix=SCORE_PREFIX, tiled_client=client, candidates=spec,
         port=score_port, backup_directory=backup, comparator_kwargs=prior, sinks=[finals, live],
+        comparator_factory=factory,
         open_world=config.groups, library_cache=config.library_cache, predict_library=False,
     )  # fmt: skip
     stack.callback(analysis.shutdown)
@@ -741,6 +760,7 @@ def _edge_json(ctx, edge, run_uid, cands, rec: dict, t0: float, drill=None, susp
         "axis": config.axis,
         "broadening_ev": config.broadening,
         "axis_offset_ev": config.axis_offset,
+        "widths_ev": list(live_widths(config)),
         "points": len(rec["times"]),
         "ranking": ranking,
         "run_uid": run_uid,
@@ -819,6 +839,7 @@ def _joint_result(ctx: _EdgeContext, per_edge: list[dict], pv: dict, latency: di
         "axis": ctx.config.axis,
         "broadening_ev": ctx.config.broadening,
         "axis_offset_ev": ctx.config.axis_offset,
+        "widths_ev": list(live_widths(ctx.config)),
         "points": total("points"),
         "ranking": [] if joint is None else joint.ranking(),
         "edges": {

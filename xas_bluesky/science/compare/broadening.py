@@ -92,6 +92,18 @@ def gaussian_broaden(energy: ArrayLike, spectra: ArrayLike, fwhm_ev: float) -> n
     return out.reshape(y.shape)
 
 
+def per_molecule_log(log_probs: np.ndarray | None, n_candidates: int) -> np.ndarray | None:
+    """Width-major column log probabilities summed per molecule (a log-sum-exp over widths),
+    normalised: the model's probabilities before any outlier term, per molecule."""
+    if log_probs is None:
+        return None
+    lp = np.asarray(log_probs, dtype=float).reshape(-1, n_candidates)
+    top = np.max(lp, axis=0)
+    mol = top + np.log(np.exp(lp - top).sum(axis=0))
+    m = np.max(mol)
+    return mol - (m + np.log(np.exp(mol - m).sum()))
+
+
 class BroadenedComparator:
     """A :class:`Comparator` over candidates x broadening widths, read per molecule.
 
@@ -181,8 +193,10 @@ class BroadenedComparator:
     def result(self) -> MatchResult:
         """Per-molecule :class:`MatchResult`: probabilities summed over the widths.
 
-        Offset, next energy, temperature and scale are the underlying comparator's (the
-        scale of its best column); :attr:`width_posterior` and :attr:`joint` are updated.
+        Offset, next energy and its gain, temperature, glitches set aside, outlier probability
+        and scale are the underlying comparator's (the scale of its best column); the model's
+        log probabilities are summed over the widths; :attr:`width_posterior` and :attr:`joint`
+        are updated.  The live analysis takes it as its comparator (``comparator_factory``).
         """
         return self._per_molecule(self.comparator.result())
 
@@ -213,7 +227,11 @@ class BroadenedComparator:
             offset_grid=r.offset_grid,
             offset_std_ev=r.offset_std_ev,
             temperature=r.temperature,
+            next_gain=r.next_gain,
             scale=r.scale,
+            n_rejected=r.n_rejected,
+            model_log_probabilities=per_molecule_log(r.model_log_probabilities, c),
+            outlier_probability=r.outlier_probability,
         )
         best = int(tmp.top_indices(1)[0])
         tmp.best_index = best
