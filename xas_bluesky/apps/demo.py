@@ -115,7 +115,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (sample choice, noise)")
     p.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="measured vs the top-3 predicted spectra")
-    p.add_argument("--threshold", type=float, default=0.99, help="adaptive stop probability")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="adaptive stop probability (default 0.99; 0.95 on the joint with two edges, whose "
+        "outlier term caps it near 0.96)",
+    )
     p.add_argument("--max-points", type=int, default=49, help="adaptive point budget")
     p.add_argument(
         "--clock", type=float, default=None, help="simulated seconds per real second (default 20)"
@@ -176,6 +182,7 @@ def _sample_spectra(given: list[str] | None, edges: list[str]) -> str | dict[str
 
 def run(args: argparse.Namespace) -> int:
     from xas_bluesky.apps.demo_session import DemoConfig, DemoError, run_demo
+    from xas_bluesky.science.adaptive import JOINT_THRESHOLD
 
     edges = args.edge.split(",")
     sample_spectrum = _sample_spectra(args.sample_spectrum, edges)
@@ -209,7 +216,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         json_path=args.json,
         plot_path=args.plot,
-        threshold=args.threshold,
+        threshold=args.threshold
+        if args.threshold is not None
+        else (JOINT_THRESHOLD if len(edges) > 1 else 0.99),
         max_points=args.max_points,
         clock=args.clock,
         progress=None if args.quiet else sys.stderr,

@@ -21,7 +21,14 @@ import numpy as np
 
 from xas_bluesky.science.grids import GRID_SPECS, ONSET_EV
 
-__all__ = ["coarse_energies", "grid_energies", "AdaptivePolicy", "Decision", "TwoEdgePolicy"]
+__all__ = [
+    "coarse_energies",
+    "grid_energies",
+    "AdaptivePolicy",
+    "Decision",
+    "TwoEdgePolicy",
+    "JOINT_THRESHOLD",
+]
 
 #: reasons a scan stops, as written into the run's documents
 STOP_CONFIDENT = "confident"
@@ -140,6 +147,13 @@ class AdaptivePolicy:
         return float(round(0.5 * (pts[i] + pts[i + 1]), 3))
 
 
+#: the two-edge scans' default stop: the joint posterior's outlier term (both edges' eps) caps it
+#: at ~0.96, so 0.99 is never reached.  Measured (``benchmarks/two_edges.py --threshold 0.95``,
+#: 91 held-out molecules, 113 candidates): 87 of 91 steered scans stopped on it, none wrong,
+#: after 33.5 points on average instead of 98
+JOINT_THRESHOLD = 0.95
+
+
 @dataclass
 class TwoEdgePolicy:
     """Measure both edges of a sample: each next point where it is worth most per second.
@@ -155,7 +169,7 @@ class TwoEdgePolicy:
     """
 
     edges: tuple[str, ...] = ("O", "N")
-    threshold: float = 0.99
+    threshold: float = JOINT_THRESHOLD
     #: both edges' budgets of the one-edge scan
     max_points: int = 98
     coarse_step: float = 2.0

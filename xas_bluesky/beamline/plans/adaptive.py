@@ -122,7 +122,7 @@ def adaptive_xanes_scan(
     stop_on
         ``"best"``: stop on this run's best probability (``Match:BestProb-I``); ``"joint"``: on
         the joint posterior over the sample's edges (``Match:Joint:BestProb-I``) once there is
-        one, this run's own before.  The joint's outlier term caps it near 0.95: a threshold of
+        one, this run's own before.  The joint's outlier term caps it near 0.96: a threshold of
         0.99 is never reached on it.
     """
     if stop_on not in ("best", "joint"):
