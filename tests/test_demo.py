@@ -325,3 +325,9 @@ def test_two_edge_demo_from_one_spectrum_per_edge(tmp_path):
     joint = stored["metadata"]["joint"]
     assert [e["name"] for e in joint["ranking"]] == [e["name"] for e in ranking]
     assert stored["metadata"]["sample_uid"] == r["sample_uid"]
+    # the sample's own record: both runs, and the joint over both
+    by_sample = _query(data, "--sample", r["sample_uid"])
+    assert {x["run_uid"] for x in by_sample["runs"]} == {r["edges"][e]["run_uid"] for e in "ON"}
+    assert {x["edge"] for x in by_sample["runs"]} == {"O", "N"}
+    assert set(by_sample["joint"]["run_uids"].values()) == {x["run_uid"] for x in by_sample["runs"]}
+    assert [e["name"] for e in by_sample["ranking"]] == [e["name"] for e in ranking]

@@ -36,6 +36,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="RUN",
         help="the final ranking of this raw run: a uid, a unique uid prefix or a scan id",
     )
+    p.add_argument(
+        "--sample",
+        metavar="SAMPLE",
+        help="the match record of this sample across its runs and edges (the joint ranking): "
+        "its sample_uid, or its sample_name",
+    )
     p.set_defaults(func=run)
 
 
@@ -43,10 +49,15 @@ def _query(client, uri: str, args: argparse.Namespace) -> dict:
     from xas_bluesky.beamline.catalog import (
         RunNotFound,
         get_match,
+        get_sample,
         query_predictions,
         resolve_run,
     )
 
+    if args.run and args.sample:
+        raise ValueError("--run and --sample: give one")
+    if args.sample:
+        return get_sample(client, args.sample)
     if args.run:
         try:
             uid = resolve_run(client, args.run)

@@ -51,6 +51,7 @@ __all__ = [
     "match_record",
     "store_match_record",
     "get_match",
+    "get_sample",
     "RunNotFound",
     "AmbiguousRun",
     "resolve_run",
@@ -462,6 +463,53 @@ def get_match(client, run_uid: str) -> dict:
         "groups": groups,
         "in_library": None if in_library is None else float(in_library),
     }
+
+
+def get_sample(client, sample: str) -> dict:
+    """A sample's match record across its runs and edges: ``{"sample_uid", "runs", "joint",
+    "ranking"}``.
+
+    ``sample`` is the plans' ``sample_uid`` (else a ``sample_name``, as the analysis keys the
+    sample posterior).  ``runs``: each match record of the sample (``run_uid``, ``edge``,
+    ``best_name``, ``best_probability``, ``n_points``); ``joint``: the joint over the most edges
+    that any record carries (``edges``, ``run_uids``, ``outlier_probability``, ``ranking``: what
+    :class:`~xas_bluesky.beamline.analysis.sinks.TiledMatchSink` stores with the run that closed
+    last), else None; ``ranking``: the joint's ranking, else the single run's.
+
+    Raises
+    ------
+    KeyError
+        No match record of that sample.
+    """
+    from tiled.queries import Key
+
+    if MATCHES not in client:
+        raise KeyError(f"no match results stored (no {MATCHES!r} container)")
+    root = client[MATCHES]
+    nodes = list(root.search(Key("sample_uid") == sample).values())
+    key = "sample_uid"
+    if not nodes:
+        nodes, key = list(root.search(Key("sample_name") == sample).values()), "sample_name"
+    if not nodes:
+        raise KeyError(f"no match result stored for sample {sample!r}")
+    runs, joint = [], None
+    for node in nodes:
+        md = dict(node.metadata)
+        runs.append(
+            {
+                "run_uid": md.get("run_uid"),
+                "edge": md.get("edge") or md.get("xas_element"),
+                "best_name": md.get("best_name"),
+                "best_probability": md.get("best_probability"),
+                "n_points": md.get("n_points"),
+            }
+        )
+        j = md.get("joint")
+        if j and (joint is None or len(j.get("run_uids") or {}) >= len(joint["run_uids"])):
+            joint = dict(j)  # the last stored of those over the most runs: the newest
+    ranking = joint["ranking"] if joint else get_match(client, str(runs[-1]["run_uid"]))["ranking"]
+    return {key: sample, "sample_uid": nodes[-1].metadata.get("sample_uid"), "runs": runs,
+            "joint": joint, "ranking": ranking}  # fmt: skip
 
 
 def _jsonable(obj):
