@@ -1,8 +1,9 @@
 """``xas-bluesky predict --out FILE.h5``: any number of structures, streamed and resumable.
 
-The input is read here, a chunk of cheap records at a time
-(:func:`~xas_bluesky.science.structures.read_records`); each chunk is one task --
-bond perception or 3D embedding, graphs and the ensemble -- on a dask.distributed worker (a
+The input is scanned here for where each chunk of records starts and ends
+(:func:`~xas_bluesky.science.record_ranges.record_ranges`); each chunk is one task that reads
+its own bytes of the file -- then bond perception or 3D embedding, graphs and the ensemble -- on
+a dask.distributed worker (a
 ``LocalCluster`` on this machine by default, ``--scheduler`` for a running cluster) or, with
 ``--workers 0``, in this process.  Results are written in input order as they arrive, at most a
 few chunks in flight, so memory stays bounded however long the input; every written chunk is
@@ -21,7 +22,6 @@ import pickle
 import sys
 import time
 from collections import deque
-from itertools import islice
 from typing import Any
 
 __all__ = ["add_arguments", "predict_records", "run_h5"]
@@ -123,6 +123,16 @@ def predict_records(
     }
 
 
+def predict_range(
+    edge: str, rr: Any, device: str | None = None, batch_size: int | None = None
+) -> dict[str, Any]:
+    """:func:`predict_records` of a :class:`~xas_bluesky.science.record_ranges.RecordRange`,
+    read here (on the worker): the task carries a few numbers, not the records."""
+    from xas_bluesky.science.record_ranges import read_range
+
+    return predict_records(edge, read_range(rr, edge), device, batch_size)
+
+
 # ------------------------------------------------------------------------ engines
 class _Done:
     def __init__(self, value):
@@ -193,8 +203,8 @@ class _Dask:
 
     def submit(self, fn, *args):
         # the arguments as one pickled blob: the local scheduler (a thread of this process)
-        # unpickles a task's arguments, and a chunk's records as ~100,000 small objects grew
-        # this process by ~7 kB per structure (2.4 GB at 320,000); as bytes, by ~0
+        # unpickles a task's arguments (records as ~100,000 small objects grew this process by
+        # ~7 kB per structure); tasks now carry a byte range of the input, not its records
         return self.client.submit(_call_pickled, pickle.dumps((fn, args), protocol=5), pure=False)
 
     def close(self) -> None:
@@ -218,7 +228,8 @@ def _default_workers() -> int:
 def run_h5(args: argparse.Namespace) -> int:
     from xas_bluesky.apps.cli import CLIError
     from xas_bluesky.science.prediction_file import PredictionFile, PredictionFileError
-    from xas_bluesky.science.structures import StructureError, count_records, read_records
+    from xas_bluesky.science.record_ranges import record_ranges
+    from xas_bluesky.science.structures import StructureError, count_records
 
     t0 = time.perf_counter()
     if args.std:
@@ -244,19 +255,19 @@ def run_h5(args: argparse.Namespace) -> int:
     n_rows = n_skipped = n_ood = 0
     complete = False
     try:
-        records = islice(read_records(args.structures, args.edge), skip, None)
+        ranges = record_ranges(args.structures, args.chunk, skip)
         pending: deque = deque()
         window = 2 * engine.n_workers + 1  # enough to keep every worker busy, and no more
         feeding = True
         while feeding or pending:
             while feeding and len(pending) < window:
-                chunk = list(islice(records, args.chunk))
-                if not chunk:
+                rr = next(ranges, None)
+                if rr is None:
                     feeding = False
                     break
                 pending.append(
-                    (len(chunk), engine.submit(predict_records, args.edge, chunk, args.device,
-                                               args.batch_size))
+                    (rr.n_records, engine.submit(predict_range, args.edge, rr, args.device,
+                                                 args.batch_size))
                 )  # fmt: skip
             if not pending:
                 break

@@ -832,28 +832,42 @@ def _next_frame(lines: _LineWindow, k: int) -> int:
 
 
 class _LineWindow:
-    """The lines of a text file by absolute index, read as they are asked for.
+    """The lines of a file opened in binary, by absolute index, read as they are asked for.
 
     Lines before :meth:`release`'s index are freed, so a reader that releases each frame it has
     passed holds about one frame in memory however large the file (a million-structure input).
+    Each line's byte offset is kept (:meth:`offset`), so that a range of frames can be handed
+    to another process to read itself (:mod:`xas_bluesky.science.record_ranges`); a window on
+    such a range starts at its first line's index and byte offset.
     """
 
-    def __init__(self, fh) -> None:
+    def __init__(self, fh, first_line: int = 0, start: int = 0) -> None:
         self._fh = fh
         self._buf: list[str] = []
-        self._base = 0
-        self._drop_to = 0
+        self._offsets: list[int] = []
+        self._base = first_line
+        self._drop_to = first_line
+        self._pos = start
         self._eof = False
 
     def has(self, k: int) -> bool:
         while k - self._base >= len(self._buf) and not self._eof:
             block = self._fh.readlines(1 << 20)
             if block:
-                self._buf.extend(line.rstrip("\r\n") for line in block)
+                for line in block:
+                    self._offsets.append(self._pos)
+                    self._pos += len(line)
+                    self._buf.append(line.decode("utf-8", "replace").rstrip("\r\n"))
                 self.release(self._drop_to)  # lines skipped unread stay unkept
             else:
                 self._eof = True
         return k - self._base < len(self._buf)
+
+    def offset(self, k: int) -> int:
+        """Byte offset of line ``k`` (the end of the file past the last line)."""
+        if not self.has(k):
+            return self._pos
+        return self._offsets[k - self._base]
 
     def __getitem__(self, k: int) -> str:
         if not self.has(k):
@@ -871,6 +885,7 @@ class _LineWindow:
         drop = min(k - self._base, len(self._buf))
         if drop > 0:
             del self._buf[:drop]
+            del self._offsets[:drop]
             self._base += drop
 
 
@@ -894,14 +909,17 @@ def _iter_xyz(
     that starts a plausible frame, so that ``skip_invalid`` keeps the frames after it.  A frame of
     more than ``limits.max_atoms`` atoms is one failing ``build()``, its lines skipped unread.
     """
-    with open(path, errors="replace") as fh:
-        yield from _xyz_frames(path, _LineWindow(fh), limits)
+    with open(path, "rb") as fh:
+        for _k, name, build in _xyz_frames(path, _LineWindow(fh), limits):
+            yield name, build
 
 
 def _xyz_frames(
-    path: Path, lines: _LineWindow, limits: StructureLimits
-) -> Iterator[tuple[str, Callable[[], tuple]]]:
-    k, frame = 0, 0
+    path: Path, lines: _LineWindow, limits: StructureLimits, first_frame: int = 0
+) -> Iterator[tuple[int, str, Callable[[], tuple]]]:
+    """``(first line, name, build)`` of each frame from the window's first line on; frames are
+    numbered from ``first_frame + 1`` (unnamed ones are called ``<stem>_<number>``)."""
+    k, frame = lines._base, first_frame
     while lines.has(k):
         lines.release(k)  # every frame before this line has been handed out
         if not lines[k].strip():
@@ -914,13 +932,13 @@ def _xyz_frames(
                 f"{path.name} line {k + 1}: expected an atom count to start frame {frame}, "
                 f"found {lines[k].strip()[:40]!r}"
             )
-            yield f"{path.stem}_{frame}", _failing(msg)
+            yield k, f"{path.stem}_{frame}", _failing(msg)
             k = _next_frame(lines, k + 1)
             continue
         name = lines[k + 1].strip() if lines.has(k + 1) else ""
         name = name or f"{path.stem}_{frame}"
         if n > limits.max_atoms:
-            yield name, _failing(str(_too_many_atoms(name, n, limits.max_atoms)))
+            yield k, name, _failing(str(_too_many_atoms(name, n, limits.max_atoms)))
             k += 2 + n
             continue
         rows = []
@@ -944,7 +962,7 @@ def _xyz_frames(
                     f"structure {name!r} ({path.name} line {start + 1}, frame {frame}): "
                     f"{n + extra} atom lines where {n} were announced"
                 )
-                yield name, _failing(msg)
+                yield start, name, _failing(msg)
                 k = _next_frame(lines, j + extra)
                 continue
 
@@ -957,7 +975,7 @@ def _xyz_frames(
             symbols = [p[0] if p[0] in _VALENCE else _symbol(p[0]) for p in rows]
             return name, symbols, rows, start
 
-        yield name, build
+        yield start, name, build
 
 
 def _coordinates(path: Path, name: str, rows: list[list[str]], start: int) -> np.ndarray:
@@ -1124,20 +1142,30 @@ def _returner(result):
 def _iter_sdf(
     path: Path, edge: str | None, limits: StructureLimits = DEFAULT_LIMITS
 ) -> Iterator[tuple[str, Callable[[], Structure]]]:
+    from rdkit import Chem
+
+    supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=True)
+    yield from _sdf_records(path, supplier, edge, limits)
+
+
+def _sdf_records(
+    path: Path, supplier, edge: str | None, limits: StructureLimits, first: int = 0
+) -> Iterator[tuple[str, Callable[[], Structure]]]:
+    """The records of an RDKit ``SDMolSupplier`` over ``path`` (or over a range of it whose
+    first record is number ``first + 1`` of the file: unnamed ones are ``<stem>_<number>``)."""
     from rdkit import Chem, RDLogger
 
     RDLogger.DisableLog("rdApp.*")  # type: ignore[attr-defined]  # stubs omit rdBase re-export
     try:
-        supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=True)
         for k in range(len(supplier)):
             mol = supplier[k]
             text = supplier.GetItemText(k)
             title = text.splitlines()[0].strip() if text.strip() else ""
-            name = title or f"{path.stem}_{k + 1}"
+            name = title or f"{path.stem}_{first + k + 1}"
             if mol is None:
                 # a record RDKit rejects: find out whether an element or the chemistry is the cause
                 raw = Chem.MolFromMolBlock(text, sanitize=False, removeHs=False)
-                msg = f"structure {name!r}: unreadable SDF record {k + 1}"
+                msg = f"structure {name!r}: unreadable SDF record {first + k + 1}"
                 if raw is not None:
                     syms = [a.GetSymbol() for a in raw.GetAtoms()]
                     try:
@@ -1156,16 +1184,27 @@ def _iter_sdf(
 def _iter_smi(
     path: Path, edge: str | None, limits: StructureLimits = DEFAULT_LIMITS
 ) -> Iterator[tuple[str, Callable[[], Structure]]]:
-    with open(path, errors="replace") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            parts = line.split(None, 1)
-            if not parts or parts[0].startswith("#"):
-                continue
-            if lineno == 1 and parts[0].lower() == "smiles":
-                continue  # a header line
-            smiles = parts[0]
-            name = parts[1].strip() if len(parts) > 1 and parts[1].strip() else f"smi_{lineno}"
-            yield name, partial(structure_from_smiles, smiles, name, edge, limits)
+    with open(path, "rb") as fh:
+        for _offset, name, build in _smi_records(fh, edge, limits):
+            yield name, build
+
+
+def _smi_records(
+    fh, edge: str | None, limits: StructureLimits, first_line: int = 0, start: int = 0
+) -> Iterator[tuple[int, str, Callable[[], Structure]]]:
+    """``(byte offset, name, build)`` of each SMILES line of a binary file object (a range of
+    a file starting at line ``first_line`` and byte ``start``: names keep the file's lines)."""
+    pos = start
+    for lineno, raw in enumerate(fh, start=first_line + 1):
+        offset, pos = pos, pos + len(raw)
+        parts = raw.decode("utf-8", "replace").split(None, 1)
+        if not parts or parts[0].startswith("#"):
+            continue
+        if lineno == 1 and parts[0].lower() == "smiles":
+            continue  # a header line
+        smiles = parts[0]
+        name = parts[1].strip() if len(parts) > 1 and parts[1].strip() else f"smi_{lineno}"
+        yield offset, name, partial(structure_from_smiles, smiles, name, edge, limits)
 
 
 _READERS = {".xyz": _iter_xyz_structures, ".sdf": _iter_sdf, ".mol": _iter_sdf, ".smi": _iter_smi}
