@@ -10,7 +10,7 @@ STAMP := $(VENV)/.xas-bluesky-installed
 EXTRAS ?= simulate,test,docs,kafka,adaptive,queueserver
 DEMO_ARGS ?=
 
-.PHONY: demo test lint docs venv clean redis
+.PHONY: demo test lint docs venv clean redis postgres
 
 venv: $(STAMP)
 
@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-test: lint redis
+test: lint redis postgres
 	$(PY) -m pytest
 
 # the queue-server tests start a real redis server: Debian's package where it is missing (root)
@@ -41,6 +41,17 @@ redis:
 	      || echo "make: apt-get could not install redis-server; the queue-server tests will skip"; \
 	  else \
 	    echo "make: redis-server not found (as root: apt-get install redis-server); the queue-server tests will skip"; \
+	  fi; }
+
+# the catalog tests also run tiled on a PostgreSQL cluster of their own: Debian's server where it
+# is missing (root); its binaries live off PATH, in /usr/lib/postgresql/<version>/bin
+postgres:
+	@{ command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	      || echo "make: apt-get could not install postgresql; the PostgreSQL catalog tests will skip"; \
+	  else \
+	    echo "make: PostgreSQL not found (as root: apt-get install postgresql); the PostgreSQL catalog tests will skip"; \
 	  fi; }
 
 docs: $(STAMP)

@@ -1,10 +1,17 @@
-"""Predictions and match results in a real tiled server; ``xas-bluesky query``."""
+"""Predictions and match results in a real tiled server; ``xas-bluesky query``.
+
+The tests that store and query run twice: on a tiled server with its catalog in SQLite
+(``tiled_server``) and on one with it in PostgreSQL (``tiled_server_pg``; skipped, saying why,
+where PostgreSQL is not installed).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,20 +37,28 @@ def cand_file(tmp_path_factory):
     return small_candidates(tmp_path_factory.mktemp("cat") / "c12.xyz", 12, skip=40)
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def tiled(request):
+    """The session's tiled server with its catalog in SQLite, then the one on PostgreSQL."""
+    return request.getfixturevalue(
+        {"sqlite": "tiled_server", "postgresql": "tiled_server_pg"}[request.param]
+    )
+
+
 @pytest.fixture(scope="module")
-def stored(tiled_server, cand_file):
+def stored(tiled, cand_file):
     """The candidates predicted once and stored in tiled through a PredictionCache."""
-    client = tiled_server.client()
+    client = tiled.client()
     cache = PredictionCache(shared_cache().predictor, store=TiledPredictionStore(client))
     cands = cache.from_file(cand_file, "O")
     assert cache.n_predicted == len(cands)
     return client, cands
 
 
-def _query_cli(tiled_server, *args):
+def _query_cli(server, *args):
     out = subprocess.run(
-        [sys.executable, "-m", "xas_bluesky.apps.cli", "query", "--tiled-uri", tiled_server.uri,
-         "--api-key", tiled_server.api_key, *args],
+        [sys.executable, "-m", "xas_bluesky.apps.cli", "query", "--tiled-uri", server.uri,
+         "--api-key", server.api_key, *args],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     return out
@@ -75,7 +90,7 @@ def test_predictions_stored_in_one_batch_and_reused(stored, cand_file):
     np.testing.assert_allclose(from_tiled.mean, cands.mean, rtol=1e-6)
 
 
-def test_query_by_edge_and_smiles(stored, tiled_server):
+def test_query_by_edge_and_smiles(stored, tiled):
     from rdkit import Chem
 
     client, cands = stored
@@ -89,19 +104,19 @@ def test_query_by_edge_and_smiles(stored, tiled_server):
     assert all(h["smiles"] == target for h in hits)
     assert catalog.query_predictions(client, edge="N", smiles=target) == []
 
-    out = _query_cli(tiled_server, "--edge", "O", "--smiles", other)
+    out = _query_cli(tiled, "--edge", "O", "--smiles", other)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)  # JSON only on stdout
     entry = next(e for e in data["predictions"] if e["name"] == cands.names[3])
     assert set(entry) >= {"name", "smiles", "inchikey", "formula", "edge", "model_version"}
     assert entry["tiled"]["path"].startswith("xas_predictions/") and entry["tiled"]["row"] == 3
 
-    bad = _query_cli(tiled_server, "--smiles", "C1CC(")
+    bad = _query_cli(tiled, "--smiles", "C1CC(")
     assert bad.returncode != 0 and bad.stdout == ""
     assert len(bad.stderr.strip().splitlines()) == 1 and "C1CC(" in bad.stderr
 
 
-def test_match_results_and_analysis_run_in_tiled(stored, tiled_server, cand_file):
+def test_match_results_and_analysis_run_in_tiled(stored, tiled, cand_file):
     """A live analysis with tiled: the ranking is stored per run, the analysis run (linked by
     original_run_uid) is written by TiledWriter, and ``query --run`` returns the ranking."""
     from bluesky import RunEngine
@@ -111,7 +126,7 @@ def test_match_results_and_analysis_run_in_tiled(stored, tiled_server, cand_file
 
     client, cands = stored
     writer = BufferingWrapper(TiledWriter(client))
-    tiled_server.drains.append(lambda: writer.shutdown(wait=True))
+    tiled.drains.append(lambda: writer.shutdown(wait=True))
     engine = AnalysisEngine(
         [TiledMatchSink(client), AnalysisRunSink([writer])],
         candidates=str(cand_file),
@@ -146,13 +161,13 @@ def test_match_results_and_analysis_run_in_tiled(stored, tiled_server, cand_file
     top_p = [float(x) for x in str(table["top_probabilities"].values[-1]).split("\n")]
     assert top_p[0] == pytest.approx(md["best_probability"], rel=1e-5) and len(top_p) == 10
 
-    out = _query_cli(tiled_server, "--run", uid)
+    out = _query_cli(tiled, "--run", uid)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["ranking"][0] == match["ranking"][0]
     assert data["metadata"]["run_uid"] == uid
 
-    missing = _query_cli(tiled_server, "--run", "no-such-run")
+    missing = _query_cli(tiled, "--run", "no-such-run")
     assert missing.returncode == 1 and "no-such-run" in missing.stderr and missing.stdout == ""
 
 
@@ -197,7 +212,7 @@ def test_candidates_from_tiled_in_start_document(stored):
     )
 
 
-def test_runs_written_at_once_all_arrive(tiled_server):
+def test_runs_written_at_once_all_arrive(tiled):
     """Six writers append to six tables of one tiled server at once (two beamline sessions
     writing their runs, the analysis its match records): every row arrives and the server lives.
     tiled's own DuckDB storage shares one connection among its threads: the same load got 500s
@@ -207,7 +222,7 @@ def test_runs_written_at_once_all_arrive(tiled_server):
     import pyarrow as pa
     from tiled.client import from_uri
 
-    client = from_uri(tiled_server.uri, api_key=tiled_server.api_key)
+    client = from_uri(tiled.uri, api_key=tiled.api_key)
     schema = pa.schema([("energy", pa.float64()), ("mu", pa.list_(pa.float64()))])
     keys = [f"concurrent_{k}_{np.random.default_rng().integers(1 << 30)}" for k in range(6)]
     errors: list[str] = []
@@ -230,3 +245,22 @@ def test_runs_written_at_once_all_arrive(tiled_server):
     for key in keys:
         df = client[key].read()
         assert list(df["energy"]) == [530.0 + i for i in range(40)]
+
+
+def test_catalog_in_postgresql(tiled_server_pg, postgres_server):
+    """On PostgreSQL the catalog really lies there (no SQLite file beside the data), and neither
+    ``ps`` nor tiled's log shows the database password."""
+    pg = postgres_server
+    key = f"pg_{os.getpid()}_{np.random.default_rng().integers(1 << 30)}"
+    tiled_server_pg.client().write_array(np.arange(3.0), key=key, metadata={"edge": "O"})
+    assert not (tiled_server_pg.directory / "catalog.db").exists()
+    found = subprocess.run(
+        [str(pg.bindir / "psql"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", pg.user,
+         "-d", pg.database, "-tAc", f"SELECT metadata->>'edge' FROM nodes WHERE key = '{key}'"],
+        env={**os.environ, "PGPASSWORD": pg.password}, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.split() == ["O"]
+    cmdline = Path(f"/proc/{tiled_server_pg.process.pid}/cmdline").read_bytes().decode()
+    assert f"127.0.0.1:{pg.port}/{pg.database}" in cmdline and pg.password not in cmdline
+    assert pg.password not in tiled_server_pg.process.log_path.read_text()

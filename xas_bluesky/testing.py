@@ -1,4 +1,5 @@
-"""Pytest fixtures with real services: caproto IOCs and a tiled server on loopback.
+"""Pytest fixtures with real services: caproto IOCs, a tiled server on loopback (its catalog in
+SQLite, or in a PostgreSQL cluster of its own).
 
 Use them in a project's ``conftest.py``::
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
@@ -23,11 +25,15 @@ import pytest
 
 from xas_bluesky.services import (
     ManagedProcess,
+    PostgresServer,
+    ServiceError,
     TiledServer,
     apply_ca_env,
     free_ports,
     loopback_ca_env,
+    postgres_bindir,
     start_ioc,
+    start_postgres,
     start_repeater,
     start_tiled,
 )
@@ -38,6 +44,8 @@ __all__ = [
     "ca_env",
     "ioc_factory",
     "tiled_server",
+    "postgres_server",
+    "tiled_server_pg",
     "IOCFactory",
     "unique_prefix",
 ]
@@ -124,14 +132,9 @@ def ioc_factory(ca_env, tmp_path) -> Iterator[IOCFactory]:
         factory.stop_all()
 
 
-@pytest.fixture(scope="session")
-def tiled_server() -> Iterator[TiledServer]:
-    """A real tiled server (SQLite catalog, API key) on a free loopback port for the session.
-
-    Append callables to ``tiled_server.drains`` to have writers drained before the server stops.
-    """
-    root = Path(tempfile.mkdtemp(prefix="xas-bluesky-tiled-"))
-    server = start_tiled(root)
+def _serve_tiled(root: Path, catalog: str | None = None) -> Iterator[TiledServer]:
+    """A tiled server on ``root`` (and ``catalog``) with its ``drains`` run before it stops."""
+    server = start_tiled(root, catalog=catalog)
     server.drains = []  # type: ignore[attr-defined]
     try:
         yield server
@@ -142,6 +145,51 @@ def tiled_server() -> Iterator[TiledServer]:
             except Exception:  # a failing drain must not keep the server alive
                 pass
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiled_server() -> Iterator[TiledServer]:
+    """A real tiled server (SQLite catalog, API key) on a free loopback port for the session.
+
+    Append callables to ``tiled_server.drains`` to have writers drained before the server stops.
+    """
+    yield from _serve_tiled(Path(tempfile.mkdtemp(prefix="xas-bluesky-tiled-")))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster of the session's own on a free loopback port, with a database for
+    tiled (``postgres_server.uri``); skips where PostgreSQL's binaries are missing.
+
+    ``initdb`` refuses root, so as root the cluster runs as the ``postgres`` user (``nobody``
+    where there is none) in a temporary directory handed to it.  ``fsync`` is off: the cluster is
+    thrown away after the session.
+    """
+    if postgres_bindir() is None:
+        pytest.skip(
+            "PostgreSQL's initdb/pg_ctl not found (PATH, /usr/lib/postgresql/*/bin): "
+            "make test installs Debian's postgresql as root"
+        )
+    pytest.importorskip("asyncpg", reason="tiled's PostgreSQL driver asyncpg (extra test)")
+    root = Path(tempfile.mkdtemp(prefix="xas-bluesky-pg-"))
+    try:
+        server = start_postgres(root, durable=False)
+    except ServiceError as exc:
+        pytest.fail(f"PostgreSQL did not start: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+        if server.pid is None:  # stopped: its ~40 MB need not outlive the session
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiled_server_pg(postgres_server: PostgresServer) -> Iterator[TiledServer]:
+    """As ``tiled_server``, with its catalog in ``postgres_server``'s database (files and DuckDB
+    tables in a temporary directory, as there)."""
+    root = Path(tempfile.mkdtemp(prefix="xas-bluesky-tiled-pg-"))
+    yield from _serve_tiled(root, catalog=postgres_server.uri)
 
 
 os.environ.setdefault("XAS_BLUESKY_TESTING", "1")
