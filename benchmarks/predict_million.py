@@ -70,6 +70,8 @@ class PeakRSS:
     def __init__(self, pid: int):
         self.root = pid
         self.peak: dict[int, tuple[str, float]] = {}
+        #: the main process's RSS over the run, to tell growth from a peak
+        self.main: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -87,6 +89,8 @@ class PeakRSS:
                     role = "main" if p.pid == self.root else _role(p)
                 except psutil.NoSuchProcess:
                     continue
+                if role == "main" and rss > 0:  # 0: exited, not yet reaped
+                    self.main.append(rss)
                 if rss > self.peak.get(p.pid, ("", 0.0))[1]:
                     self.peak[p.pid] = (role, rss)
             self._stop.wait(0.5)
@@ -97,6 +101,9 @@ class PeakRSS:
         out: dict[str, list[float]] = {}
         for role, rss in self.peak.values():
             out.setdefault(role, []).append(rss)
+        if self.main:  # main's RSS a quarter into the run and at its end: growth, not the peak
+            out["main_quarter"] = [self.main[len(self.main) // 4]]
+            out["main_end"] = [self.main[-1]]
         return out
 
 
@@ -148,7 +155,11 @@ def _mem(peaks: dict[str, list[float]]) -> str:
     main = max(peaks.get("main", [0.0]))
     workers = sorted(peaks.get("worker", []), reverse=True)
     w = ", ".join(f"{v:.0f}" for v in workers) or "none"
-    return f"peak RSS main {main:.0f} MB, workers [{w}] MB"
+    growth = ""
+    if "main_end" in peaks:
+        q, e = peaks["main_quarter"][0], peaks["main_end"][0]
+        growth = f" (main {q:.0f} MB a quarter into the run, {e:.0f} MB at its end)"
+    return f"peak RSS main {main:.0f} MB, workers [{w}] MB{growth}"
 
 
 def main() -> None:
