@@ -42,6 +42,7 @@ def default_library_cache() -> Path:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from xas_bluesky.science.compare.axis import AXES
     from xas_bluesky.science.compare.broadening import DEFAULT_WIDTHS_EV
+    from xas_bluesky.science.compare.processing import PROCESSINGS
 
     p = sub.add_parser(
         "match",
@@ -89,7 +90,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--processing",
-        choices=["auto", "raw", "flat"],
+        choices=["auto", *PROCESSINGS],
         default="auto",
         help="what was done to the spectrum: raw (measured, or Athena's norm), flat (Athena's / "
         "Larch's flattened norm: the candidates are flattened alike) or auto (default: both "
@@ -384,14 +385,17 @@ def match_spectrum(
 
 
 def _readings(processing: str, normalised: bool, column: str) -> tuple[str, ...]:
-    """The readings (:data:`~xas_bluesky.science.compare.processing.PROCESSINGS`) to score."""
-    if processing in ("raw", "flat"):
+    """The readings (:data:`~xas_bluesky.science.compare.processing.PROCESSINGS`, in its order:
+    the comparator's columns are laid out so) to score."""
+    from xas_bluesky.science.compare.processing import PROCESSINGS
+
+    if processing in PROCESSINGS:
         return (processing,)
     if processing != "auto":
         raise ValueError(f"processing must be auto, raw or flat, got {processing!r}")
     if column == "flat":
         return ("flat",)
-    return ("raw", "flat") if normalised else ("raw",)
+    return PROCESSINGS if normalised else ("raw",)
 
 
 def _broadened_rows(energy: Any, rows: Any, fwhm: float) -> Any:

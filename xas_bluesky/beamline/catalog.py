@@ -508,8 +508,10 @@ def get_sample(client, sample: str) -> dict:
         if j and (joint is None or len(j.get("run_uids") or {}) >= len(joint["run_uids"])):
             joint = dict(j)  # the last stored of those over the most runs: the newest
     ranking = joint["ranking"] if joint else get_match(client, str(runs[-1]["run_uid"]))["ranking"]
-    return {key: sample, "sample_uid": nodes[-1].metadata.get("sample_uid"), "runs": runs,
-            "joint": joint, "ranking": ranking}  # fmt: skip
+    out = {"sample_uid": nodes[-1].metadata.get("sample_uid"), "runs": runs, "joint": joint}
+    if key == "sample_name":  # looked up by name: say so beside the uid the records carry
+        out["sample_name"] = sample
+    return {**out, "ranking": ranking}
 
 
 def _jsonable(obj):

@@ -28,7 +28,7 @@ from xas_bluesky.science.structures import (
     _sdf_records,
     _smi_records,
     _xyz_frames,
-    _XyzFrame,
+    _xyz_records,
 )
 
 __all__ = ["RecordRange", "record_ranges", "read_range"]
@@ -111,11 +111,9 @@ def _smi_starts(path: Path, limits: StructureLimits) -> Iterator[tuple[int, int,
     # the range starts at its first record's line: blank and comment lines before it belong to
     # the range before (they hold no record), and line numbers are counted from the file's
     with open(path, "rb") as fh:
-        line_of = _LineNumbers()
-        for record, (offset, _name, _build) in enumerate(
-            _smi_records(_Counting(fh, line_of), None, DEFAULT_LIMITS)
-        ):
-            yield record, line_of.line_at(offset), offset
+        records = _smi_records(fh, None, limits)
+        for record, (offset, line, _name, _build) in enumerate(records):
+            yield record, line, offset
 
 
 def _sdf_starts(path: Path) -> Iterator[tuple[int, int, int]]:
@@ -133,33 +131,6 @@ def _sdf_starts(path: Path) -> Iterator[tuple[int, int, int]]:
             line += 1
     if content:  # a last record without its $$$$ line: RDKit reads it too
         yield record, start_line, start
-
-
-class _LineNumbers:
-    """Line index of each byte offset a :class:`_Counting` file has passed."""
-
-    def __init__(self) -> None:
-        self._by_offset: dict[int, int] = {}
-
-    def add(self, offset: int, line: int) -> None:
-        self._by_offset = {offset: line}  # only the newest line is ever asked for
-
-    def line_at(self, offset: int) -> int:
-        return self._by_offset[offset]
-
-
-class _Counting:
-    """A binary file's lines, noting each line's index by its byte offset."""
-
-    def __init__(self, fh, numbers: _LineNumbers) -> None:
-        self._fh, self._numbers = fh, numbers
-
-    def __iter__(self):
-        pos = 0
-        for line, raw in enumerate(self._fh):
-            self._numbers.add(pos, line)
-            pos += len(raw)
-            yield raw
 
 
 def read_range(
@@ -184,11 +155,8 @@ def read_range(
     out: list[tuple[str, object]] = []
     if suffix == ".xyz":
         lines = _LineWindow(io.BytesIO(data), rr.first_line, rr.start)
-        for _k, name, build in _xyz_frames(path, lines, limits, first_frame=rr.first_record):
-            try:
-                out.append((name, _XyzFrame(path, *build())))
-            except StructureError as exc:
-                out.append((name, exc))
+        frames = _xyz_frames(path, lines, limits, first_frame=rr.first_record)
+        out.extend(_xyz_records(path, ((name, build) for _k, name, build in frames)))
     elif suffix in (".sdf", ".mol"):
         from rdkit import Chem
 
@@ -197,7 +165,7 @@ def read_range(
         out.extend(_sdf_records(path, supplier, edge, limits, first=rr.first_record))
     else:
         records = _smi_records(io.BytesIO(data), edge, limits, rr.first_line, rr.start)
-        out.extend((name, build) for _offset, name, build in records)
+        out.extend((name, build) for _offset, _line, name, build in records)
     if len(out) != rr.n_records:
         raise StructureError(
             f"{path.name}: {len(out)} records in bytes {rr.start}-{rr.end} where "

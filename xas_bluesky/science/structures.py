@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -1077,13 +1077,21 @@ def read_records(
     path = Path(path)
     reader = _reader_for(path)
     if reader is _iter_xyz_structures:
-        for name, build in _iter_xyz(path, edge, limits):
-            try:
-                yield name, _XyzFrame(path, *build())
-            except StructureError as exc:
-                yield name, exc
+        yield from _xyz_records(path, _iter_xyz(path, edge, limits))
     else:
         yield from reader(path, edge, limits)  # picklable builds (partials)
+
+
+def _xyz_records(
+    path: Path, frames: Iterable[tuple[str, Callable[[], tuple]]]
+) -> Iterator[tuple[str, _XyzFrame | StructureError]]:
+    """XYZ frames (``(name, build)``) as records: the frame read, or the error of one that
+    cannot be."""
+    for name, build in frames:
+        try:
+            yield name, _XyzFrame(path, *build())
+        except StructureError as exc:
+            yield name, exc
 
 
 def count_records(path: str | os.PathLike) -> int:
@@ -1185,15 +1193,16 @@ def _iter_smi(
     path: Path, edge: str | None, limits: StructureLimits = DEFAULT_LIMITS
 ) -> Iterator[tuple[str, Callable[[], Structure]]]:
     with open(path, "rb") as fh:
-        for _offset, name, build in _smi_records(fh, edge, limits):
+        for _offset, _line, name, build in _smi_records(fh, edge, limits):
             yield name, build
 
 
 def _smi_records(
     fh, edge: str | None, limits: StructureLimits, first_line: int = 0, start: int = 0
-) -> Iterator[tuple[int, str, Callable[[], Structure]]]:
-    """``(byte offset, name, build)`` of each SMILES line of a binary file object (a range of
-    a file starting at line ``first_line`` and byte ``start``: names keep the file's lines)."""
+) -> Iterator[tuple[int, int, str, Callable[[], Structure]]]:
+    """``(byte offset, line index, name, build)`` of each SMILES line of a binary file object
+    (a range of a file starting at line ``first_line`` and byte ``start``: names keep the
+    file's lines)."""
     pos = start
     for lineno, raw in enumerate(fh, start=first_line + 1):
         offset, pos = pos, pos + len(raw)
@@ -1204,7 +1213,7 @@ def _smi_records(
             continue  # a header line
         smiles = parts[0]
         name = parts[1].strip() if len(parts) > 1 and parts[1].strip() else f"smi_{lineno}"
-        yield offset, name, partial(structure_from_smiles, smiles, name, edge, limits)
+        yield offset, lineno - 1, name, partial(structure_from_smiles, smiles, name, edge, limits)
 
 
 _READERS = {".xyz": _iter_xyz_structures, ".sdf": _iter_sdf, ".mol": _iter_sdf, ".smi": _iter_smi}

@@ -95,13 +95,12 @@ def gaussian_broaden(energy: ArrayLike, spectra: ArrayLike, fwhm_ev: float) -> n
 def per_molecule_log(log_probs: np.ndarray | None, n_candidates: int) -> np.ndarray | None:
     """Width-major column log probabilities summed per molecule (a log-sum-exp over widths),
     normalised: the model's probabilities before any outlier term, per molecule."""
+    from scipy.special import logsumexp
+
     if log_probs is None:
         return None
-    lp = np.asarray(log_probs, dtype=float).reshape(-1, n_candidates)
-    top = np.max(lp, axis=0)
-    mol = top + np.log(np.exp(lp - top).sum(axis=0))
-    m = np.max(mol)
-    return mol - (m + np.log(np.exp(mol - m).sum()))
+    mol = logsumexp(np.asarray(log_probs, dtype=float).reshape(-1, n_candidates), axis=0)
+    return mol - logsumexp(mol)
 
 
 class BroadenedComparator:

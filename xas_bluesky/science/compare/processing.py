@@ -15,6 +15,8 @@ broadening widths (:mod:`xas_bluesky.science.compare.broadening`).
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -91,18 +93,8 @@ def flatten_like(
     flat = np.empty_like(rows)
     out_std = None if spread is None else np.empty_like(spread)
     for i, row in enumerate(rows):
-        n = normalize(
-            e,
-            row,
-            e0=reference.e0,
-            pre1=reference.pre1,
-            pre2=reference.pre2,
-            norm1=reference.norm1,
-            norm2=reference.norm2,
-            nnorm=reference.nnorm,
-            npre=reference.npre,
-            nvict=reference.nvict,
-        )
+        # the reference's own arguments (those that make Larch reproduce it), for this row
+        n = normalize(e, row, **cast(dict[str, Any], reference.larch_kwargs()))
         flat[i] = n.flat
         if out_std is not None and spread is not None:
             out_std[i] = spread[i] / n.edge_step
