@@ -158,8 +158,10 @@ def test_match_results_and_analysis_run_in_tiled(stored, tiled, cand_file):
     table = arun["primary"].read()
     assert str(table["best_name"].values[-1]) == result.best_name
     assert int(table["n_events"].values[-1]) == len(ENERGIES)
+    # its last event is the run's final word (the settled result), as the match record's
     top_p = [float(x) for x in str(table["top_probabilities"].values[-1]).split("\n")]
     assert top_p[0] == pytest.approx(md["best_probability"], rel=1e-5) and len(top_p) == 10
+    assert str(table["status"].values[-1]) == "Done"
 
     out = _query_cli(tiled, "--run", uid)
     assert out.returncode == 0, out.stderr

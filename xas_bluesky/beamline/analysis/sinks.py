@@ -182,7 +182,11 @@ class AnalysisRunSink(AnalysisSink):
         self._seq[run.uid] = 0
 
     def update(self, run: RunState, summary: MatchSummary, scored: bool) -> None:
-        if not scored or (run.result is None and run.novelty is None):
+        if scored:
+            self._event(run, summary)
+
+    def _event(self, run: RunState, summary: MatchSummary) -> None:
+        if run.result is None and run.novelty is None:
             return
         if run.uid not in self._bundles:
             return
@@ -209,6 +213,10 @@ class AnalysisRunSink(AnalysisSink):
     def run_closed(self, run: RunState, summary: MatchSummary, raw_stop: dict) -> None:
         if run.uid not in self._bundles:
             return
+        if not run.fatal:
+            # the last event is the final word: the settled result that the PVs and tiled's
+            # match record carry (p can differ from the last live result's by a few 0.1 %)
+            self._event(run, summary)
         bundle, _ = self._bundles.pop(run.uid)
         self._seq.pop(run.uid, None)
         if run.fatal:
