@@ -80,16 +80,9 @@ def structure_from(sample: dict, edge: str) -> Structure:
 def isomer_sets(samples: list[dict], edge: str, n: int, seed: int) -> dict[str, list[Structure]]:
     """For each sample, ``n - 1`` QM9 isomers (held-out split first), as structures."""
     from xas_bluesky.science.dataset import split_of
-    from xas_bluesky.science.qm9 import iter_qm9
+    from xas_bluesky.science.qm9 import formula, isomers
 
-    def formula(symbols):
-        return "".join(f"{el}{symbols.count(el)}" for el in sorted(set(symbols)))
-
-    wanted = {formula(s["symbols"]): [] for s in samples}
-    for m in iter_qm9((edge,)):
-        f = formula(m["symbols"])
-        if f in wanted:
-            wanted[f].append(m)
+    wanted = isomers({formula(s["symbols"]) for s in samples}, (edge,))
     rng = random.Random(seed)
     out = {}
     for s in samples:

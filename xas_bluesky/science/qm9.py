@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["iter_qm9", "qm9_data_dir"]
+__all__ = ["formula", "isomers", "iter_qm9", "qm9_data_dir"]
 
 
 def qm9_data_dir() -> Path:
@@ -49,3 +49,23 @@ def iter_qm9(elements: tuple[str, ...] = ("O", "N")) -> Iterator[dict]:
                     "symbols": symbols,
                     "xyz": _parse_floats(row["XYZ_Ang"]),
                 }
+
+
+def formula(symbols) -> str:
+    """Hill-free molecular formula key of a list of element symbols (``C2H6O1``, sorted)."""
+    symbols = list(symbols)
+    return "".join(f"{el}{symbols.count(el)}" for el in sorted(set(symbols)))
+
+
+def isomers(formulas, elements: tuple[str, ...] = ("O", "N")) -> dict[str, list[dict]]:
+    """QM9 molecules (as :func:`iter_qm9` yields them) of each formula key in ``formulas``.
+
+    One pass over QM9 (about half a minute): the isomer candidate sets of the identification
+    benchmark and of the comparator's calibration.
+    """
+    wanted: dict[str, list[dict]] = {f: [] for f in formulas}
+    for m in iter_qm9(elements):
+        found = wanted.get(formula(m["symbols"]))
+        if found is not None:
+            found.append(m)
+    return wanted

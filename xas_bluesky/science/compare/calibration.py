@@ -46,6 +46,7 @@ __all__ = [
     "Trial",
     "perturbed_model",
     "simulate_trials",
+    "isomer_trials",
     "fit_temperature",
     "tempered_probabilities",
     "fit_top_calibration",
@@ -54,6 +55,8 @@ __all__ = [
     "calibrate",
     "store_calibration",
     "calibrate_shipped",
+    "isomer_predictions",
+    "ISOMER_SET_SIZE",
 ]
 
 #: Temperature of the stand-in model (:func:`perturbed_model`: FEFF spectra with correlated
@@ -69,6 +72,10 @@ OUTLIER_PROBABILITIES = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08)
 #: with fewer calibration molecules than this, :func:`calibrate_shipped` falls back to the
 #: validation split (and says so in the stored ``split``)
 MIN_CALIBRATION_MOLECULES = 20
+
+#: candidates of an isomer trial of :func:`calibrate_shipped`: the molecule and up to this many
+#: - 1 QM9 isomers (the identification benchmark's isomer sets have as many)
+ISOMER_SET_SIZE = 200
 
 #: the top-label map is fitted on the trials of at least this many points: the finished scans
 #: (49 adaptive points, the grid), whose answers a scientist reads
@@ -91,6 +98,9 @@ class Trial:
         (C,) candidate probabilities at the temperature the scan ran with.
     energies : np.ndarray
         Mono energies measured so far.
+    molecule : int
+        Index of the measured molecule in the calibration set (cross-fitting splits by it); the
+        true index when -1 (a trial among the calibration set's own predictions).
     """
 
     true_index: int
@@ -98,6 +108,11 @@ class Trial:
     table: np.ndarray  # (K, C) untempered log likelihood
     probabilities: np.ndarray  # (C,) at the temperature the scan ran with
     energies: np.ndarray = field(default_factory=lambda: np.empty(0))  # mono energies measured
+    molecule: int = -1
+
+    def __post_init__(self) -> None:
+        if self.molecule < 0:
+            self.molecule = self.true_index
 
 
 def perturbed_model(
@@ -244,6 +259,51 @@ def simulate_trials(
             res = cmp.result()
             trials.append(Trial(i, g.size, cmp.log_likelihood_table(), res.probabilities, g))
     return trials
+
+
+def isomer_trials(
+    energy: np.ndarray,
+    truth: np.ndarray,
+    own: np.ndarray,
+    isomer_candidates: Sequence[np.ndarray],
+    rng: np.random.Generator,
+    **kwargs,
+) -> list[Trial]:
+    """Scan every molecule among its isomers: the hard case a chemist following a reaction faces.
+
+    Molecule i (``truth[i]``) is measured by :func:`simulate_trials` against its own prediction
+    ``own[i]`` (candidate 0, the true one) and ``isomer_candidates[i]`` (the model's predictions
+    of other molecules of the same formula); a molecule without isomers gives no trial.
+
+    Parameters
+    ----------
+    energy : np.ndarray
+        (E,) the model's energy grid.
+    truth, own : np.ndarray
+        (N, E) the molecules' spectra and the model's predictions of them.
+    isomer_candidates : sequence of np.ndarray
+        (n_i, E) predictions of each molecule's isomers.
+    rng : np.random.Generator
+        Source of the scans' offsets, scales, backgrounds and noise.
+    **kwargs
+        Further keywords of :func:`simulate_trials` (the comparator's, without a spread).
+
+    Returns
+    -------
+    list of Trial
+        ``true_index`` 0, ``molecule`` i.
+    """
+    import dataclasses
+
+    out: list[Trial] = []
+    for i, iso in enumerate(isomer_candidates):
+        iso = np.asarray(iso, dtype=float).reshape(-1, energy.size)
+        if iso.shape[0] == 0:
+            continue
+        mean = np.vstack([own[i : i + 1], iso])
+        for tr in simulate_trials(energy, truth[i : i + 1], mean, None, rng, **kwargs):
+            out.append(dataclasses.replace(tr, molecule=i))
+    return out
 
 
 def fit_temperature(
@@ -512,6 +572,7 @@ def calibrate(
     top_label: bool = False,
     top_min_points: int = TOP_MIN_POINTS,
     top_points_term: bool = False,
+    isomer_candidates: Sequence[np.ndarray] | None = None,
     **kwargs,
 ) -> dict:
     """Fit the likelihood temperature, its growth with the points and the spread's scale on a
@@ -568,6 +629,13 @@ def calibrate(
         Give the map a term in log(n / 49) (:func:`fit_top_calibration`).  Off for the shipped
         calibrations: cross-fitted on the calibration molecules' finished scans it did not
         lower the ECE (O 0.036 -> 0.034, N 0.035 -> 0.044).
+    isomer_candidates : sequence of np.ndarray, optional
+        Per molecule of the split, the model's (n_i, E) predictions of its isomers: each
+        molecule is also scanned among them and its own prediction (:func:`isomer_trials`, at
+        the fitted T0, exponent and eps), and the top-label map is fitted on the finished scans
+        of both kinds of candidate sets.  T0 and eps stay fitted on the split's own
+        predictions: a map fitted on random sets alone was over-confident where the candidates
+        are alike (``benchmarks/isomer_calibration.py``).  Needs ``error_model="rms"``.
     **kwargs
         Further keywords of :func:`simulate_trials` and the comparator.
 
@@ -634,28 +702,36 @@ def calibrate(
     kappa, t, g, trials, nll, eps = best
     truth_idx = [tr.true_index for tr in trials]
 
-    def at(t0, e, o=0.0):
+    def at(t0, e, o=0.0, of=trials):
         return [
             tempered_probabilities(tr, log_prior, effective_temperature(t0, e, tr.n_points), o)
-            for tr in trials
+            for tr in of
         ]
 
+    iso_trials: list[Trial] = []
+    if isomer_candidates is not None:
+        if kappa != 0.0:
+            raise ValueError("isomer_candidates need error_model='rms' (no ensemble spread)")
+        iso_trials = isomer_trials(
+            energy, truth, mean, isomer_candidates, np.random.default_rng(seed + 2),
+            temperature=t, temperature_exponent=g, std_scale=kappa, **kwargs,
+        )  # fmt: skip
     top = None
-    rel_top = rel_cross = rel_late = None
+    rel: dict[str, dict | None] = {}
     if top_label:
-        late = [j for j, tr in enumerate(trials) if tr.n_points >= top_min_points]
-        keep = set(late)
-        probs = [p for j, p in enumerate(at(t, g, eps)) if j in keep]
-        truth_late = [truth_idx[j] for j in late]
-        n_late = [trials[j].n_points for j in late]
+        # the map is fitted on the finished scans of both kinds of candidate sets; its
+        # reliability is reported per kind ("" random, "_isomer")
+        late_random = [tr for tr in trials if tr.n_points >= top_min_points]
+        late = late_random + [tr for tr in iso_trials if tr.n_points >= top_min_points]
+        kind = np.arange(len(late)) >= len(late_random)
+        probs = at(t, g, eps, late)
+        truth_late = [tr.true_index for tr in late]
+        n_late = [tr.n_points for tr in late]
         n_fit = n_late if top_points_term else None
         top = fit_top_calibration(probs, truth_late, n_fit)
-        rel_late = reliability(probs, truth_late)
-        rel_top = reliability(
-            [recalibrate_top(p, top, n) for p, n in zip(probs, n_late, strict=True)], truth_late
-        )
+        mapped = [recalibrate_top(p, top, n) for p, n in zip(probs, n_late, strict=True)]
         # two halves by molecule: each scored with the map the other half fitted
-        half = np.array([trials[j].true_index % 2 for j in late])
+        half = np.array([tr.molecule % 2 for tr in late])
         crossed: list[np.ndarray] = [np.empty(0)] * len(late)
         for h in (0, 1):
             on = np.flatnonzero(half != h)
@@ -666,12 +742,21 @@ def calibrate(
             )
             for j in np.flatnonzero(half == h):
                 crossed[j] = recalibrate_top(probs[j], abc, n_late[j])
-        rel_cross = reliability(crossed, truth_late)
+        for suffix, sel in (("", ~kind), ("_isomer", kind)):
+            idx = np.flatnonzero(sel)
+            if idx.size == 0:
+                continue
+            t_idx = [truth_late[j] for j in idx]
+            rel["reliability_late" + suffix] = reliability([probs[j] for j in idx], t_idx)
+            rel["reliability_top" + suffix] = reliability([mapped[j] for j in idx], t_idx)
+            rel["reliability_crossfit" + suffix] = reliability([crossed[j] for j in idx], t_idx)
     return {
-        "reliability_late": rel_late,
+        "reliability_late": rel.get("reliability_late"),
         "top_calibration": top,
-        "reliability_top": rel_top,
-        "reliability_crossfit": rel_cross,
+        "reliability_top": rel.get("reliability_top"),
+        "reliability_crossfit": rel.get("reliability_crossfit"),
+        **{k: v for k, v in rel.items() if k.endswith("_isomer")},
+        "n_isomer_trials": len(iso_trials),
         "edge": edge,
         "split": split,
         "model": "predictions" if predictions is not None else "perturbed FEFF (stand-in)",
@@ -724,6 +809,76 @@ def store_calibration(directory: str | Path, calibration: dict) -> None:
     (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
+def isomer_predictions(
+    edge: str, mols: Sequence, predictor, n: int = ISOMER_SET_SIZE, seed: int = 0
+) -> list[np.ndarray] | None:
+    """The model's predictions of up to ``n - 1`` QM9 isomers of each molecule of ``mols``.
+
+    Isomers are drawn at random (``seed``) among the QM9 molecules with the molecule's formula
+    and the edge's element, never the molecule itself nor a shipped held-out sample (those
+    score the calibration).  None, with a warning, where QM9 is not installed (extra ``qm9``).
+
+    Parameters
+    ----------
+    edge : str
+        ``"O"`` or ``"N"``.
+    mols : sequence of Molecule
+        The calibration molecules (``symbols``, ``qm9_index``).
+    predictor : Predictor
+        The ensemble being calibrated.
+    n : int
+        Size of a candidate set with its molecule.
+    seed : int
+        Seed of the draw.
+
+    Returns
+    -------
+    list of np.ndarray or None
+        (n_i, E) per molecule, n_i <= n - 1 (0 for a molecule without isomers).
+    """
+    import logging
+    import random
+
+    from xas_bluesky.resources import heldout_samples
+    from xas_bluesky.science.qm9 import formula, isomers
+
+    try:
+        pools = isomers({formula(m.symbols) for m in mols}, (edge,))
+    except ImportError as exc:
+        logging.getLogger(__name__).warning("no isomer trials in the calibration: %s", exc)
+        return None
+    held = {int(s["qm9_index"]) for s in heldout_samples(edge)[1]}
+    rng = random.Random(seed)
+    chosen: list[list] = []
+    for m in mols:
+        pool = [
+            q
+            for q in pools[formula(m.symbols)]
+            if q["qm9_index"] != m.qm9_index and q["qm9_index"] not in held
+        ]
+        rng.shuffle(pool)
+        structs: list = []
+        for q in pool:
+            if len(structs) >= n - 1:
+                break
+            try:
+                structs.append(
+                    structure_from_xyz(
+                        f"qm9_{q['qm9_index']:06d}", q["symbols"], np.asarray(q["xyz"]), edge
+                    )
+                )
+            except ValueError:  # a geometry RDKit cannot perceive: not a candidate
+                continue
+        chosen.append(structs)
+    unique = {s.name: s for structs in chosen for s in structs}
+    names = list(unique)
+    mean = np.empty((0, len(predictor.energy)))
+    if names:
+        mean = np.asarray(predictor.predict([unique[k] for k in names]))
+    row = {k: i for i, k in enumerate(names)}
+    return [mean[[row[s.name] for s in structs]] for structs in chosen]
+
+
 def calibrate_shipped(
     edge: str,
     directory: str | Path | None = None,
@@ -732,6 +887,7 @@ def calibrate_shipped(
     error_model: str = "rms",
     split: str = "cal",
     top_label: bool = True,
+    isomer_set_size: int = ISOMER_SET_SIZE,
 ) -> dict:
     """Fit the comparator's calibration for an ensemble and store it in its checkpoint.
 
@@ -757,6 +913,9 @@ def calibrate_shipped(
         calibration split were calibrated).
     top_label : bool
         Fit the top-label map too (see :func:`calibrate`).
+    isomer_set_size : int
+        Candidates of the isomer trials the map is also fitted on (:func:`isomer_predictions`,
+        ``isomer_candidates`` of :func:`calibrate`); 0, or QM9 not installed: random sets only.
 
     Returns
     -------
@@ -786,6 +945,11 @@ def calibrate_shipped(
     mean, std = predictor.predict(structs, return_std=True)
     from xas_bluesky.science.adaptive import grid_energies
 
+    iso = (
+        isomer_predictions(edge, mols, predictor, isomer_set_size, seed)
+        if isomer_set_size > 1 and top_label and error_model == "rms"
+        else None
+    )
     result = calibrate(
         edge,
         predictions=(np.asarray(mean), np.asarray(std)),
@@ -800,6 +964,7 @@ def calibrate_shipped(
         outlier_floor=3.0 / max(len(mols), 1),
         split=split,
         top_label=top_label,
+        isomer_candidates=iso,
     )
     keys = (
         "temperature",
@@ -813,11 +978,16 @@ def calibrate_shipped(
     summary["model_version"] = predictor.model_version
     summary["split"] = split
     summary["molecules"] = [int(m.qm9_index) for m in mols]
+    summary["isomer_set_size"] = isomer_set_size if iso is not None else 0
+    summary["n_isomer_trials"] = result["n_isomer_trials"]
     for key, name in (
         ("reliability", f"{split}_ece"),
         ("reliability_late", f"{split}_ece_late"),
         ("reliability_top", f"{split}_ece_top"),
         ("reliability_crossfit", f"{split}_crossfit_ece"),
+        ("reliability_late_isomer", f"{split}_ece_late_isomer"),
+        ("reliability_top_isomer", f"{split}_ece_top_isomer"),
+        ("reliability_crossfit_isomer", f"{split}_crossfit_ece_isomer"),
     ):
         rel = result.get(key) or {}
         if isinstance(rel, dict) and "ece" in rel:
