@@ -322,7 +322,10 @@ def match_spectrum(
     n_c = len(cands.names)
     by_reading = np.asarray(res.probabilities, dtype=float).reshape(len(readings), n_c)
     prob = by_reading.sum(axis=0)
-    reading_posterior = dict(zip(readings, by_reading.sum(axis=1).tolist(), strict=True))
+    per_reading = by_reading.sum(axis=1)
+    # normalised again: the top-label map leaves the sum 1 only to rounding (one reading: 1.0)
+    per_reading /= per_reading.sum()
+    reading_posterior = dict(zip(readings, per_reading.tolist(), strict=True))
     order = np.argsort(-prob, kind="stable").tolist()
     out: dict[str, Any] = {
         "spectrum": str(meas.source),
