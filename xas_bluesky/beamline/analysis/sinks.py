@@ -119,7 +119,8 @@ class ScorePVSink(AnalysisSink):
 
 class AnalysisRunSink(AnalysisSink):
     """Emit an analysis run per followed run, linked by ``original_run_uid`` (as bluesky's
-    ``LiveDispatcher`` does): one event per scored update in its ``primary`` stream.
+    ``LiveDispatcher`` does): one event per scored update in its ``primary`` stream, and a
+    last one when the run closes with the run's final word (the settled result).
 
     Parameters
     ----------

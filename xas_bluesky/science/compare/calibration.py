@@ -295,6 +295,10 @@ def isomer_trials(
     """
     import dataclasses
 
+    if len(isomer_candidates) != len(truth) or len(own) != len(truth):
+        raise ValueError(
+            f"{len(truth)} molecules, {len(own)} predictions, {len(isomer_candidates)} isomer sets"
+        )
     out: list[Trial] = []
     for i, iso in enumerate(isomer_candidates):
         iso = np.asarray(iso, dtype=float).reshape(-1, energy.size)
@@ -709,7 +713,7 @@ def calibrate(
         ]
 
     iso_trials: list[Trial] = []
-    if isomer_candidates is not None:
+    if isomer_candidates is not None and top_label:  # they serve the map only
         if kappa != 0.0:
             raise ValueError("isomer_candidates need error_model='rms' (no ensemble spread)")
         iso_trials = isomer_trials(
@@ -816,7 +820,9 @@ def isomer_predictions(
 
     Isomers are drawn at random (``seed``) among the QM9 molecules with the molecule's formula
     and the edge's element, never the molecule itself nor a shipped held-out sample (those
-    score the calibration).  None, with a warning, where QM9 is not installed (extra ``qm9``).
+    score the calibration).  (``benchmarks/identification.py`` draws the held-out samples'
+    isomers from the test split first; here every split alike: few QM9 molecules have FEFF
+    data, so few decoys are training molecules either way.)  None, with a warning, where QM9 is not installed (extra ``qm9``).
 
     Parameters
     ----------
@@ -978,8 +984,8 @@ def calibrate_shipped(
     summary["model_version"] = predictor.model_version
     summary["split"] = split
     summary["molecules"] = [int(m.qm9_index) for m in mols]
-    summary["isomer_set_size"] = isomer_set_size if iso is not None else 0
     summary["n_isomer_trials"] = result["n_isomer_trials"]
+    summary["isomer_set_size"] = isomer_set_size if summary["n_isomer_trials"] else 0
     for key, name in (
         ("reliability", f"{split}_ece"),
         ("reliability_late", f"{split}_ece_late"),
