@@ -504,24 +504,15 @@ def test_isomer_trials_set_the_top_label_map_where_candidates_are_alike(tmp_path
     near-twins of its spectrum) and fits the top-label map on both kinds of finished scans: a
     map fitted on random sets alone leaves such sets over-confident (held-out O isomer scans:
     78 % claimed, 68 % right)."""
-    import gzip
+    from data_helpers import small_feff_file
 
     from xas_bluesky.science.compare import calibrate
     from xas_bluesky.science.compare.calibration import isomer_trials
-    from xas_bluesky.science.dataset import default_data_files, load_molecules
+    from xas_bluesky.science.dataset import load_molecules
     from xas_bluesky.science.grids import energy_grid
 
     # a small data set: the sites of the first 45 O molecules of the first committed file
-    keep, rows = set(), []
-    with gzip.open(default_data_files()[0], "rt") as fh:
-        for line in fh:
-            r = json.loads(line)
-            if r["qm9_index"] in keep or (r["element"] == "O" and len(keep) < 45):
-                keep.add(r["qm9_index"])
-                rows.append(line)
-    data = tmp_path / "small.jsonl.gz"
-    with gzip.open(data, "wt") as fh:
-        fh.writelines(rows)
+    data = small_feff_file(tmp_path / "small.jsonl.gz", "O", 45)
     mols = [m for m in load_molecules([data], "O") if m.split == "train"]
     energy = energy_grid("O")
     truth = np.array([m.spectrum() for m in mols])

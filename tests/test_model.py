@@ -178,23 +178,14 @@ def test_committed_data_still_hold_what_the_shipped_model_saw(edge):
 
 
 def test_train_cli_writes_beside_not_over_the_shipped_model_and_trains_jointly(tmp_path):
-    import gzip
     import json
     import subprocess
     import sys
 
+    from data_helpers import small_feff_file
+
     # a small data set: the sites of the first 60 N molecules of the first committed file
-    src = dataset.default_data_files()[0]
-    keep, rows = set(), []
-    with gzip.open(src, "rt") as fh:
-        for line in fh:
-            r = json.loads(line)
-            if r["qm9_index"] in keep or (r["element"] == "N" and len(keep) < 60):
-                keep.add(r["qm9_index"])
-                rows.append(line)
-    data = tmp_path / "small.jsonl.gz"
-    with gzip.open(data, "wt") as fh:
-        fh.writelines(rows)
+    data = small_feff_file(tmp_path / "small.jsonl.gz", "N", 60)
     shipped = model_dir("N") / "ensemble.pt"
     before = shipped.read_bytes()
     cmd = [sys.executable, "-m", "xas_bluesky.apps.cli", "train", "--edge", "N"]
