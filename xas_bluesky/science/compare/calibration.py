@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,8 @@ from xas_bluesky.science.compare.comparator import (
 from xas_bluesky.science.dataset import default_data_files, load_molecules
 from xas_bluesky.science.grids import energy_grid
 from xas_bluesky.science.structures import structure_from_xyz
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "STAND_IN_TEMPERATURE",
@@ -293,8 +297,6 @@ def isomer_trials(
     list of Trial
         ``true_index`` 0, ``molecule`` i.
     """
-    import dataclasses
-
     if len(isomer_candidates) != len(truth) or len(own) != len(truth):
         raise ValueError(
             f"{len(truth)} molecules, {len(own)} predictions, {len(isomer_candidates)} isomer sets"
@@ -306,7 +308,7 @@ def isomer_trials(
             continue
         mean = np.vstack([own[i : i + 1], iso])
         for tr in simulate_trials(energy, truth[i : i + 1], mean, None, rng, **kwargs):
-            out.append(dataclasses.replace(tr, molecule=i))
+            out.append(replace(tr, molecule=i))
     return out
 
 
@@ -822,7 +824,8 @@ def isomer_predictions(
     and the edge's element, never the molecule itself nor a shipped held-out sample (those
     score the calibration).  (``benchmarks/identification.py`` draws the held-out samples'
     isomers from the test split first; here every split alike: few QM9 molecules have FEFF
-    data, so few decoys are training molecules either way.)  None, with a warning, where QM9 is not installed (extra ``qm9``).
+    data, so few decoys are training molecules either way.)  None, with a warning, where QM9
+    is not installed (extra ``qm9``).
 
     Parameters
     ----------
@@ -842,16 +845,13 @@ def isomer_predictions(
     list of np.ndarray or None
         (n_i, E) per molecule, n_i <= n - 1 (0 for a molecule without isomers).
     """
-    import logging
-    import random
-
     from xas_bluesky.resources import heldout_samples
     from xas_bluesky.science.qm9 import formula, isomers
 
     try:
         pools = isomers({formula(m.symbols) for m in mols}, (edge,))
     except ImportError as exc:
-        logging.getLogger(__name__).warning("no isomer trials in the calibration: %s", exc)
+        logger.warning("no isomer trials in the calibration: %s", exc)
         return None
     held = {int(s["qm9_index"]) for s in heldout_samples(edge)[1]}
     rng = random.Random(seed)
