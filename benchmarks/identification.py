@@ -156,6 +156,62 @@ def run_scan(mode, comp: Comparator, measure: Measurement, policy: AdaptivePolic
     return comp.settled_result(), len(measured), time.perf_counter() - t0
 
 
+def candidate_sets(
+    samples: list[dict],
+    by_name: dict[str, Structure],
+    edge: str,
+    kinds: list[str],
+    n: int,
+    seed: int,
+) -> dict[str, dict[str, list[Structure]]]:
+    """Per kind (``random``, ``isomer``) and sample, the ``n`` candidates, the sample first."""
+    sets: dict[str, dict[str, list[Structure]]] = {}
+    rng = random.Random(seed)
+    if "random" in kinds:
+        sets["random"] = {}
+        for s in samples:
+            others = [name for name in by_name if name != s["name"]]
+            pick = rng.sample(others, n - 1)
+            sets["random"][s["name"]] = [by_name[s["name"]]] + [by_name[x] for x in pick]
+    if "isomer" in kinds:
+        try:
+            sets["isomer"] = isomer_sets(samples, edge, n, seed)
+        except ImportError as exc:
+            print(f"# isomer set skipped: {exc}", file=sys.stderr)
+    return sets
+
+
+def scan_sets(sets, samples, predict, predictor, grid, policy, seed, stats, probs) -> None:
+    """Scan every sample among each of its candidate sets, grid and adaptive; append each
+    trial's figures to ``stats`` and its probabilities to ``probs`` (keyed by edge, set, mode)."""
+    edge = policy.edge
+    for set_name, per_sample in sets.items():
+        for i, s in enumerate(samples):
+            structs = per_sample[s["name"]]
+            mean, std = predict(structs)
+            names = [x.name for x in structs]
+            # the model's own calibration, as the live analysis applies it
+            comp = Comparator(grid, mean, std, names, **calibration_for(predictor))
+            for mode in ("grid", "adaptive"):
+                rs = np.random.default_rng(seed * 100003 + i)
+                offset = float(rs.uniform(-1.0, 1.0))
+                meas = Measurement(grid, s["mu"], offset, rs)
+                res, npts, secs = run_scan(mode, comp, meas, policy)
+                top5 = [n for n, _ in res.top(5)]
+                stats[(edge, set_name, mode)].append(
+                    (
+                        res.best_name == s["name"],
+                        s["name"] in top5,
+                        npts,
+                        secs,
+                        len(set(names)),
+                        abs(res.offset_ev - offset),
+                        res.best_probability,
+                    )
+                )
+                probs[(edge, set_name, mode)].append((res.probabilities, names.index(s["name"])))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -167,6 +223,13 @@ def main() -> None:
     ap.add_argument("--n-candidates", type=int, default=200)
     ap.add_argument("--sets", nargs="+", default=["random", "isomer"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="scan each sample this many times, each with its own candidate sets, noise and "
+        "offset (more trials: a lower ECE floor)",
+    )
     ap.add_argument("--plot", type=Path, help="reliability diagrams (PNG) of every row")
     ap.add_argument("--json", type=Path, help="the rows and each trial's (confidence, right)")
     ap.add_argument(
@@ -193,50 +256,15 @@ def main() -> None:
         by_name = {s.name: s for s in library}
         predict = PredictionCache(predictor)
 
-        sets: dict[str, dict[str, list[Structure]]] = {}
-        rng = random.Random(args.seed)
-        if "random" in args.sets:
-            sets["random"] = {}
-            for s in samples:
-                others = [n for n in by_name if n != s["name"]]
-                pick = rng.sample(others, args.n_candidates - 1)
-                sets["random"][s["name"]] = [by_name[s["name"]]] + [by_name[n] for n in pick]
-        if "isomer" in args.sets:
-            try:
-                sets["isomer"] = isomer_sets(samples, edge, args.n_candidates, args.seed)
-            except ImportError as exc:
-                print(f"# isomer set skipped: {exc}", file=sys.stderr)
-
         policy = AdaptivePolicy(edge, max_points=args.max_points)
         stats = defaultdict(list)
         probs = defaultdict(list)
-        for set_name, per_sample in sets.items():
-            for i, s in enumerate(samples):
-                structs = per_sample[s["name"]]
-                mean, std = predict(structs)
-                names = [x.name for x in structs]
-                # the model's own calibration, as the live analysis applies it
-                comp = Comparator(grid, mean, std, names, **calibration_for(predictor))
-                for mode in ("grid", "adaptive"):
-                    seed = args.seed * 100003 + i
-                    rs = np.random.default_rng(seed)
-                    offset = float(rs.uniform(-1.0, 1.0))
-                    meas = Measurement(grid, s["mu"], offset, rs)
-                    res, npts, secs = run_scan(mode, comp, meas, policy)
-                    top5 = [n for n, _ in res.top(5)]
-                    key = (edge, set_name, mode)
-                    stats[key].append(
-                        (
-                            res.best_name == s["name"],
-                            s["name"] in top5,
-                            npts,
-                            secs,
-                            len(set(names)),
-                            abs(res.offset_ev - offset),
-                            res.best_probability,
-                        )
-                    )
-                    probs[key].append((res.probabilities, names.index(s["name"])))
+        for rep in range(args.repeats):
+            # repeat 0 is the run of --seed alone; later repeats draw their own candidate
+            # sets, noise and offsets
+            run_seed = args.seed + rep * 1_000_003
+            sets = candidate_sets(samples, by_name, edge, args.sets, args.n_candidates, run_seed)
+            scan_sets(sets, samples, predict, predictor, grid, policy, run_seed, stats, probs)
         for (e, set_name, mode), vals in stats.items():
             a = np.array(vals, dtype=float)
             sure = a[:, 6] >= 0.99
@@ -266,7 +294,7 @@ def main() -> None:
             )
 
     print(
-        f"{'edge':4} {'set':7} {'mode':9} {'samples':>7} {'cands':>5} {'top1':>6} {'top5':>6} "
+        f"{'edge':4} {'set':7} {'mode':9} {'trials':>7} {'cands':>5} {'top1':>6} {'top5':>6} "
         f"{'points':>7} {'s/scan':>7} {'ECE':>6} {'floor':>6} {'conf':>6} {'p>=.99':>6} "
         f"{'wrong':>5}"
     )
