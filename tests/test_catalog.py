@@ -103,6 +103,13 @@ def test_query_by_edge_and_smiles(stored, tiled):
     assert [h["name"] for h in hits if h["name"] in cands.names] == [cands.names[3]]
     assert all(h["smiles"] == target for h in hits)
     assert catalog.query_predictions(client, edge="N", smiles=target) == []
+    # the server's prefilter: only arrays whose identifiers hold the molecule's come back
+    skeleton = hits[0]["inchikey"].split("-")[0]
+    path = next(h["tiled"]["path"] for h in hits if h["name"] == cands.names[3])
+    kept = catalog._prediction_nodes(client, edge="O", contains=("inchikeys", skeleton))
+    assert path.split("/")[-1] in {k for k, _ in kept}
+    assert all(skeleton in "".join(n.metadata["inchikeys"]) for _, n in kept)
+    assert catalog._prediction_nodes(client, contains=("inchikeys", "QQQQQQQQQQQQQQ")) == []
 
     out = _query_cli(tiled, "--edge", "O", "--smiles", other)
     assert out.returncode == 0, out.stderr

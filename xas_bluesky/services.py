@@ -317,6 +317,7 @@ def start_tiled(
     api_key: str | None = None,
     timeout: float = 60.0,
     catalog: str | None = None,
+    readable: Sequence[str | os.PathLike] = (),
 ) -> TiledServer:
     """Serve a writable tiled catalog (SQLite metadata, files and DuckDB tables under
     ``directory``) on ``127.0.0.1``, creating it if needed, and wait until it answers.
@@ -342,6 +343,9 @@ def start_tiled(
         Its password moves to the server's environment (``PGPASSWORD``, which asyncpg reads),
         off the command line.  tiled creates its tables on the first start and leaves them alone
         after (``--init`` runs ``tiled catalog init --if-not-exists``).
+    readable
+        Directories whose files the server may serve as they are, once registered in the
+        catalog (e.g. the HDF5 files of ``xas-bluesky predict --out FILE.h5``).
 
     Returns
     -------
@@ -383,6 +387,8 @@ def start_tiled(
         "--port",
         str(port),
     ]
+    for path in readable:
+        cmd += ["-r", str(Path(path).resolve())]
     if init:
         cmd.append("--init")
     # the secrets in the child's environment only (/proc/PID/environ is readable by its user alone)

@@ -20,10 +20,10 @@ runs (``xas_fields`` in the start document) are looked among, so the analysis ru
 root, never make a prefix ambiguous.
 
 A batch is written with two requests however many candidates it holds (one write per candidate
-would cost ~70 ms each).  Queries use ``tiled.queries`` (``Key``, ``In``, and ``Contains`` on the
-fixed-length InChIKeys as a prefilter); a SMILES is never put in a full-text query (an unquoted
-one makes the server fail, FACTS.md): it is turned into an InChIKey with RDKit and compared
-exactly.
+would cost ~70 ms each).  Queries use ``tiled.queries`` (``Key``, and ``Contains`` on the
+InChIKeys and SMILES lists as a server-side prefilter); a SMILES is never put in a full-text
+query (an unquoted one makes the server fail, FACTS.md): it is turned into an InChIKey with
+RDKit and compared exactly.
 """
 
 from __future__ import annotations
@@ -183,8 +183,11 @@ def store_predictions(
     return paths
 
 
-def _prediction_nodes(client, *, edge=None, model_version=None):
-    from tiled.queries import Key
+def _prediction_nodes(client, *, edge=None, model_version=None, contains=None):
+    """The prediction arrays' ``(key, node)``; ``contains=(metadata key, text)`` keeps the nodes
+    whose list under that key holds ``text`` as a substring (a server-side prefilter: the
+    caller still checks each row)."""
+    from tiled.queries import Contains, Key
 
     if PREDICTIONS not in client:
         return []
@@ -193,6 +196,8 @@ def _prediction_nodes(client, *, edge=None, model_version=None):
         results = results.search(Key("edge") == edge)
     if model_version is not None:
         results = results.search(Key("model_version") == str(model_version))
+    if contains is not None:
+        results = results.search(Contains(*contains))
     return list(results.items())
 
 
@@ -318,7 +323,23 @@ def query_predictions(
     out: list[dict] = []
     seen: set[tuple[str, str]] = set()
     skeleton = ikey.split("-")[0] if ikey else None
-    for node_key, node in _prediction_nodes(client, edge=edge, model_version=model_version):
+    if smiles:
+        # only the arrays holding the molecule leave the server (with a million predictions
+        # stored, listing every array's metadata would move ~100 MB per query): those whose
+        # InChIKeys hold the skeleton, and those whose SMILES hold the canonical one (a row
+        # whose InChIKey RDKit could not make).  A substring test; the rows are checked below.
+        found: dict[str, object] = {}
+        for probe in (("inchikeys", skeleton), ("smiles", canon)):
+            if not probe[1]:
+                continue
+            for node_key, node in _prediction_nodes(
+                client, edge=edge, model_version=model_version, contains=probe
+            ):
+                found.setdefault(node_key, node)
+        nodes = list(found.items())
+    else:
+        nodes = _prediction_nodes(client, edge=edge, model_version=model_version)
+    for node_key, node in nodes:
         md = node.metadata
         for i, skey in enumerate(md.get("structure_keys", [])):
             if (
