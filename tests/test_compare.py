@@ -581,6 +581,27 @@ def test_top_label_map_recovers_a_known_miscalibration_and_keeps_the_ranking():
     # a map that would push the best below the runner-up stops at the tie
     m = recalibrate_top(np.array([0.5, 0.45, 0.05]), (0.3, -2.0))
     assert m[0] >= m[1] and m[0] == pytest.approx(m[1])
+    # most candidates at the outlier floor's one value (the case the selections are written
+    # for): the same runner-up as a sort finds
+    floor = np.full(5000, 1e-6)
+    floor[[17, 4000]] = [0.6, 0.3]
+    floor /= floor.sum()
+    m = recalibrate_top(floor, (0.3, -2.0))
+    assert m[17] == pytest.approx(m[4000]) and m[17] >= m[4000]
     with pytest.raises(ValueError):
         Comparator(np.linspace(0, 10, 20), np.ones((2, 20)), None, ["a", "b"],
                    top_calibration=(-1.0, 0.0))  # fmt: skip
+
+
+def test_top_indices_with_ties_at_a_floor():
+    """The k best, ties by name rank, as a full sort orders them, where most share one value."""
+    from xas_bluesky.science.compare.comparator import _top_indices
+
+    rng = np.random.default_rng(3)
+    prob = np.full(3000, 1e-7)
+    prob[rng.choice(3000, 40, replace=False)] = rng.random(40)
+    prob[[5, 6]] = prob.max()  # a tie at the top
+    rank = rng.permutation(3000)
+    for k in (1, 2, 10, 40, 41, 60, 3000):
+        want = np.lexsort((rank, -prob))[:k]
+        np.testing.assert_array_equal(_top_indices(prob, k, rank), want)

@@ -216,7 +216,9 @@ def recalibrate_top(
     shift = b + c * np.log(max(int(n_points), 1) / TOP_REFERENCE_POINTS)
     g = 1.0 / (1.0 + np.exp(-(a * np.log(p1 / (1.0 - p1)) + shift)))
     rest = 1.0 - p1
-    p2 = float(np.partition(prob, -2)[-2])
+    # selected from the low end of -prob: numpy's introselect at the high end crawls when most
+    # candidates share the outlier floor's value (1 ms instead of 50 us at 10,000 candidates)
+    p2 = float(-np.partition(-prob, 1)[1])
     # the runner-up after rescaling is p2 (1 - g) / rest: keep g just above it
     g = min(max(g, p2 / (rest + p2) * (1.0 + 1e-9)), 1.0) if rest > 0 else g
     out = prob * ((1.0 - g) / rest) if rest > 0 else np.zeros_like(prob)
@@ -315,7 +317,7 @@ def _top_indices(prob: np.ndarray, k: int, rank: np.ndarray) -> np.ndarray:
     if k == 0:
         return np.empty(0, dtype=np.int64)
     if k < n:
-        kth = np.partition(prob, n - k)[n - k]
+        kth = -np.partition(-prob, k - 1)[k - 1]  # from the low end of -prob: see recalibrate_top
         cand = np.flatnonzero(prob >= kth)  # includes every candidate tied with the k-th
     else:
         cand = np.arange(n)
