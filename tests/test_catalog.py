@@ -273,3 +273,18 @@ def test_catalog_in_postgresql(tiled_server_pg, postgres_server):
     cmdline = Path(f"/proc/{tiled_server_pg.process.pid}/cmdline").read_bytes().decode()
     assert f"127.0.0.1:{pg.port}/{pg.database}" in cmdline and pg.password not in cmdline
     assert pg.password not in tiled_server_pg.process.log_path.read_text()
+
+
+def test_missing_service_skips_here_and_fails_where_required(monkeypatch):
+    """A test whose server is missing skips, unless XAS_BLUESKY_REQUIRE_SERVICES (CI) is set."""
+    from xas_bluesky.testing import REQUIRE_SERVICES, service_missing
+
+    monkeypatch.delenv(REQUIRE_SERVICES, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no server"):
+        service_missing("no server")
+    monkeypatch.setenv(REQUIRE_SERVICES, "1")
+    with pytest.raises(pytest.fail.Exception, match="no server"):
+        service_missing("no server")
+    monkeypatch.setenv(REQUIRE_SERVICES, "0")
+    with pytest.raises(pytest.skip.Exception):
+        service_missing("no server")

@@ -15,7 +15,7 @@ import yaml
 
 from sim_iocs.launcher import PROBE_PV, sim_ioc_args
 from xas_bluesky.services import _spawn, free_ports
-from xas_bluesky.testing import next_ca_port, unique_prefix
+from xas_bluesky.testing import next_ca_port, service_missing, unique_prefix
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -30,7 +30,7 @@ def redis_addr(tmp_path_factory):
     """A redis server of its own on a free loopback port (no persistence), stopped by PID."""
     exe = shutil.which("redis-server")
     if exe is None:
-        pytest.skip("redis-server not found: `make test` installs Debian's (apt-get, as root)")
+        service_missing("redis-server not found: `make test` installs Debian's (apt-get, as root)")
     (port,) = free_ports(1)
     logs = tmp_path_factory.mktemp("redis")
     cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]

@@ -48,7 +48,22 @@ __all__ = [
     "tiled_server_pg",
     "IOCFactory",
     "unique_prefix",
+    "service_missing",
+    "REQUIRE_SERVICES",
 ]
+
+#: set (to anything but "" or "0") where a missing redis or PostgreSQL must fail the tests that
+#: need them instead of skipping them: CI sets it, so their tests cannot pass by not running
+REQUIRE_SERVICES = "XAS_BLUESKY_REQUIRE_SERVICES"
+
+
+def service_missing(reason: str) -> None:
+    """Skip the test for want of a service (redis, PostgreSQL, their drivers), or fail it where
+    :data:`REQUIRE_SERVICES` is set."""
+    if os.environ.get(REQUIRE_SERVICES, "") not in ("", "0"):
+        pytest.fail(f"{reason} ({REQUIRE_SERVICES} is set)")
+    pytest.skip(reason)
+
 
 _POOL = 32
 _ports = free_ports(_POOL + 1)
@@ -166,11 +181,14 @@ def postgres_server() -> Iterator[PostgresServer]:
     thrown away after the session.
     """
     if postgres_bindir() is None:
-        pytest.skip(
+        service_missing(
             "PostgreSQL's initdb/pg_ctl not found (PATH, /usr/lib/postgresql/*/bin): "
             "make test installs Debian's postgresql as root"
         )
-    pytest.importorskip("asyncpg", reason="tiled's PostgreSQL driver asyncpg (extra test)")
+    try:
+        import asyncpg  # noqa: F401
+    except ImportError:
+        service_missing("tiled's PostgreSQL driver asyncpg is not installed (extra test)")
     root = Path(tempfile.mkdtemp(prefix="xas-bluesky-pg-"))
     try:
         server = start_postgres(root, durable=False)

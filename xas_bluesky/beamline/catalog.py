@@ -32,6 +32,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -183,14 +184,14 @@ def store_predictions(
     return paths
 
 
-def _prediction_nodes(client, *, edge=None, model_version=None, contains=None):
-    """The prediction arrays' ``(key, node)``; ``contains=(metadata key, text)`` keeps the nodes
-    whose list under that key holds ``text`` as a substring (a server-side prefilter: the
-    caller still checks each row)."""
+def _prediction_search(client, *, edge=None, model_version=None, contains=None):
+    """The search of the prediction arrays (None without any); ``contains=(metadata key,
+    text)`` keeps the arrays whose list under that key holds ``text`` as a substring (a
+    server-side prefilter: the caller still checks each row)."""
     from tiled.queries import Contains, Key
 
     if PREDICTIONS not in client:
-        return []
+        return None
     results = client[PREDICTIONS].search(Key("kind") == "xas_predictions")
     if edge is not None:
         results = results.search(Key("edge") == edge)
@@ -198,7 +199,13 @@ def _prediction_nodes(client, *, edge=None, model_version=None, contains=None):
         results = results.search(Key("model_version") == str(model_version))
     if contains is not None:
         results = results.search(Contains(*contains))
-    return list(results.items())
+    return results
+
+
+def _prediction_nodes(client, *, edge=None, model_version=None, contains=None):
+    """The prediction arrays' ``(key, node)`` (see :func:`_prediction_search`)."""
+    results = _prediction_search(client, edge=edge, model_version=model_version, contains=contains)
+    return [] if results is None else list(results.items())
 
 
 def load_predictions(
@@ -328,14 +335,24 @@ def query_predictions(
         # stored, listing every array's metadata would move ~100 MB per query): those whose
         # InChIKeys hold the skeleton, and those whose SMILES hold the canonical one (a row
         # whose InChIKey RDKit could not make).  A substring test; the rows are checked below.
-        found: dict[str, object] = {}
-        for probe in (("inchikeys", skeleton), ("smiles", canon)):
-            if not probe[1]:
-                continue
-            for node_key, node in _prediction_nodes(
-                client, edge=edge, model_version=model_version, contains=probe
-            ):
-                found.setdefault(node_key, node)
+        found: dict[str, Any] = {}
+        if skeleton:
+            found.update(
+                _prediction_nodes(
+                    client,
+                    edge=edge,
+                    model_version=model_version,
+                    contains=("inchikeys", skeleton),
+                )
+            )
+        by_smiles = _prediction_search(
+            client, edge=edge, model_version=model_version, contains=("smiles", canon)
+        )
+        if by_smiles is not None:
+            # keys only (no metadata sent): most of these arrays came with the InChIKey search
+            for node_key in list(by_smiles.keys()):
+                if node_key not in found:
+                    found[node_key] = client[PREDICTIONS][node_key]
         nodes = list(found.items())
     else:
         nodes = _prediction_nodes(client, edge=edge, model_version=model_version)
